@@ -1,0 +1,285 @@
+//! Encryption at rest and keyed blind indexes.
+//!
+//! Every identified value the catalog stores is sealed with AES-256-GCM (ring). Each sealed value
+//! carries its own random 96-bit nonce and the id of the key that sealed it, so keys can rotate:
+//! a [`Keyring`] holds the current key and any previous ones, and opens whatever it finds.
+//! The associated data binds a ciphertext to the row it belongs to, so a ciphertext copied into
+//! another row does not open.
+//!
+//! Lookups over identified values (patient identifiers, resource ids) use blind indexes: an
+//! HMAC-SHA-256 of the value under a key derived from the master key, never the value itself.
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hkdf;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::fmt;
+use std::path::Path;
+
+use crate::error::{CatalogError, Result};
+
+/// Length of a master key in bytes (AES-256).
+pub const MASTER_KEY_LEN: usize = 32;
+
+/// A sealed value as stored: key id, nonce and ciphertext (with its tag).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed")
+            .field("key_id", &self.key_id)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+struct DataKey {
+    id: String,
+    aead: LessSafeKey,
+}
+
+/// The master key and its derived keys. Debug output never shows key material.
+pub struct Keyring {
+    current: DataKey,
+    previous: Vec<DataKey>,
+    index_key: hmac::Key,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current_key_id", &self.current.id)
+            .field("previous_keys", &self.previous.len())
+            .finish()
+    }
+}
+
+struct HkdfLen(usize);
+impl hkdf::KeyType for HkdfLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+fn derive(master: &[u8; MASTER_KEY_LEN], label: &[u8]) -> [u8; 32] {
+    let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"tessera-catalog-v1");
+    let prk = salt.extract(master);
+    let info = [label];
+    let okm = prk
+        .expand(&info, HkdfLen(32))
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    let mut out = [0u8; 32];
+    okm.fill(&mut out)
+        .expect("buffer length matches the requested length");
+    out
+}
+
+fn data_key(master: &[u8; MASTER_KEY_LEN]) -> DataKey {
+    let enc = derive(master, b"aead");
+    let id_bytes = derive(master, b"key-id");
+    let unbound = UnboundKey::new(&AES_256_GCM, &enc).expect("AES-256 takes a 32-byte key");
+    DataKey {
+        id: hex::encode(&id_bytes[..8]),
+        aead: LessSafeKey::new(unbound),
+    }
+}
+
+impl Keyring {
+    /// A keyring whose current key is `master`; `previous` keys only open old values.
+    pub fn new(master: &[u8; MASTER_KEY_LEN], previous: &[[u8; MASTER_KEY_LEN]]) -> Self {
+        // The blind-index key comes from the current master key. Rotating the master key means
+        // re-sealing rows and rebuilding blind indexes (see docs/operations.md).
+        let index = derive(master, b"blind-index");
+        Keyring {
+            current: data_key(master),
+            previous: previous.iter().map(data_key).collect(),
+            index_key: hmac::Key::new(hmac::HMAC_SHA256, &index),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Parses a master key written as 64 hexadecimal characters (surrounding whitespace ignored).
+    pub fn parse_master_key(text: &str, source: &str) -> Result<[u8; MASTER_KEY_LEN]> {
+        let trimmed = text.trim();
+        let bytes = hex::decode(trimmed).map_err(|_| CatalogError::Key {
+            message: format!(
+                "the master key from {source} is not hexadecimal; it must be 64 hex characters (32 bytes), e.g. from `tessera init`"
+            ),
+        })?;
+        <[u8; MASTER_KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| CatalogError::Key {
+            message: format!(
+                "the master key from {source} is {} bytes; it must be 32 bytes (64 hex characters)",
+                bytes.len()
+            ),
+        })
+    }
+
+    /// Reads a key file written by [`Keyring::generate_key_file`].
+    pub fn read_key_file(path: &Path) -> Result<[u8; MASTER_KEY_LEN]> {
+        let text = std::fs::read_to_string(path).map_err(|e| CatalogError::Key {
+            message: format!("cannot read the key file {}: {e}", path.display()),
+        })?;
+        Self::parse_master_key(&text, &path.display().to_string())
+    }
+
+    /// Creates a new random master key in `path` with owner-only permissions (0600).
+    /// Refuses to overwrite an existing file: losing a key loses every record sealed with it.
+    pub fn generate_key_file(path: &Path) -> Result<[u8; MASTER_KEY_LEN]> {
+        use std::io::Write;
+        let mut key = [0u8; MASTER_KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| CatalogError::Key {
+                message: "the system random number generator failed".into(),
+            })?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(|e| CatalogError::Key {
+            message: format!("cannot create the key file {}: {e}", path.display()),
+        })?;
+        file.write_all(format!("{}\n", hex::encode(key)).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| CatalogError::Key {
+                message: format!("cannot write the key file {}: {e}", path.display()),
+            })?;
+        Ok(key)
+    }
+
+    /// The id of the key that seals new values.
+    pub fn current_key_id(&self) -> &str {
+        &self.current.id
+    }
+
+    /// Seals `plaintext`; `aad` names the row (table and id) the value belongs to.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Sealed> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| CatalogError::Key {
+            message: "the system random number generator failed".into(),
+        })?;
+        let mut buf = plaintext.to_vec();
+        self.current
+            .aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| CatalogError::internal("AES-GCM sealing failed"))?;
+        Ok(Sealed {
+            key_id: self.current.id.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext: buf,
+        })
+    }
+
+    /// Opens a sealed value. Fails when the key is unknown or the value was tampered with or
+    /// moved to another row.
+    pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>> {
+        let key = std::iter::once(&self.current)
+            .chain(self.previous.iter())
+            .find(|k| k.id == sealed.key_id)
+            .ok_or_else(|| CatalogError::Key {
+                message: format!(
+                    "a stored value was sealed with key {}, which this keyring does not hold; \
+                     supply that master key (TESSERA_MASTER_KEY or --key-file)",
+                    sealed.key_id
+                ),
+            })?;
+        let nonce = <[u8; NONCE_LEN]>::try_from(sealed.nonce.as_slice())
+            .map_err(|_| CatalogError::internal("stored nonce has the wrong length"))?;
+        let mut buf = sealed.ciphertext.clone();
+        let plain = key
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| CatalogError::Key {
+                message: "a stored value failed authentication: wrong key, or the row was altered"
+                    .into(),
+            })?;
+        let len = plain.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// A blind index of `parts`: hex HMAC-SHA-256 over the parts, each length-prefixed so that
+    /// ("ab", "c") and ("a", "bc") differ.
+    pub fn blind_index(&self, parts: &[&str]) -> String {
+        let mut ctx = hmac::Context::with_key(&self.index_key);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part.as_bytes());
+        }
+        hex::encode(&ctx.sign().as_ref()[..20])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_with(byte: u8) -> Keyring {
+        Keyring::new(&[byte; 32], &[])
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_fresh_nonce() {
+        let k = ring_with(7);
+        let a = k.seal(b"Alberto Atencio", b"patients/1").expect("seal");
+        let b = k.seal(b"Alberto Atencio", b"patients/1").expect("seal");
+        assert_ne!(a.nonce, b.nonce, "each seal draws a new nonce");
+        assert_ne!(a.ciphertext, b.ciphertext);
+        assert_eq!(k.open(&a, b"patients/1").expect("open"), b"Alberto Atencio");
+    }
+
+    #[test]
+    fn moved_or_altered_ciphertext_does_not_open() {
+        let k = ring_with(7);
+        let mut s = k.seal(b"secret", b"records/a").expect("seal");
+        assert!(k.open(&s, b"records/b").is_err(), "bound to its row");
+        s.ciphertext[0] ^= 1;
+        assert!(k.open(&s, b"records/a").is_err(), "tag detects tampering");
+    }
+
+    #[test]
+    fn rotation_opens_old_values_and_seals_with_new_key() {
+        let old = ring_with(1);
+        let sealed = old.seal(b"v", b"r").expect("seal");
+        let rotated = Keyring::new(&[2; 32], &[[1; 32]]);
+        assert_ne!(rotated.current_key_id(), old.current_key_id());
+        assert_eq!(rotated.open(&sealed, b"r").expect("open"), b"v");
+        let err = ring_with(3).open(&sealed, b"r").expect_err("unknown key");
+        assert!(err.to_string().contains(&sealed.key_id));
+    }
+
+    #[test]
+    fn blind_index_is_keyed_and_unambiguous() {
+        let k = ring_with(9);
+        assert_eq!(k.blind_index(&["a", "b"]), k.blind_index(&["a", "b"]));
+        assert_ne!(k.blind_index(&["ab", ""]), k.blind_index(&["a", "b"]));
+        assert_ne!(k.blind_index(&["a"]), ring_with(8).blind_index(&["a"]));
+    }
+
+    #[test]
+    fn key_parsing_names_the_problem() {
+        let err = Keyring::parse_master_key("zz", "TESSERA_MASTER_KEY").expect_err("bad");
+        assert!(err.to_string().contains("TESSERA_MASTER_KEY"));
+        let err = Keyring::parse_master_key("abcd", "TESSERA_MASTER_KEY").expect_err("short");
+        assert!(err.to_string().contains("2 bytes"));
+        let ok = Keyring::parse_master_key(&format!(" {} \n", "11".repeat(32)), "x").expect("ok");
+        assert_eq!(ok, [0x11; 32]);
+    }
+}

@@ -1,0 +1,630 @@
+//! Ingest: files in, patients and sealed records out, bad input quarantined.
+//!
+//! A reader thread reads inputs (files and archive members) into a bounded queue; worker threads
+//! parse, extract and seal them in parallel ([`parse`]); one async writer resolves patients
+//! against the store and writes each file's results. A file's problems are quarantined while the
+//! file's good entries, and every other file, go in. Re-ingesting the same input changes nothing:
+//! records have stable ids (blind indexes of source, type and logical id) and are rewritten only
+//! when their content changes.
+
+pub mod dates;
+pub mod fhir;
+pub mod parse;
+pub mod phenopacket;
+pub mod problem;
+pub mod sensitive;
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, mpsc};
+
+use serde::Serialize;
+
+use crate::crypto::Keyring;
+use crate::error::{CatalogError, Result};
+use crate::model::PatientIdentity;
+use crate::store::{QuarantineRow, RecordRow, RunTotals, Store, Tx};
+use parse::{ParseContext, ParsedFile, ParsedRecord, PatientLink};
+use problem::{Problem, Reason};
+use source::Input;
+
+/// Default largest input file: bigger ones are quarantined as `oversize`.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Files per write transaction: a crash loses at most this many files' work, never half a file.
+const FILES_PER_COMMIT: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Namespace for FHIR logical ids (`Patient/123` from one server is not `Patient/123` from
+    /// another). Identifiers with a system match across sources regardless.
+    pub source: String,
+    pub max_file_bytes: u64,
+    /// Parser threads; 0 means one per core.
+    pub workers: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            source: "default".into(),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            workers: 0,
+        }
+    }
+}
+
+/// Progress callbacks for a terminal progress bar; all may be called from any thread.
+pub trait Progress: Send + Sync {
+    fn start(&self, _files: u64, _bytes: u64) {}
+    fn file_done(&self, _bytes: u64, _records: u64) {}
+    fn finish(&self) {}
+}
+
+/// No progress display.
+#[derive(Debug)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Added / updated / unchanged counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub added: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+}
+
+/// One quarantined file or entry, as reported to the operator who ran the ingest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quarantined {
+    /// The file as given (archive members as `archive!/member`).
+    pub file: String,
+    pub entry: Option<usize>,
+    pub field: String,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl std::fmt::Display for Quarantined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(e) = self.entry {
+            write!(f, ", entry {e}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ", field {}", self.field)?;
+        }
+        write!(f, ": {} ({})", self.message, self.reason)
+    }
+}
+
+/// What an ingest run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    pub run_id: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub entries_seen: u64,
+    pub patients_new: u64,
+    pub patients_updated: u64,
+    pub patients_unchanged: u64,
+    pub records: Changes,
+    pub by_resource_type: BTreeMap<String, Changes>,
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A file read and parsed, on its way to the writer.
+struct Parsed {
+    label: String,
+    bytes_len: u64,
+    file_sha256: String,
+    parsed: ParsedFile,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn parse_job(
+    label: String,
+    bytes: Option<Vec<u8>>,
+    size: u64,
+    max: u64,
+    ctx: &ParseContext,
+) -> Parsed {
+    let Some(bytes) = bytes else {
+        let mut parsed = ParsedFile::default();
+        let message = if size > max {
+            format!(
+                "the file is {size} bytes, over the {max}-byte limit; split it, or raise --max-file-bytes"
+            )
+        } else {
+            "the file could not be read".to_string()
+        };
+        parsed.problems.push(Problem::file(
+            if size > max {
+                Reason::Oversize
+            } else {
+                Reason::Unreadable
+            },
+            message,
+        ));
+        // Oversize files are identified by path and size: hashing them would mean reading them.
+        let file_sha256 = sha256_hex(format!("{label}\0{size}").as_bytes());
+        return Parsed {
+            label,
+            bytes_len: size,
+            file_sha256,
+            parsed,
+        };
+    };
+    let parsed = parse::parse_file(&bytes, &label, ctx);
+    let file_sha256 = if parsed.problems.is_empty() {
+        String::new()
+    } else {
+        sha256_hex(&bytes)
+    };
+    Parsed {
+        label,
+        bytes_len: bytes.len() as u64,
+        file_sha256,
+        parsed,
+    }
+}
+
+/// Runs one ingest over `paths`.
+pub async fn run(
+    store: &Store,
+    keyring: Arc<Keyring>,
+    paths: &[PathBuf],
+    options: &IngestOptions,
+    progress: &dyn Progress,
+) -> Result<IngestReport> {
+    if options.source.is_empty() || options.source.contains(['\0', '\n']) {
+        return Err(CatalogError::invalid(
+            "--source must be a non-empty single-line name",
+        ));
+    }
+    let inputs = source::discover(paths)?;
+    progress.start(inputs.len() as u64, inputs.iter().map(Input::size).sum());
+    let run_id = hex::encode(random_bytes::<8>()?);
+    let mut tx = store.begin().await?;
+    tx.start_run(&run_id, &options.source).await?;
+    tx.commit().await?;
+
+    let workers = if options.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        options.workers
+    };
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let (job_tx, job_rx) = mpsc::sync_channel::<(String, Option<Vec<u8>>, u64)>(workers * 2);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Parsed>(workers * 2);
+    let max = options.max_file_bytes;
+
+    // Reader: files and archive members into the job queue. Errors reading a file become
+    // problems of that file; only an unreadable archive stops the reader, reported at the end.
+    let reader = std::thread::spawn(move || -> Result<()> {
+        for input in inputs {
+            match input {
+                Input::File { path, size } => {
+                    let label = path.display().to_string();
+                    let bytes = if size > max {
+                        None
+                    } else {
+                        std::fs::read(&path).ok()
+                    };
+                    if job_tx.send((label, bytes, size)).is_err() {
+                        break;
+                    }
+                }
+                Input::Archive { path, .. } => {
+                    source::read_archive(&path, max, |label, size, bytes| {
+                        job_tx
+                            .send((label, bytes, size))
+                            .map_err(|_| CatalogError::internal("ingest workers stopped early"))
+                    })?
+                }
+            }
+        }
+        Ok(())
+    });
+    let mut parsers = Vec::new();
+    for _ in 0..workers {
+        let job_rx = Arc::clone(&job_rx);
+        let out_tx = out_tx.clone();
+        let keyring = Arc::clone(&keyring);
+        let source = options.source.clone();
+        let today = today.clone();
+        parsers.push(std::thread::spawn(move || {
+            let ctx = ParseContext {
+                keyring: &keyring,
+                source: &source,
+                today: &today,
+            };
+            loop {
+                let job = match job_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => break,
+                };
+                let Ok((label, bytes, size)) = job else { break };
+                let parsed = parse_job(label, bytes, size, max, &ctx);
+                if out_tx.blocking_send(parsed).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(out_tx);
+
+    let mut writer = Writer::new(store, &keyring, &run_id);
+    let mut pending = 0usize;
+    writer.begin().await?;
+    while let Some(p) = out_rx.recv().await {
+        let records = p.parsed.records.len() as u64;
+        let bytes = p.bytes_len;
+        writer.write_file(p).await?;
+        progress.file_done(bytes, records);
+        pending += 1;
+        if pending >= FILES_PER_COMMIT {
+            writer.commit().await?;
+            writer.begin().await?;
+            pending = 0;
+        }
+    }
+    writer.resolve_deferred().await?;
+    let report = writer.finish().await?;
+    for p in parsers {
+        p.join()
+            .map_err(|_| CatalogError::internal("an ingest worker panicked"))?;
+    }
+    reader
+        .join()
+        .map_err(|_| CatalogError::internal("the ingest reader panicked"))??;
+    progress.finish();
+    tracing::info!(
+        run_id = %report.run_id,
+        files = report.files,
+        records_added = report.records.added,
+        records_updated = report.records.updated,
+        records_unchanged = report.records.unchanged,
+        patients_new = report.patients_new,
+        quarantined = report.quarantined.len(),
+        "ingest finished"
+    );
+    Ok(report)
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| CatalogError::internal("the system random number generator failed"))?;
+    Ok(b)
+}
+
+/// A record waiting for its patient to appear later in the batch.
+struct Deferred {
+    label: String,
+    file_sha256: String,
+    record: ParsedRecord,
+}
+
+struct Writer<'a> {
+    store: &'a Store,
+    keyring: &'a Keyring,
+    run_id: &'a str,
+    tx: Option<Tx>,
+    /// Blind-index key to patient id, for keys seen or created in this run.
+    known: HashMap<String, String>,
+    deferred: Vec<Deferred>,
+    report: IngestReport,
+}
+
+fn identity_hash(keyring: &Keyring, identity: &PatientIdentity) -> Result<(Vec<u8>, String)> {
+    let json = serde_json::to_vec(identity)
+        .map_err(|e| CatalogError::internal(format!("serializing identity: {e}")))?;
+    let hash = keyring.blind_index(&["identity", &String::from_utf8_lossy(&json)]);
+    Ok((json, hash))
+}
+
+fn patient_aad(patient_id: &str) -> Vec<u8> {
+    format!("patients/{patient_id}").into_bytes()
+}
+
+impl<'a> Writer<'a> {
+    fn new(store: &'a Store, keyring: &'a Keyring, run_id: &'a str) -> Self {
+        Writer {
+            store,
+            keyring,
+            run_id,
+            tx: None,
+            known: HashMap::new(),
+            deferred: Vec::new(),
+            report: IngestReport {
+                run_id: run_id.to_string(),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        self.tx = Some(self.store.begin().await?);
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        if let Some(tx) = self.tx.take() {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    fn tx(&mut self) -> Result<&mut Tx> {
+        self.tx
+            .as_mut()
+            .ok_or_else(|| CatalogError::internal("ingest writer has no open transaction"))
+    }
+
+    /// Looks up keys not yet known in this run.
+    async fn lookup(&mut self, keys: &[String]) -> Result<()> {
+        let missing: Vec<String> = keys
+            .iter()
+            .filter(|k| !self.known.contains_key(*k))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (key, pid) in self.tx()?.patients_by_keys(&missing).await? {
+            self.known.insert(key, pid);
+        }
+        Ok(())
+    }
+
+    async fn upsert_patient(
+        &mut self,
+        keys: &[String],
+        identity: PatientIdentity,
+    ) -> Result<String> {
+        self.lookup(keys).await?;
+        let mut matches: Vec<&String> = keys.iter().filter_map(|k| self.known.get(k)).collect();
+        matches.sort();
+        matches.dedup();
+        if matches.len() > 1 {
+            tracing::warn!(
+                matched = matches.len(),
+                "a patient's identifiers match several stored patients; adding to the first (review with `tessera patients list`)"
+            );
+        }
+        let patient_id = match matches.first() {
+            Some(pid) => {
+                let pid = (*pid).clone();
+                let (sealed, old_hash) = self.tx()?.patient_identity(&pid).await?;
+                let plain = self.keyring.open(&sealed, &patient_aad(&pid))?;
+                let mut merged: PatientIdentity = serde_json::from_slice(&plain).map_err(|e| {
+                    CatalogError::internal(format!("stored identity does not parse: {e}"))
+                })?;
+                merged.merge(identity);
+                let (json, hash) = identity_hash(self.keyring, &merged)?;
+                if hash == old_hash {
+                    self.report.patients_unchanged += 1;
+                } else {
+                    let sealed = self.keyring.seal(&json, &patient_aad(&pid))?;
+                    self.tx()?.update_patient(&pid, &sealed, &hash).await?;
+                    self.report.patients_updated += 1;
+                }
+                pid
+            }
+            None => {
+                let pid = hex::encode(random_bytes::<16>()?);
+                let (json, hash) = identity_hash(self.keyring, &identity)?;
+                let sealed = self.keyring.seal(&json, &patient_aad(&pid))?;
+                self.tx()?.insert_patient(&pid, &sealed, &hash).await?;
+                self.report.patients_new += 1;
+                pid
+            }
+        };
+        let new_keys: Vec<String> = keys
+            .iter()
+            .filter(|k| !self.known.contains_key(*k))
+            .cloned()
+            .collect();
+        self.tx()?
+            .insert_patient_keys(&patient_id, &new_keys)
+            .await?;
+        for k in keys {
+            self.known
+                .entry(k.clone())
+                .or_insert_with(|| patient_id.clone());
+        }
+        Ok(patient_id)
+    }
+
+    async fn write_file(&mut self, p: Parsed) -> Result<()> {
+        self.report.files += 1;
+        self.report.bytes += p.bytes_len;
+        self.report.entries_seen += p.parsed.entries_seen as u64;
+        let mut local = Vec::with_capacity(p.parsed.patients.len());
+        for patient in p.parsed.patients {
+            local.push(self.upsert_patient(&patient.keys, patient.identity).await?);
+        }
+        let mut ready = Vec::with_capacity(p.parsed.records.len());
+        for record in p.parsed.records {
+            let pid = match &record.link {
+                None => None,
+                Some(PatientLink::Local(i)) => Some(local.get(*i).cloned().ok_or_else(|| {
+                    CatalogError::internal("record names a patient its file does not hold")
+                })?),
+                Some(PatientLink::Keys(keys)) => {
+                    self.lookup(keys).await?;
+                    match keys.iter().find_map(|k| self.known.get(k)) {
+                        Some(pid) => Some(pid.clone()),
+                        None => {
+                            self.deferred.push(Deferred {
+                                label: p.label.clone(),
+                                file_sha256: p.file_sha256.clone(),
+                                record,
+                            });
+                            continue;
+                        }
+                    }
+                }
+            };
+            ready.push((pid, record));
+        }
+        self.write_records(&ready).await?;
+        for problem in &p.parsed.problems {
+            self.quarantine(&p.label, &p.file_sha256, problem).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_records(&mut self, ready: &[(Option<String>, ParsedRecord)]) -> Result<()> {
+        let ids: Vec<&str> = ready.iter().map(|(_, r)| r.record_id.as_str()).collect();
+        let existing = self.tx()?.record_hashes(&ids).await?;
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        for (pid, r) in ready {
+            let row = RecordRow {
+                record_id: &r.record_id,
+                patient_id: pid.as_deref(),
+                kind: r.kind.as_str(),
+                resource_type: &r.resource_type,
+                content_hash: &r.content_hash,
+                sealed: &r.sealed,
+            };
+            let counts = self
+                .report
+                .by_resource_type
+                .entry(r.resource_type.clone())
+                .or_default();
+            match existing.get(&r.record_id) {
+                None => {
+                    counts.added += 1;
+                    self.report.records.added += 1;
+                    inserts.push(row);
+                }
+                Some(h) if *h != r.content_hash => {
+                    counts.updated += 1;
+                    self.report.records.updated += 1;
+                    updates.push(row);
+                }
+                Some(_) => {
+                    counts.unchanged += 1;
+                    self.report.records.unchanged += 1;
+                }
+            }
+        }
+        // A file may repeat a record another file of this batch already inserted: the id
+        // check above saw the first copy, so each id is inserted once.
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or_else(|| CatalogError::internal("no open transaction"))?;
+        tx.insert_records(&inserts).await?;
+        for u in &updates {
+            tx.update_record(u).await?;
+        }
+        Ok(())
+    }
+
+    async fn quarantine(
+        &mut self,
+        label: &str,
+        file_sha256: &str,
+        problem: &Problem,
+    ) -> Result<()> {
+        let entry = problem.entry.map(|e| e as i64);
+        let entry_text = entry.map(|e| e.to_string()).unwrap_or_default();
+        let quarantine_id = self.keyring.blind_index(&[
+            "quarantine",
+            file_sha256,
+            &entry_text,
+            &problem.field,
+            problem.reason.as_str(),
+        ])[..24]
+            .to_string();
+        let detail = serde_json::json!({ "file": label, "message": problem.message });
+        let sealed_detail = self.keyring.seal(
+            detail.to_string().as_bytes(),
+            &quarantine_aad(&quarantine_id),
+        )?;
+        let row = QuarantineRow {
+            quarantine_id,
+            file_sha256: file_sha256.to_string(),
+            entry_index: entry,
+            field: problem.field.clone(),
+            reason: problem.reason.as_str().to_string(),
+            sealed_detail,
+        };
+        let run_id = self.run_id;
+        self.tx()?.upsert_quarantine(run_id, &row).await?;
+        self.report.quarantined.push(Quarantined {
+            file: label.to_string(),
+            entry: problem.entry,
+            field: problem.field.clone(),
+            reason: problem.reason,
+            message: problem.message.clone(),
+        });
+        Ok(())
+    }
+
+    /// Records whose patient was not known when their file was written: try once more now that
+    /// the whole batch is in; what still has no patient is quarantined.
+    async fn resolve_deferred(&mut self) -> Result<()> {
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut ready = Vec::new();
+        for d in deferred {
+            let Some(PatientLink::Keys(keys)) = &d.record.link else {
+                continue;
+            };
+            self.lookup(keys).await?;
+            if let Some(pid) = keys.iter().find_map(|k| self.known.get(k)).cloned() {
+                ready.push((Some(pid), d.record));
+            } else {
+                let problem = Problem::at(
+                    d.record.entry,
+                    d.record.ref_field.clone(),
+                    Reason::DanglingReference,
+                    "the referenced patient is not in this file, the rest of the batch, or the store; ingest the patient first (or with it)",
+                );
+                let sha = if d.file_sha256.is_empty() {
+                    // The file parsed cleanly, so its hash was not needed until now.
+                    sha256_hex(d.label.as_bytes())
+                } else {
+                    d.file_sha256.clone()
+                };
+                self.quarantine(&d.label, &sha, &problem).await?;
+            }
+        }
+        self.write_records(&ready).await
+    }
+
+    async fn finish(mut self) -> Result<IngestReport> {
+        let r = &self.report;
+        let totals = RunTotals {
+            files: r.files as i64,
+            bytes: r.bytes as i64,
+            patients_new: r.patients_new as i64,
+            patients_updated: r.patients_updated as i64,
+            records_added: r.records.added as i64,
+            records_updated: r.records.updated as i64,
+            records_unchanged: r.records.unchanged as i64,
+            quarantined: r.quarantined.len() as i64,
+        };
+        let run_id = self.run_id;
+        self.tx()?.finish_run(run_id, &totals).await?;
+        self.commit().await?;
+        Ok(self.report)
+    }
+}
+
+pub(crate) fn quarantine_aad(quarantine_id: &str) -> Vec<u8> {
+    format!("quarantine/{quarantine_id}").into_bytes()
+}

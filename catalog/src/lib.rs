@@ -1,0 +1,302 @@
+//! `tessera-catalog`: ingest of consented patient summaries (FHIR R4, GA4GH phenopackets,
+//! survey answers), the encrypted identified store, and the consent registry.
+//!
+//! The one way to read identified summaries is [`Catalog::consented_summaries`], which asks the
+//! consent registry first and returns only patients whose consent covers the purpose at that
+//! moment, with only the records their scope covers.
+
+pub mod consent;
+pub mod crypto;
+pub mod error;
+pub mod ingest;
+pub mod model;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use consent::{ConsentState, Grant, Purpose, Scope};
+pub use crypto::Keyring;
+pub use error::{CatalogError, Result};
+pub use ingest::{IngestOptions, IngestReport, NoProgress, Progress};
+pub use model::{PatientSummary, RecordBody, StoredRecord};
+pub use store::{Backend, ConsentRow};
+
+use ingest::parse::record_aad;
+use ingest::problem::Reason;
+
+/// A quarantined file or entry, as `tessera quarantine list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineEntry {
+    pub id: String,
+    pub run_id: String,
+    pub file: String,
+    pub file_sha256: String,
+    pub entry: Option<i64>,
+    pub field: String,
+    pub reason: String,
+    pub message: String,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+}
+
+/// A patient as listed for operators: internal id and counts, nothing identifying.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatientListing {
+    pub patient_id: String,
+    pub created_at: String,
+    pub records: i64,
+}
+
+/// The catalog: store plus keyring.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    store: store::Store,
+    keyring: Arc<Keyring>,
+}
+
+impl Catalog {
+    /// Opens (creating and migrating if needed) the catalog at a database URL.
+    pub async fn open(database_url: &str, keyring: Keyring) -> Result<Catalog> {
+        Ok(Catalog {
+            store: store::Store::connect(database_url).await?,
+            keyring: Arc::new(keyring),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.store.backend()
+    }
+
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
+    /// Ingests files, folders and archives. See [`ingest`].
+    pub async fn ingest(
+        &self,
+        paths: &[PathBuf],
+        options: &IngestOptions,
+        progress: &dyn Progress,
+    ) -> Result<IngestReport> {
+        ingest::run(
+            &self.store,
+            Arc::clone(&self.keyring),
+            paths,
+            options,
+            progress,
+        )
+        .await
+    }
+
+    /// Stored records per source resource type.
+    pub async fn count_by_resource_type(&self) -> Result<Vec<(String, i64)>> {
+        self.store.count_by_resource_type().await
+    }
+
+    /// Stored records per normalized kind.
+    pub async fn count_by_kind(&self) -> Result<Vec<(String, i64)>> {
+        self.store.count_by_kind().await
+    }
+
+    pub async fn count_patients(&self) -> Result<i64> {
+        self.store.count_patients().await
+    }
+
+    pub async fn list_patients(&self, limit: i64, offset: i64) -> Result<Vec<PatientListing>> {
+        Ok(self
+            .store
+            .list_patients(limit, offset)
+            .await?
+            .into_iter()
+            .map(|(patient_id, created_at, records)| PatientListing {
+                patient_id,
+                created_at,
+                records,
+            })
+            .collect())
+    }
+
+    /// The most recent quarantine entries, decrypted for the operator.
+    pub async fn quarantine(&self, limit: i64) -> Result<Vec<QuarantineEntry>> {
+        let rows = self.store.list_quarantine(limit).await?;
+        rows.into_iter()
+            .map(|r| {
+                let plain = self
+                    .keyring
+                    .open(&r.sealed_detail, &ingest::quarantine_aad(&r.quarantine_id))?;
+                let detail: serde_json::Value = serde_json::from_slice(&plain).map_err(|e| {
+                    CatalogError::internal(format!("quarantine detail does not parse: {e}"))
+                })?;
+                let text = |k: &str| {
+                    detail
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                Ok(QuarantineEntry {
+                    id: r.quarantine_id,
+                    run_id: r.run_id,
+                    file: text("file"),
+                    file_sha256: r.file_sha256,
+                    entry: r.entry_index,
+                    field: r.field,
+                    reason: Reason::parse(&r.reason)
+                        .map(|x| x.as_str().to_string())
+                        .unwrap_or(r.reason),
+                    message: text("message"),
+                    first_seen_at: r.first_seen_at,
+                    last_seen_at: r.last_seen_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn require_patient(&self, patient_id: &str) -> Result<()> {
+        if self.store.patient_exists(patient_id).await? {
+            Ok(())
+        } else {
+            Err(CatalogError::NotFound {
+                what: format!("patient {patient_id} (list patients with `tessera patients list`)"),
+            })
+        }
+    }
+
+    /// Records a grant. Returns the stored event.
+    pub async fn grant(&self, g: Grant) -> Result<ConsentRow> {
+        self.require_patient(&g.patient_id).await?;
+        let now = Utc::now();
+        let from = g.valid_from.unwrap_or(now);
+        if let Some(until) = g.valid_until
+            && until <= from
+        {
+            return Err(CatalogError::invalid(
+                "--until must be after the start of the consent",
+            ));
+        }
+        self.store
+            .append_consent(ConsentRow {
+                event_id: hex::encode(ingest::random_bytes::<16>()?),
+                patient_id: g.patient_id,
+                purpose: g.purpose.as_str().to_string(),
+                action: "grant".into(),
+                scope: g.scope.to_db(),
+                valid_from: consent::timestamp(from),
+                valid_until: g.valid_until.map(consent::timestamp),
+                recorded_at: consent::timestamp(now),
+                seq: 0,
+                actor: g.actor,
+            })
+            .await
+    }
+
+    /// Revokes a patient's consent for a purpose, effective now.
+    pub async fn revoke(
+        &self,
+        patient_id: &str,
+        purpose: &Purpose,
+        actor: &str,
+    ) -> Result<ConsentRow> {
+        self.require_patient(patient_id).await?;
+        let now = consent::timestamp(Utc::now());
+        self.store
+            .append_consent(ConsentRow {
+                event_id: hex::encode(ingest::random_bytes::<16>()?),
+                patient_id: patient_id.to_string(),
+                purpose: purpose.as_str().to_string(),
+                action: "revoke".into(),
+                scope: "all".into(),
+                valid_from: now.clone(),
+                valid_until: None,
+                recorded_at: now,
+                seq: 0,
+                actor: actor.to_string(),
+            })
+            .await
+    }
+
+    /// Every consent event of a patient, by purpose, oldest first.
+    pub async fn consent_history(&self, patient_id: &str) -> Result<Vec<ConsentRow>> {
+        self.require_patient(patient_id).await?;
+        self.store.consent_history(patient_id).await
+    }
+
+    /// One patient's consent for one purpose at a moment.
+    pub async fn consent_state(
+        &self,
+        patient_id: &str,
+        purpose: &Purpose,
+        at: DateTime<Utc>,
+    ) -> Result<ConsentState> {
+        let at = consent::timestamp(at);
+        let history = self.consent_history(patient_id).await?;
+        let latest = history
+            .iter()
+            .filter(|e| e.purpose == purpose.as_str() && e.recorded_at <= at)
+            .max_by_key(|e| e.seq);
+        ConsentState::from_latest(latest, &at)
+    }
+
+    /// Patients whose consent covers `purpose` at `at`, with the scope of each.
+    pub async fn consented_patients(
+        &self,
+        purpose: &Purpose,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(String, Scope)>> {
+        let at = consent::timestamp(at);
+        let mut out = Vec::new();
+        for row in self.store.latest_consents(purpose.as_str(), &at).await? {
+            if let ConsentState::Granted { scope, .. } = ConsentState::from_latest(Some(&row), &at)?
+            {
+                out.push((row.patient_id, scope));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Identified summaries of the patients whose consent covers `purpose` at `at`, each with
+    /// only the records their scope covers. The only reader of summaries: it asks the registry.
+    pub async fn consented_summaries(
+        &self,
+        purpose: &Purpose,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PatientSummary>> {
+        let mut out = Vec::new();
+        for (patient_id, scope) in self.consented_patients(purpose, at).await? {
+            let sealed = self
+                .store
+                .patient_identity(&patient_id)
+                .await?
+                .ok_or_else(|| {
+                    CatalogError::internal("a consent names a patient the store lacks")
+                })?;
+            let identity = serde_json::from_slice(
+                &self
+                    .keyring
+                    .open(&sealed, format!("patients/{patient_id}").as_bytes())?,
+            )
+            .map_err(|e| CatalogError::internal(format!("stored identity does not parse: {e}")))?;
+            let mut records = Vec::new();
+            for (record_id, _kind, sealed) in self.store.patient_records(&patient_id).await? {
+                let body: RecordBody =
+                    serde_json::from_slice(&self.keyring.open(&sealed, &record_aad(&record_id))?)
+                        .map_err(|e| {
+                        CatalogError::internal(format!("stored record does not parse: {e}"))
+                    })?;
+                if scope.covers(&body.categories) {
+                    records.push(StoredRecord { record_id, body });
+                }
+            }
+            out.push(PatientSummary {
+                patient_id,
+                identity,
+                records,
+            });
+        }
+        Ok(out)
+    }
+}

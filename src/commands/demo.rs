@@ -1,0 +1,127 @@
+//! `tessera demo`: a working catalog from real test data in one command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use chrono::Utc;
+use clap::Args;
+use tessera_catalog::consent::KNOWN_PURPOSES;
+use tessera_catalog::{Grant, IngestOptions, Purpose, Scope};
+
+use crate::config::GlobalArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// The shared test data (Synthea bundles, phenopackets). When absent, the fixtures shipped
+    /// in the repository are used.
+    #[arg(long, env = "TESSERA_SHARED_DATA", default_value = "../shared/data")]
+    pub shared_data: PathBuf,
+
+    /// The fixtures shipped with Tessera.
+    #[arg(long, env = "TESSERA_FIXTURES", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))]
+    pub fixtures: PathBuf,
+}
+
+/// What the demo ingests: the shared data when present, else the fixtures; surveys always.
+pub fn demo_inputs(shared: &Path, fixtures: &Path) -> (Vec<PathBuf>, &'static str) {
+    let synthea = shared.join("synthea/synthea-r4-dev.tar.zst");
+    let phenopackets = shared.join("phenopackets");
+    let mut inputs = Vec::new();
+    let origin = if synthea.is_file() {
+        inputs.push(synthea);
+        if phenopackets.is_dir() {
+            inputs.push(phenopackets);
+        }
+        "shared test data"
+    } else {
+        inputs.push(fixtures.join("fhir"));
+        inputs.push(fixtures.join("phenopackets"));
+        "shipped fixtures"
+    };
+    // The surveys reference two Synthea patients that both data sets contain.
+    inputs.push(fixtures.join("surveys"));
+    (inputs, origin)
+}
+
+/// Demo consents, varied so that scopes and purposes differ between patients: everyone
+/// allows natural-history research; synthetic-control research excludes sensitive
+/// categories; two thirds allow commercial licensing.
+fn demo_grants(patient_id: &str) -> Vec<(&'static str, Scope)> {
+    let mut grants = vec![
+        (KNOWN_PURPOSES[0], Scope::All),
+        (KNOWN_PURPOSES[1], Scope::excluding_all_sensitive()),
+    ];
+    let bucket = u8::from_str_radix(&patient_id[..1], 16).unwrap_or(0);
+    if bucket % 3 != 0 {
+        grants.push((KNOWN_PURPOSES[3], Scope::All));
+    }
+    grants
+}
+
+pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
+    let catalog = super::open_catalog(g, true).await?;
+    let (inputs, origin) = demo_inputs(&args.shared_data, &args.fixtures);
+    println!(
+        "tessera demo: data folder {}, ingesting the {origin}:",
+        g.data_dir.display()
+    );
+    for i in &inputs {
+        println!("  {}", i.display());
+    }
+    let bar = super::ingest::Bar::new();
+    let started = Instant::now();
+    let report = catalog
+        .ingest(&inputs, &IngestOptions::default(), &bar)
+        .await?;
+    super::ingest::print_report(&report, started.elapsed().as_secs_f64());
+
+    let mut granted = 0;
+    let mut offset = 0;
+    loop {
+        let page = catalog.list_patients(500, offset).await?;
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len() as i64;
+        for p in page {
+            let history = catalog.consent_history(&p.patient_id).await?;
+            for (purpose, scope) in demo_grants(&p.patient_id) {
+                if history.iter().any(|e| e.purpose == purpose) {
+                    continue; // the demo never overrides a recorded choice
+                }
+                catalog
+                    .grant(Grant {
+                        patient_id: p.patient_id.clone(),
+                        purpose: Purpose::parse(purpose)?,
+                        scope,
+                        valid_from: None,
+                        valid_until: None,
+                        actor: "demo".into(),
+                    })
+                    .await?;
+                granted += 1;
+            }
+        }
+    }
+    println!("granted {granted} demo consents; consent in force now:");
+    let now = Utc::now();
+    for purpose in KNOWN_PURPOSES {
+        let n = catalog
+            .consented_patients(&Purpose::parse(purpose)?, now)
+            .await?
+            .len();
+        println!("  {purpose:<28} {n} patients");
+    }
+    let patients = catalog.count_patients().await?;
+    println!(
+        "{patients} patients in the catalog. Next: `tessera stats`, `tessera patients list`, `tessera consent show --patient <id>`"
+    );
+    catalog.close().await;
+    Ok(if report.quarantined.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_QUARANTINED)
+    })
+}

@@ -1,0 +1,44 @@
+//! One module per subcommand. Each parses its arguments, calls the crates, and prints.
+
+pub mod consent;
+pub mod demo;
+pub mod ingest;
+pub mod patients;
+pub mod quarantine;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use tessera_catalog::Catalog;
+
+use crate::config::GlobalArgs;
+
+/// Opens the catalog; `create` makes the data folder and key when they are missing.
+pub async fn open_catalog(g: &GlobalArgs, create: bool) -> Result<Catalog> {
+    if g.database_url.is_none() {
+        if create {
+            g.ensure_data_dir()?;
+        } else if !g.data_dir.exists() {
+            anyhow::bail!(
+                "the data folder {} does not exist: run `tessera init` (or `tessera demo`), or pass --data-dir",
+                g.data_dir.display()
+            );
+        }
+    }
+    let keyring = g.keyring(create)?;
+    Catalog::open(&g.database_url(), keyring)
+        .await
+        .context("cannot open the catalog database")
+}
+
+pub async fn init(g: &GlobalArgs) -> Result<ExitCode> {
+    let catalog = open_catalog(g, true).await?;
+    println!(
+        "ready: data in {}, database {:?}, {} patients stored",
+        g.data_dir.display(),
+        catalog.backend(),
+        catalog.count_patients().await?
+    );
+    catalog.close().await;
+    Ok(ExitCode::SUCCESS)
+}
