@@ -16,7 +16,10 @@ CREATE TABLE patients (
 
 CREATE TABLE patient_keys (
     blind_index TEXT PRIMARY KEY,
-    patient_id TEXT NOT NULL REFERENCES patients (patient_id)
+    patient_id TEXT NOT NULL REFERENCES patients (patient_id),
+    -- identifier | logical_id | full_url; logical ids are scoped to their ingest source.
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL
 );
 
 CREATE INDEX patient_keys_by_patient ON patient_keys (patient_id);

@@ -17,8 +17,8 @@ pub enum CatalogError {
     InvalidInput { message: String },
 
     /// Something the caller named does not exist.
-    #[error("{what} not found")]
-    NotFound { what: String },
+    #[error("{what} not found; {hint}")]
+    NotFound { what: String, hint: String },
 
     /// Reading an input or data file failed.
     #[error("cannot read {}: {source}", path.display())]

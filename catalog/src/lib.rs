@@ -161,7 +161,8 @@ impl Catalog {
             Ok(())
         } else {
             Err(CatalogError::NotFound {
-                what: format!("patient {patient_id} (list patients with `tessera patients list`)"),
+                what: format!("patient {patient_id}"),
+                hint: "list patients with `tessera patients list`".into(),
             })
         }
     }

@@ -557,25 +557,44 @@ impl Tx {
         Ok(())
     }
 
-    /// Records blind-index keys for a patient; keys already present are left as they are.
-    pub async fn insert_patient_keys(&mut self, patient_id: &str, keys: &[String]) -> Result<()> {
+    /// Records blind-index keys `(key, kind, source)` for a patient; keys already present stay
+    /// with the patient they name.
+    pub async fn insert_patient_keys(
+        &mut self,
+        patient_id: &str,
+        keys: &[(&str, &str, &str)],
+    ) -> Result<()> {
         for chunk in keys.chunks(ROWS_PER_STATEMENT) {
             let values = (0..chunk.len())
-                .map(|i| format!("(${}, $1)", i + 2))
+                .map(|i| format!("(${}, $1, ${}, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO patient_keys (blind_index, patient_id) VALUES {values} ON CONFLICT (blind_index) DO NOTHING"
+                "INSERT INTO patient_keys (blind_index, patient_id, kind, source) VALUES {values}
+                 ON CONFLICT (blind_index) DO NOTHING"
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(patient_id);
-            for k in chunk {
-                q = q.bind(k);
+            for (key, kind, source) in chunk {
+                q = q.bind(*key).bind(*kind).bind(*source);
             }
             q.execute(&mut *self.tx)
                 .await
                 .ctx("recording patient identifiers")?;
         }
         Ok(())
+    }
+
+    /// Whether a patient already has a logical id from `source`.
+    pub async fn has_logical_id(&mut self, patient_id: &str, source: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM patient_keys WHERE patient_id = $1 AND kind = 'logical_id' AND source = $2",
+        )
+        .bind(patient_id)
+        .bind(source)
+        .fetch_one(&mut *self.tx)
+        .await
+        .ctx("matching patients")?;
+        Ok(n > 0)
     }
 
     /// Content hashes of those of `ids` already stored.

@@ -25,7 +25,7 @@ use crate::crypto::Keyring;
 use crate::error::{CatalogError, Result};
 use crate::model::PatientIdentity;
 use crate::store::{QuarantineRow, RecordRow, RunTotals, Store, Tx};
-use parse::{ParseContext, ParsedFile, ParsedRecord, PatientLink};
+use parse::{KeyKind, ParseContext, ParsedFile, ParsedRecord, PatientLink};
 use problem::{Problem, Reason};
 use source::Input;
 
@@ -109,6 +109,8 @@ pub struct IngestReport {
     pub patients_new: u64,
     pub patients_updated: u64,
     pub patients_unchanged: u64,
+    /// Patients kept apart because two records of one source shared an identifier.
+    pub identifier_conflicts: u64,
     pub records: Changes,
     pub by_resource_type: BTreeMap<String, Changes>,
     pub quarantined: Vec<Quarantined>,
@@ -261,7 +263,7 @@ pub async fn run(
     }
     drop(out_tx);
 
-    let mut writer = Writer::new(store, &keyring, &run_id);
+    let mut writer = Writer::new(store, &keyring, &run_id, &options.source);
     let mut pending = 0usize;
     writer.begin().await?;
     while let Some(p) = out_rx.recv().await {
@@ -319,6 +321,7 @@ struct Writer<'a> {
     store: &'a Store,
     keyring: &'a Keyring,
     run_id: &'a str,
+    source: &'a str,
     tx: Option<Tx>,
     /// Blind-index key to patient id, for keys seen or created in this run.
     known: HashMap<String, String>,
@@ -338,11 +341,12 @@ fn patient_aad(patient_id: &str) -> Vec<u8> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(store: &'a Store, keyring: &'a Keyring, run_id: &'a str) -> Self {
+    fn new(store: &'a Store, keyring: &'a Keyring, run_id: &'a str, source: &'a str) -> Self {
         Writer {
             store,
             keyring,
             run_id,
+            source,
             tx: None,
             known: HashMap::new(),
             deferred: Vec::new(),
@@ -387,24 +391,51 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Finds or creates the stored patient for a parsed one. A patient's own logical id (in this
+    /// source) is the strongest match; otherwise a shared identifier (system + value) or fullUrl
+    /// matches, unless the stored patient already has a different logical id in this same
+    /// source: then two records of one source claim one identifier (a data error such as a
+    /// reused licence number), and they are kept apart rather than merged.
     async fn upsert_patient(
         &mut self,
-        keys: &[String],
+        keys: &[(String, KeyKind)],
         identity: PatientIdentity,
     ) -> Result<String> {
-        self.lookup(keys).await?;
-        let mut matches: Vec<&String> = keys.iter().filter_map(|k| self.known.get(k)).collect();
-        matches.sort();
-        matches.dedup();
-        if matches.len() > 1 {
-            tracing::warn!(
-                matched = matches.len(),
-                "a patient's identifiers match several stored patients; adding to the first (review with `tessera patients list`)"
-            );
-        }
-        let patient_id = match matches.first() {
+        let all: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+        self.lookup(&all).await?;
+        let by_logical_id = keys
+            .iter()
+            .find(|(_, kind)| *kind == KeyKind::LogicalId)
+            .and_then(|(k, _)| self.known.get(k))
+            .cloned();
+        let has_logical_id = keys.iter().any(|(_, kind)| *kind == KeyKind::LogicalId);
+        let target = match by_logical_id {
+            Some(pid) => Some(pid),
+            None => {
+                let mut candidates: Vec<String> = keys
+                    .iter()
+                    .filter_map(|(k, _)| self.known.get(k).cloned())
+                    .collect();
+                candidates.sort();
+                candidates.dedup();
+                let mut chosen = None;
+                for pid in candidates {
+                    let source = self.source;
+                    if has_logical_id && self.tx()?.has_logical_id(&pid, source).await? {
+                        self.report.identifier_conflicts += 1;
+                        tracing::warn!(
+                            "two patients of one source share an identifier; they are kept apart (see identifier_conflicts in the ingest report)"
+                        );
+                        continue;
+                    }
+                    chosen = Some(pid);
+                    break;
+                }
+                chosen
+            }
+        };
+        let patient_id = match target {
             Some(pid) => {
-                let pid = (*pid).clone();
                 let (sealed, old_hash) = self.tx()?.patient_identity(&pid).await?;
                 let plain = self.keyring.open(&sealed, &patient_aad(&pid))?;
                 let mut merged: PatientIdentity = serde_json::from_slice(&plain).map_err(|e| {
@@ -430,15 +461,28 @@ impl<'a> Writer<'a> {
                 pid
             }
         };
-        let new_keys: Vec<String> = keys
+        let source = self.source;
+        let new_keys: Vec<(&str, &str, &str)> = keys
             .iter()
-            .filter(|k| !self.known.contains_key(*k))
-            .cloned()
+            .filter(|(k, _)| !self.known.contains_key(k))
+            .map(|(k, kind)| {
+                (
+                    k.as_str(),
+                    kind.as_str(),
+                    if *kind == KeyKind::LogicalId {
+                        source
+                    } else {
+                        ""
+                    },
+                )
+            })
             .collect();
-        self.tx()?
-            .insert_patient_keys(&patient_id, &new_keys)
-            .await?;
-        for k in keys {
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or_else(|| CatalogError::internal("no open transaction"))?;
+        tx.insert_patient_keys(&patient_id, &new_keys).await?;
+        for (k, _) in keys {
             self.known
                 .entry(k.clone())
                 .or_insert_with(|| patient_id.clone());

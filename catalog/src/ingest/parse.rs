@@ -21,10 +21,31 @@ pub enum PatientLink {
     Keys(Vec<String>),
 }
 
+/// What a patient key is derived from. Stored, so that conflicts can be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A business identifier (system + value): matches across sources.
+    Identifier,
+    /// The FHIR logical id within one source.
+    LogicalId,
+    /// A globally unique fullUrl (`urn:uuid:`) or absolute URL.
+    FullUrl,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Identifier => "identifier",
+            KeyKind::LogicalId => "logical_id",
+            KeyKind::FullUrl => "full_url",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ParsedPatient {
-    /// Blind indexes of the identifiers that match this patient to a stored one.
-    pub keys: Vec<String>,
+    /// Blind indexes of what matches this patient to a stored one, with their kinds.
+    pub keys: Vec<(String, KeyKind)>,
     pub identity: PatientIdentity,
 }
 
@@ -90,17 +111,25 @@ impl ParseContext<'_> {
         identity: &PatientIdentity,
         id: Option<&str>,
         full_url: Option<&str>,
-    ) -> Vec<String> {
-        let mut keys: Vec<String> = identity
+    ) -> Vec<(String, KeyKind)> {
+        let mut keys: Vec<(String, KeyKind)> = identity
             .identifiers
             .iter()
-            .map(|i| self.key_identifier(&i.system, &i.value))
+            .map(|i| {
+                (
+                    self.key_identifier(&i.system, &i.value),
+                    KeyKind::Identifier,
+                )
+            })
             .collect();
         if let Some(id) = id {
-            keys.push(self.key_fhir_id("Patient", id));
+            keys.push((self.key_fhir_id("Patient", id), KeyKind::LogicalId));
         }
         if let Some(u) = full_url.filter(|u| u.starts_with("urn:uuid:") || u.contains("://")) {
-            keys.push(self.keyring.blind_index(&["fhir-fullurl", u]));
+            keys.push((
+                self.keyring.blind_index(&["fhir-fullurl", u]),
+                KeyKind::FullUrl,
+            ));
         }
         keys
     }

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `tessera` binary on the real shared test data, checked against
+//! counts computed here, independently, from the raw JSON. One test binary, one module per
+//! capability.
+
+mod support;
+
+mod broken_input;
+mod consent;
+mod corpus;
+mod postgres;
+mod privacy;
+mod reingest;

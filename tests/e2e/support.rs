@@ -1,0 +1,253 @@
+//! Shared helpers: locating the shared data, running the binary, independent counts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// A fixed test key (never a real one).
+pub const TEST_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+pub fn test_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    k
+}
+
+/// `../shared/data`, which holds the third-party test data. The tests need it.
+pub fn shared() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    assert!(
+        p.join("synthea").is_dir(),
+        "the shared test data is missing: expected it at {} (a checkout of the project sits beside shared/)",
+        p.display()
+    );
+    p
+}
+
+/// The 373 Synthea bundles (plus hospital and practitioner bundles), unpacked once per run.
+pub fn synthea_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| unpack(&shared().join("synthea/synthea-r4-dev.tar.zst")))
+}
+
+/// Microsoft's sample bundles with free-text notes, unpacked once per run.
+pub fn ms_samples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| unpack(&shared().join("fhir-anonymizer/samples-r4.tar.zst")))
+}
+
+fn unpack(archive: &Path) -> PathBuf {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let file = std::fs::File::open(archive).expect("open archive");
+    let decoder = zstd::Decoder::new(file).expect("zstd");
+    tar::Archive::new(decoder).unpack(&dir).expect("unpack");
+    dir
+}
+
+/// JSON files under a folder, recursively, skipping `_`-prefixed side files.
+pub fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                if name.ends_with(".json") && !name.starts_with('_') {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).expect("read");
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    serde_json::from_slice(body).expect("json")
+}
+
+/// Distinct records per source resource type and distinct patients, computed from raw JSON
+/// without any Tessera code: FHIR resources by (type, id or fullUrl); phenopacket elements by
+/// (phenopacket id, element position).
+#[derive(Debug, Default)]
+pub struct Expected {
+    pub records: BTreeMap<String, BTreeSet<String>>,
+    pub patients: BTreeSet<String>,
+}
+
+impl Expected {
+    pub fn add_fhir_file(&mut self, path: &Path) {
+        let v = read_json(path);
+        let entries: Vec<(Option<String>, &Value)> = if v["resourceType"] == "Bundle" {
+            v["entry"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| (e["fullUrl"].as_str().map(str::to_string), &e["resource"]))
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            vec![(None, &v)]
+        };
+        for (full_url, r) in entries {
+            let rt = r["resourceType"]
+                .as_str()
+                .expect("resourceType")
+                .to_string();
+            let id = r["id"]
+                .as_str()
+                .map(str::to_string)
+                .or(full_url)
+                .expect("id");
+            if rt == "Patient" {
+                self.patients.insert(format!("fhir:{id}"));
+            } else {
+                self.records.entry(rt).or_default().insert(id);
+            }
+        }
+    }
+
+    pub fn add_phenopacket(&mut self, path: &Path) {
+        let v = read_json(path);
+        let id = v["id"].as_str().expect("id").to_string();
+        self.patients.insert(format!("pp:{id}"));
+        let mut add = |t: &str, key: String| {
+            self.records
+                .entry(t.to_string())
+                .or_default()
+                .insert(format!("{id}/{key}"));
+        };
+        for (i, _) in v["phenotypicFeatures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            add("Phenopacket.phenotypicFeature", format!("f{i}"));
+        }
+        for (i, _) in v["diseases"].as_array().into_iter().flatten().enumerate() {
+            add("Phenopacket.disease", format!("d{i}"));
+        }
+        for (i, _) in v["measurements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            add("Phenopacket.measurement", format!("m{i}"));
+        }
+        for (i, interp) in v["interpretations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for (j, gi) in interp["diagnosis"]["genomicInterpretations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if gi["variantInterpretation"]["variationDescriptor"].is_object() {
+                    add("Phenopacket.variant", format!("v{i}.{j}"));
+                }
+            }
+        }
+    }
+
+    pub fn counts(&self) -> BTreeMap<String, i64> {
+        self.records
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len() as i64))
+            .collect()
+    }
+}
+
+/// A data folder and the binary, isolated from the caller's environment.
+pub struct Tessera {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tessera {
+    pub fn new() -> Tessera {
+        Tessera {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn database_url(&self) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.data_dir().join("tessera.db").display()
+        )
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TESSERA_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("TESSERA_DATA_DIR", self.data_dir())
+            .env("TESSERA_MASTER_KEY", TEST_KEY_HEX)
+            .current_dir(self.dir.path());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run tessera")
+    }
+
+    /// Runs and requires exit code `code`; returns stdout.
+    pub fn expect(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tessera {args:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    pub fn ingest_json(&self, paths: &[&Path], extra: &[&str], code: i32) -> Value {
+        let mut args: Vec<String> = vec!["ingest".into(), "--json".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(paths.iter().map(|p| p.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        serde_json::from_str(&self.expect(&args, code)).expect("ingest --json output")
+    }
+
+    pub fn stats(&self) -> Value {
+        serde_json::from_str(&self.expect(&["stats", "--json"], 0)).expect("stats json")
+    }
+
+    pub async fn catalog(&self) -> tessera_catalog::Catalog {
+        tessera_catalog::Catalog::open(
+            &self.database_url(),
+            tessera_catalog::Keyring::new(&test_key(), &[]),
+        )
+        .await
+        .expect("open catalog")
+    }
+}
