@@ -1,5 +1,24 @@
 //! Small helpers for human-readable output.
 
+/// `println!` that ends the process quietly when standard output is closed (`tessera … | head`)
+/// instead of panicking. Everything a command stores is committed before it prints.
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::output::say_line(format_args!($($arg)*)) };
+}
+pub(crate) use say;
+
+pub fn say_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// `1.5 MB`-style sizes (decimal units, as throughput figures use).
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
@@ -35,7 +54,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("  {}", s.trim_end());
+        say!("  {}", s.trim_end());
     };
     line(header.to_vec());
     for r in rows {

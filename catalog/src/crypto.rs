@@ -215,6 +215,16 @@ impl Keyring {
         Ok(buf)
     }
 
+    /// A keyed hash (HMAC-SHA-256, hex, 160 bits) of bytes under a label, for change detection
+    /// without revealing content.
+    pub fn keyed_hash(&self, label: &str, bytes: &[u8]) -> String {
+        let mut ctx = hmac::Context::with_key(&self.index_key);
+        ctx.update(&(label.len() as u64).to_le_bytes());
+        ctx.update(label.as_bytes());
+        ctx.update(bytes);
+        hex::encode(&ctx.sign().as_ref()[..20])
+    }
+
     /// A blind index of `parts`: hex HMAC-SHA-256 over the parts, each length-prefixed so that
     /// ("ab", "c") and ("a", "bc") differ.
     pub fn blind_index(&self, parts: &[&str]) -> String {

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod error;
 pub mod ingest;
 pub mod model;
+mod payload;
 mod store;
 
 use std::path::PathBuf;
@@ -283,11 +284,7 @@ impl Catalog {
             .map_err(|e| CatalogError::internal(format!("stored identity does not parse: {e}")))?;
             let mut records = Vec::new();
             for (record_id, _kind, sealed) in self.store.patient_records(&patient_id).await? {
-                let body: RecordBody =
-                    serde_json::from_slice(&self.keyring.open(&sealed, &record_aad(&record_id))?)
-                        .map_err(|e| {
-                        CatalogError::internal(format!("stored record does not parse: {e}"))
-                    })?;
+                let body = payload::decode(&self.keyring.open(&sealed, &record_aad(&record_id))?)?;
                 if scope.covers(&body.categories) {
                     records.push(StoredRecord { record_id, body });
                 }

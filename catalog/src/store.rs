@@ -159,6 +159,11 @@ impl Store {
                             "PRAGMA synchronous = FULL",
                             "PRAGMA foreign_keys = ON",
                             "PRAGMA busy_timeout = 10000",
+                            // 64 MiB of page cache: ingest inserts by random keys, and the
+                            // default 2 MiB cache evicts the index pages it keeps revisiting.
+                            "PRAGMA cache_size = -65536",
+                            // Statement journals (multi-row inserts) stay in memory.
+                            "PRAGMA temp_store = MEMORY",
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }

@@ -10,6 +10,7 @@ use tessera_catalog::{Grant, Purpose, Scope};
 
 use crate::config::GlobalArgs;
 use crate::output;
+use crate::output::say;
 
 #[derive(Debug, Subcommand)]
 pub enum ConsentCommand {
@@ -80,7 +81,7 @@ pub async fn run(g: &GlobalArgs, c: ConsentCommand) -> Result<ExitCode> {
                 actor,
             };
             let e = catalog.grant(grant).await?;
-            println!(
+            say!(
                 "granted {} for patient {} (scope {}, from {}{}), event {}",
                 e.purpose,
                 e.patient_id,
@@ -100,9 +101,11 @@ pub async fn run(g: &GlobalArgs, c: ConsentCommand) -> Result<ExitCode> {
             let e = catalog
                 .revoke(&patient, &Purpose::parse(&purpose)?, &actor)
                 .await?;
-            println!(
+            say!(
                 "revoked {} for patient {} at {}",
-                e.purpose, e.patient_id, e.recorded_at
+                e.purpose,
+                e.patient_id,
+                e.recorded_at
             );
         }
         ConsentCommand::Show { patient, json } => {
@@ -128,16 +131,16 @@ pub async fn run(g: &GlobalArgs, c: ConsentCommand) -> Result<ExitCode> {
                         "recorded_at": e.recorded_at, "actor": e.actor,
                     })).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                say!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("patient {patient}");
+                say!("patient {patient}");
                 if states.is_empty() {
-                    println!("  no consent recorded");
+                    say!("  no consent recorded");
                 }
                 for (p, s) in &states {
-                    println!("  {p}: {}", serde_json::to_string(s)?);
+                    say!("  {p}: {}", serde_json::to_string(s)?);
                 }
-                println!("history:");
+                say!("history:");
                 let rows: Vec<Vec<String>> = history
                     .iter()
                     .map(|e| {

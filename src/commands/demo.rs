@@ -11,6 +11,7 @@ use tessera_catalog::consent::KNOWN_PURPOSES;
 use tessera_catalog::{Grant, IngestOptions, Purpose, Scope};
 
 use crate::config::GlobalArgs;
+use crate::output::say;
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -54,7 +55,7 @@ fn demo_grants(patient_id: &str) -> Vec<(&'static str, Scope)> {
         (KNOWN_PURPOSES[1], Scope::excluding_all_sensitive()),
     ];
     let bucket = u8::from_str_radix(&patient_id[..1], 16).unwrap_or(0);
-    if bucket % 3 != 0 {
+    if !bucket.is_multiple_of(3) {
         grants.push((KNOWN_PURPOSES[3], Scope::All));
     }
     grants
@@ -63,12 +64,12 @@ fn demo_grants(patient_id: &str) -> Vec<(&'static str, Scope)> {
 pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
     let catalog = super::open_catalog(g, true).await?;
     let (inputs, origin) = demo_inputs(&args.shared_data, &args.fixtures);
-    println!(
+    say!(
         "tessera demo: data folder {}, ingesting the {origin}:",
         g.data_dir.display()
     );
     for i in &inputs {
-        println!("  {}", i.display());
+        say!("  {}", i.display());
     }
     let bar = super::ingest::Bar::new();
     let started = Instant::now();
@@ -105,17 +106,17 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
             }
         }
     }
-    println!("granted {granted} demo consents; consent in force now:");
+    say!("granted {granted} demo consents; consent in force now:");
     let now = Utc::now();
     for purpose in KNOWN_PURPOSES {
         let n = catalog
             .consented_patients(&Purpose::parse(purpose)?, now)
             .await?
             .len();
-        println!("  {purpose:<28} {n} patients");
+        say!("  {purpose:<28} {n} patients");
     }
     let patients = catalog.count_patients().await?;
-    println!(
+    say!(
         "{patients} patients in the catalog. Next: `tessera stats`, `tessera patients list`, `tessera consent show --patient <id>`"
     );
     catalog.close().await;

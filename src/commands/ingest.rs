@@ -12,6 +12,7 @@ use tessera_catalog::{IngestOptions, IngestReport, Progress};
 
 use crate::config::GlobalArgs;
 use crate::output;
+use crate::output::say;
 
 #[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
@@ -95,7 +96,7 @@ pub fn options(args: &IngestArgs) -> IngestOptions {
 /// Prints what an ingest did, and what it refused.
 pub fn print_report(report: &IngestReport, seconds: f64) {
     let r = &report.records;
-    println!(
+    say!(
         "ingested {} files ({}) in {seconds:.1} s: {} patients new, {} updated, {} unchanged; records {} added, {} updated, {} unchanged",
         report.files,
         output::bytes(report.bytes),
@@ -122,16 +123,16 @@ pub fn print_report(report: &IngestReport, seconds: f64) {
         output::table(&["resource type", "added", "updated", "unchanged"], &rows);
     }
     if report.quarantined.is_empty() {
-        println!("nothing was quarantined");
+        say!("nothing was quarantined");
     } else {
-        println!(
+        say!(
             "quarantined {} file(s) or entries; they did not go in, everything else did:",
             report.quarantined.len()
         );
         for q in &report.quarantined {
-            println!("  {q}");
+            say!("  {q}");
         }
-        println!("see them again with `tessera quarantine list`");
+        say!("see them again with `tessera quarantine list`");
     }
 }
 
@@ -142,7 +143,7 @@ pub async fn run(g: &GlobalArgs, args: IngestArgs) -> Result<ExitCode> {
     let report = catalog.ingest(&args.paths, &options(&args), &bar).await?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, seconds);
     }

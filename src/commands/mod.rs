@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use tessera_catalog::Catalog;
 
 use crate::config::GlobalArgs;
+use crate::output::say;
 
 /// Opens the catalog; `create` makes the data folder and key when they are missing.
 pub async fn open_catalog(g: &GlobalArgs, create: bool) -> Result<Catalog> {
@@ -33,7 +34,7 @@ pub async fn open_catalog(g: &GlobalArgs, create: bool) -> Result<Catalog> {
 
 pub async fn init(g: &GlobalArgs) -> Result<ExitCode> {
     let catalog = open_catalog(g, true).await?;
-    println!(
+    say!(
         "ready: data in {}, database {:?}, {} patients stored",
         g.data_dir.display(),
         catalog.backend(),

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::GlobalArgs;
 use crate::output;
+use crate::output::say;
 
 #[derive(Debug, Subcommand)]
 pub enum PatientsCommand {
@@ -40,7 +41,7 @@ pub async fn run(g: &GlobalArgs, c: PatientsCommand) -> Result<ExitCode> {
             let list = catalog.list_patients(limit, offset).await?;
             if json {
                 for p in &list {
-                    println!("{}", serde_json::to_string(p)?);
+                    say!("{}", serde_json::to_string(p)?);
                 }
             } else {
                 let rows: Vec<Vec<String>> = list
@@ -72,9 +73,9 @@ pub async fn stats(g: &GlobalArgs, a: StatsArgs) -> Result<ExitCode> {
             "records_by_kind": kinds.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "records_by_resource_type": types.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{patients} patients");
+        say!("{patients} patients");
         output::table(
             &["kind", "records"],
             &kinds

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use crate::config::GlobalArgs;
+use crate::output::say;
 
 #[derive(Debug, Subcommand)]
 pub enum QuarantineCommand {
@@ -26,10 +27,10 @@ pub async fn run(g: &GlobalArgs, c: QuarantineCommand) -> Result<ExitCode> {
             let entries = catalog.quarantine(limit).await?;
             if json {
                 for e in &entries {
-                    println!("{}", serde_json::to_string(e)?);
+                    say!("{}", serde_json::to_string(e)?);
                 }
             } else if entries.is_empty() {
-                println!("the quarantine is empty");
+                say!("the quarantine is empty");
             } else {
                 for e in &entries {
                     let entry = e.entry.map(|i| format!(", entry {i}")).unwrap_or_default();
@@ -38,8 +39,8 @@ pub async fn run(g: &GlobalArgs, c: QuarantineCommand) -> Result<ExitCode> {
                     } else {
                         format!(", field {}", e.field)
                     };
-                    println!("{}  {}  {}{entry}{field}", e.id, e.last_seen_at, e.file);
-                    println!("    {}: {}", e.reason, e.message);
+                    say!("{}  {}  {}{entry}{field}", e.id, e.last_seen_at, e.file);
+                    say!("    {}: {}", e.reason, e.message);
                 }
             }
         }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
 use super::fhir::{self, At, Extracted, R4_RESOURCE_TYPES};
@@ -11,6 +12,7 @@ use super::problem::{Problem, Reason};
 use super::sensitive;
 use crate::crypto::{Keyring, Sealed};
 use crate::model::{Clinical, PatientIdentity, RecordBody, RecordKind};
+use crate::payload;
 
 /// How a record names its patient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,17 +136,17 @@ impl ParseContext<'_> {
         keys
     }
 
-    fn seal_record(
-        &self,
-        record_id: String,
-        link: Option<PatientLink>,
-        resource_type: &str,
-        clinical: Clinical,
-        encounter: Option<String>,
-        raw: &impl serde::Serialize,
-        entry: Option<usize>,
-        ref_field: String,
-    ) -> Result<ParsedRecord, Problem> {
+    fn seal_record(&self, draft: Draft) -> Result<ParsedRecord, Problem> {
+        let Draft {
+            record_id,
+            link,
+            resource_type,
+            clinical,
+            encounter,
+            raw,
+            entry,
+            ref_field,
+        } = draft;
         let categories = sensitive::classify(&clinical, resource_type);
         let kind = clinical.kind();
         let body = RecordBody {
@@ -152,17 +154,14 @@ impl ParseContext<'_> {
             clinical,
             categories,
             encounter,
-            raw: serde_json::value::to_raw_value(raw)
-                .map_err(|e| Problem::from_json_error(entry, &ref_field, &e))?,
+            raw,
         };
-        let bytes = serde_json::to_vec(&body)
-            .map_err(|e| Problem::from_json_error(entry, &ref_field, &e))?;
-        let content_hash = self
-            .keyring
-            .blind_index(&["content", &String::from_utf8_lossy(&bytes)]);
+        let (payload, json) = payload::encode(&body)
+            .map_err(|e| Problem::at(entry, "", Reason::Unreadable, e.to_string()))?;
+        let content_hash = self.keyring.keyed_hash("content", &json);
         let sealed = self
             .keyring
-            .seal(&bytes, &record_aad(&record_id))
+            .seal(&payload, &record_aad(&record_id))
             .map_err(|e| Problem::at(entry, "", Reason::Unreadable, e.to_string()))?;
         Ok(ParsedRecord {
             record_id,
@@ -175,6 +174,45 @@ impl ParseContext<'_> {
             ref_field,
         })
     }
+}
+
+/// The raw JSON without insignificant whitespace (pretty-printed bundles are a third
+/// indentation). `None` if the result does not check out as JSON, which cannot happen for text
+/// that parsed, but then the caller re-serializes instead.
+fn minified(raw: &str) -> Option<Box<RawValue>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &c in raw.as_bytes() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+        } else if c == b'"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+            out.push(c);
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    RawValue::from_string(text).ok()
+}
+
+/// A record extracted and ready to seal.
+struct Draft<'a> {
+    record_id: String,
+    link: Option<PatientLink>,
+    resource_type: &'a str,
+    clinical: Clinical,
+    encounter: Option<String>,
+    raw: Box<RawValue>,
+    entry: Option<usize>,
+    ref_field: String,
 }
 
 /// Strips a UTF-8 byte-order mark; refuses UTF-16/32.
@@ -208,6 +246,74 @@ struct Entry<'a> {
     resource: &'a Map<String, Json>,
     resource_type: &'a str,
     id: Option<&'a str>,
+    /// The resource's text exactly as it arrived, when the parser kept it.
+    raw: Option<&'a RawValue>,
+}
+
+/// The outline of a file, parsed without building values, so that a bundle's resources keep
+/// their original text and are parsed one by one.
+#[derive(serde::Deserialize)]
+struct Outline<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    resource_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    entry: Option<Vec<OutlineEntry<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutlineEntry<'a> {
+    #[serde(rename = "fullUrl", borrow, default)]
+    full_url: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource: Option<&'a RawValue>,
+}
+
+/// The fast path for bundles: the outline keeps each resource's raw text. Returns false when
+/// the file is not a well-formed bundle, leaving the careful path to find and name the fault.
+fn parse_bundle_outline(body: &[u8], ctx: &ParseContext, out: &mut ParsedFile) -> bool {
+    let Ok(outline) = serde_json::from_slice::<Outline>(body) else {
+        return false;
+    };
+    if outline.resource_type.as_deref() != Some("Bundle") {
+        return false;
+    }
+    let entries = outline.entry.unwrap_or_default();
+    type Parsed<'b> = (usize, Option<&'b str>, Map<String, Json>, &'b RawValue);
+    let mut maps: Vec<Parsed> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        out.entries_seen += 1;
+        let path = format!("entry[{i}].resource");
+        let Some(raw) = e.resource else {
+            out.problems.push(Problem::at(
+                Some(i),
+                path,
+                Reason::MissingField,
+                "the entry has no resource (only a request or response); nothing to ingest",
+            ));
+            continue;
+        };
+        match serde_json::from_str::<Map<String, Json>>(raw.get()) {
+            Ok(m) => maps.push((i, e.full_url.as_deref().filter(|u| !u.is_empty()), m, raw)),
+            Err(_) => out.problems.push(Problem::at(
+                Some(i),
+                path,
+                Reason::InvalidValue,
+                "entry.resource must be an object",
+            )),
+        }
+    }
+    let mut good = Vec::with_capacity(maps.len());
+    for (i, full_url, m, raw) in &maps {
+        match entry_of(m, Some(*i), format!("entry[{i}].resource"), *full_url) {
+            Ok(mut entry) => {
+                entry.raw = Some(raw);
+                good.push(entry);
+            }
+            Err(p) => out.problems.push(p),
+        }
+    }
+    extract_entries(good, ctx, out);
+    true
 }
 
 /// Parses one file. `name` is used only to recognise NDJSON by its extension.
@@ -222,6 +328,9 @@ pub fn parse_file(bytes: &[u8], name: &str, ctx: &ParseContext) -> ParsedFile {
     };
     if is_ndjson_name(name) {
         parse_ndjson(body, ctx, &mut out);
+        return out;
+    }
+    if parse_bundle_outline(body, ctx, &mut out) {
         return out;
     }
     match serde_json::from_slice::<Json>(body) {
@@ -353,6 +462,7 @@ fn entry_of<'a>(
         resource,
         resource_type: rt,
         id,
+        raw: None,
     })
 }
 
@@ -601,16 +711,27 @@ fn extract_entries(entries: Vec<Entry>, ctx: &ParseContext, out: &mut ParsedFile
         if !seen_ids.insert(record_id.clone()) {
             continue; // the same resource twice in one file: the first stands
         }
-        match ctx.seal_record(
+        let raw = match e.raw.and_then(|r| minified(r.get())) {
+            Some(r) => r,
+            None => match serde_json::value::to_raw_value(e.resource) {
+                Ok(r) => r,
+                Err(err) => {
+                    out.problems
+                        .push(Problem::from_json_error(e.index, &e.path, &err));
+                    continue;
+                }
+            },
+        };
+        match ctx.seal_record(Draft {
             record_id,
             link,
-            e.resource_type,
+            resource_type: e.resource_type,
             clinical,
             encounter,
-            e.resource,
-            e.index,
+            raw,
+            entry: e.index,
             ref_field,
-        ) {
+        }) {
             Ok(r) => out.records.push(r),
             Err(p) => out.problems.push(p),
         }
@@ -636,16 +757,24 @@ fn parse_phenopacket(o: &Map<String, Json>, ctx: &ParseContext, out: &mut Parsed
         let record_id =
             ctx.keyring
                 .blind_index(&["record", ctx.source, "phenopacket", &x.id, &el.path]);
-        match ctx.seal_record(
+        let raw = match serde_json::value::to_raw_value(el.raw) {
+            Ok(r) => r,
+            Err(err) => {
+                out.problems
+                    .push(Problem::from_json_error(None, &el.path, &err));
+                continue;
+            }
+        };
+        match ctx.seal_record(Draft {
             record_id,
-            Some(PatientLink::Local(0)),
-            el.resource_type,
-            el.clinical,
-            None,
-            el.raw,
-            None,
-            el.path,
-        ) {
+            link: Some(PatientLink::Local(0)),
+            resource_type: el.resource_type,
+            clinical: el.clinical,
+            encounter: None,
+            raw,
+            entry: None,
+            ref_field: el.path,
+        }) {
             Ok(r) => out.records.push(r),
             Err(p) => out.problems.push(p),
         }
@@ -695,11 +824,12 @@ mod tests {
         );
         assert_eq!(f.records[0].link, Some(PatientLink::Local(0)));
         assert!(matches!(f.records[1].link, Some(PatientLink::Keys(_))));
-        let probs: Vec<_> = f
+        let mut probs: Vec<_> = f
             .problems
             .iter()
             .map(|p| (p.entry, p.field.as_str(), p.reason))
             .collect();
+        probs.sort();
         assert_eq!(
             probs,
             [
@@ -708,12 +838,12 @@ mod tests {
                     "entry[3].resource.resourceType",
                     Reason::WrongResourceType
                 ),
-                (Some(5), "entry[5].resource", Reason::MissingField),
                 (
                     Some(4),
                     "entry[4].resource.effectiveDateTime",
                     Reason::InvalidDate
                 ),
+                (Some(5), "entry[5].resource", Reason::MissingField),
             ]
         );
     }
@@ -768,6 +898,16 @@ mod tests {
     }
 
     #[test]
+    fn minify_keeps_strings_intact() {
+        let raw = "{\n  \"a\" : [ 1, 2 ],\n  \"s\": \"x  y \\\" \\n z\"\n}";
+        let m = minified(raw).expect("json");
+        assert_eq!(m.get(), "{\"a\":[1,2],\"s\":\"x  y \\\" \\n z\"}");
+        let a: Json = serde_json::from_str(raw).expect("a");
+        let b: Json = serde_json::from_str(m.get()).expect("b");
+        assert_eq!(a, b);
+    }
+
+    #[test]
     fn record_ids_are_stable_and_sealed_payload_opens() {
         let a = parse(&bundle(), "b.json");
         let b = parse(&bundle(), "b.json");
@@ -776,7 +916,7 @@ mod tests {
         let k = Keyring::new(&[5; 32], &[]);
         let r = &a.records[0];
         let plain = k.open(&r.sealed, &record_aad(&r.record_id)).expect("opens");
-        let body: RecordBody = serde_json::from_slice(&plain).expect("body");
+        let body: RecordBody = payload::decode(&plain).expect("body");
         assert_eq!(body.resource_type, "Condition");
     }
 }
