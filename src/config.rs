@@ -19,7 +19,13 @@ pub struct GlobalArgs {
     pub data_dir: PathBuf,
 
     /// Database URL; defaults to SQLite in the data folder. PostgreSQL: postgres://user@host/db
-    #[arg(long, global = true, env = "TESSERA_DATABASE_URL")]
+    /// (Its value is hidden from --help: URLs can carry passwords.)
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 
     /// File holding the master key (64 hex characters). Default: <data-dir>/master.key.

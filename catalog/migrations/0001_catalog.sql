@@ -85,3 +85,13 @@ CREATE TABLE consent_events (
 );
 
 CREATE INDEX consent_by_purpose ON consent_events (purpose, patient_id, seq);
+
+-- One sealed canary per master key that has written to this database: opening the catalog with
+-- a key that is not among them is refused, instead of silently starting a second, unreadable
+-- set of blind indexes.
+CREATE TABLE key_checks (
+    key_id TEXT PRIMARY KEY,
+    nonce BYTEA NOT NULL,
+    sealed BYTEA NOT NULL,
+    created_at TEXT NOT NULL
+);

@@ -29,6 +29,9 @@ pub use store::{Backend, ConsentRow};
 use ingest::parse::record_aad;
 use ingest::problem::Reason;
 
+const KEY_CHECK_TEXT: &[u8] = b"tessera key check v1";
+const KEY_CHECK_AAD: &[u8] = b"key_checks";
+
 /// A quarantined file or entry, as `tessera quarantine list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantineEntry {
@@ -61,9 +64,35 @@ pub struct Catalog {
 
 impl Catalog {
     /// Opens (creating and migrating if needed) the catalog at a database URL.
+    /// Refuses a keyring that holds none of the keys this database was written with.
     pub async fn open(database_url: &str, keyring: Keyring) -> Result<Catalog> {
+        let store = store::Store::connect(database_url).await?;
+        let checks = store.key_checks().await?;
+        let opens = |s: &crypto::Sealed| {
+            keyring
+                .open(s, KEY_CHECK_AAD)
+                .is_ok_and(|p| p == KEY_CHECK_TEXT)
+        };
+        if !checks.is_empty() && !checks.iter().any(opens) {
+            let ids: Vec<&str> = checks.iter().map(|c| c.key_id.as_str()).collect();
+            store.close().await;
+            return Err(CatalogError::Key {
+                message: format!(
+                    "this database was written with master key {}, but the configured key is {}: \
+                     set TESSERA_MASTER_KEY (or --key-file) to the key it was created with \
+                     (an older key can go in TESSERA_PREVIOUS_MASTER_KEYS)",
+                    ids.join(", "),
+                    keyring.current_key_id()
+                ),
+            });
+        }
+        if !checks.iter().any(|c| c.key_id == keyring.current_key_id()) {
+            store
+                .add_key_check(&keyring.seal(KEY_CHECK_TEXT, KEY_CHECK_AAD)?)
+                .await?;
+        }
         Ok(Catalog {
-            store: store::Store::connect(database_url).await?,
+            store,
             keyring: Arc::new(keyring),
         })
     }

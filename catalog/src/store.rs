@@ -242,6 +242,32 @@ impl Store {
         })
     }
 
+    /// The key checks stored: (key id, sealed canary).
+    pub async fn key_checks(&self) -> Result<Vec<Sealed>> {
+        let rows = sqlx::query("SELECT key_id, nonce, sealed FROM key_checks ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await
+            .ctx("reading key checks")?;
+        rows.iter()
+            .map(|r| sealed_from(r, "key_id", "nonce", "sealed"))
+            .collect()
+    }
+
+    pub async fn add_key_check(&self, sealed: &Sealed) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO key_checks (key_id, nonce, sealed, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(&sealed.key_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .ctx("recording a key check")?;
+        Ok(())
+    }
+
     // ---- reads ---------------------------------------------------------------------------
 
     /// Stored records per source resource type.
@@ -778,7 +804,7 @@ mod tests {
                 .iter()
                 .filter(|s| s.starts_with("CREATE TABLE"))
                 .count(),
-            6
+            7
         );
     }
 
