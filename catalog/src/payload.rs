@@ -1,34 +1,95 @@
-//! The byte format of a stored record before sealing: a version byte, then the record's JSON
-//! compressed with LZ4 (block format, uncompressed size first).
+//! The byte format of a stored record before sealing.
+//!
+//! `[3] ++ lz4(u32 head length ++ head JSON ++ raw JSON)`, LZ4 in block format with the
+//! uncompressed size first. The head is the normalized record (everything of [`RecordBody`] but
+//! the raw resource); the raw resource follows as its own JSON text, minified, so ingest never
+//! re-encodes or re-validates it.
 //!
 //! LZ4 rather than zstd: records are small (a few kB) and zstd spends most of its time building
 //! entropy tables for each one; LZ4 compresses JSON two- to three-fold at several times the
 //! speed, which measured as the better trade on the ingest benchmark (docs/benchmarks.md).
 
-use crate::error::{CatalogError, Result};
-use crate::model::RecordBody;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-const FORMAT_LZ4_JSON: u8 = 2;
+use crate::error::{CatalogError, Result};
+use crate::model::{Clinical, RecordBody, SensitiveCategory};
+
+const FORMAT: u8 = 3;
 /// Refuse to inflate anything claiming to be larger than this (a corrupt row).
 const MAX_BODY_BYTES: usize = 512 * 1024 * 1024;
 
-/// Serializes and compresses a record body. Returns the payload and the uncompressed JSON
-/// (which the caller hashes to detect changed content independently of the compressor).
-pub fn encode(body: &RecordBody) -> Result<(Vec<u8>, Vec<u8>)> {
-    let json = serde_json::to_vec(body)
+/// The normalized part of a record, borrowed for encoding.
+#[derive(Serialize)]
+pub struct Head<'a> {
+    pub resource_type: &'a str,
+    pub clinical: &'a Clinical,
+    pub categories: &'a [SensitiveCategory],
+    pub encounter: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct OwnedHead {
+    resource_type: String,
+    clinical: Clinical,
+    categories: Vec<SensitiveCategory>,
+    encounter: Option<String>,
+}
+
+/// Appends `raw` (valid JSON) without whitespace outside strings.
+pub fn minify_into(raw: &[u8], out: &mut Vec<u8>) {
+    let is_ws = |c: &u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t');
+    let n = raw.len();
+    let mut i = 0;
+    while i < n {
+        let Some(p) = raw[i..].iter().position(|&c| c == b'"') else {
+            out.extend(raw[i..].iter().filter(|c| !is_ws(c)));
+            return;
+        };
+        out.extend(raw[i..i + p].iter().filter(|c| !is_ws(c)));
+        let start = i + p;
+        i = start + 1;
+        // Copy the string through its closing quote, stepping over escapes.
+        while i < n {
+            match raw[i..].iter().position(|&c| c == b'"' || c == b'\\') {
+                None => i = n,
+                Some(q) if raw[i + q] == b'\\' => i += q + 2,
+                Some(q) => {
+                    i += q + 1;
+                    break;
+                }
+            }
+        }
+        out.extend_from_slice(&raw[start..i.min(n)]);
+    }
+}
+
+/// Encodes a record: returns the payload to seal and the uncompressed bytes (which the caller
+/// hashes to detect changed content independently of the compressor).
+pub fn encode(head: &Head, raw: &str, minify: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut plain = Vec::with_capacity(raw.len() + 512);
+    plain.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut plain, head)
         .map_err(|e| CatalogError::internal(format!("serializing a record: {e}")))?;
-    let compressed = lz4_flex::block::compress_prepend_size(&json);
+    let head_len = (plain.len() - 4) as u32;
+    plain[..4].copy_from_slice(&head_len.to_le_bytes());
+    if minify {
+        minify_into(raw.as_bytes(), &mut plain);
+    } else {
+        plain.extend_from_slice(raw.as_bytes());
+    }
+    let compressed = lz4_flex::block::compress_prepend_size(&plain);
     let mut out = Vec::with_capacity(compressed.len() + 1);
-    out.push(FORMAT_LZ4_JSON);
+    out.push(FORMAT);
     out.extend_from_slice(&compressed);
-    Ok((out, json))
+    Ok((out, plain))
 }
 
 /// Inverse of [`encode`].
 pub fn decode(payload: &[u8]) -> Result<RecordBody> {
     let bad = |what: &str| CatalogError::internal(format!("a stored record is malformed: {what}"));
     let (&format, rest) = payload.split_first().ok_or_else(|| bad("empty"))?;
-    if format != FORMAT_LZ4_JSON {
+    if format != FORMAT {
         return Err(bad("unknown format version"));
     }
     let declared = rest
@@ -39,37 +100,69 @@ pub fn decode(payload: &[u8]) -> Result<RecordBody> {
     if declared > MAX_BODY_BYTES {
         return Err(bad("declared length too large"));
     }
-    let json =
+    let plain =
         lz4_flex::block::decompress_size_prepended(rest).map_err(|_| bad("does not decompress"))?;
-    serde_json::from_slice(&json).map_err(|e| bad(&format!("JSON: {e}")))
+    let head_len = plain
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| u32::from_le_bytes(b) as usize)
+        .ok_or_else(|| bad("short body"))?;
+    let head_bytes = plain
+        .get(4..4 + head_len)
+        .ok_or_else(|| bad("head length"))?;
+    let head: OwnedHead =
+        serde_json::from_slice(head_bytes).map_err(|e| bad(&format!("head: {e}")))?;
+    let raw_text =
+        String::from_utf8(plain[4 + head_len..].to_vec()).map_err(|_| bad("raw is not UTF-8"))?;
+    let raw = RawValue::from_string(raw_text).map_err(|e| bad(&format!("raw: {e}")))?;
+    Ok(RecordBody {
+        resource_type: head.resource_type,
+        clinical: head.clinical,
+        categories: head.categories,
+        encounter: head.encounter,
+        raw,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Clinical;
+    use serde_json::Value;
 
     #[test]
     fn round_trip_and_corruption() {
-        let body = RecordBody {
-            resource_type: "Observation".into(),
-            clinical: Clinical::Other {
-                code: None,
-                date: Some("2020-01-01".into()),
-            },
-            categories: vec![],
-            encounter: None,
-            raw: serde_json::value::RawValue::from_string(
-                r#"{"resourceType":"Observation","id":"x"}"#.into(),
-            )
-            .expect("raw"),
+        let clinical = Clinical::Other {
+            code: None,
+            date: Some("2020-01-01".into()),
         };
-        let (payload, json) = encode(&body).expect("encode");
-        assert_eq!(payload[0], FORMAT_LZ4_JSON);
+        let head = Head {
+            resource_type: "Observation",
+            clinical: &clinical,
+            categories: &[SensitiveCategory::Genetic],
+            encounter: Some("e1"),
+        };
+        let raw = "{\n  \"resourceType\" : \"Observation\",\n  \"id\": \"x\"\n}";
+        let (payload, plain) = encode(&head, raw, true).expect("encode");
+        assert_eq!(payload[0], FORMAT);
         let back = decode(&payload).expect("decode");
-        assert_eq!(back.raw.get(), body.raw.get());
-        assert_eq!(serde_json::to_vec(&back).expect("json"), json);
+        assert_eq!(back.raw.get(), r#"{"resourceType":"Observation","id":"x"}"#);
+        assert_eq!(back.clinical, clinical);
+        assert_eq!(back.encounter.as_deref(), Some("e1"));
+        assert!(plain.ends_with(back.raw.get().as_bytes()));
         assert!(decode(&payload[..payload.len() / 2]).is_err());
         assert!(decode(&[9, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn minify_keeps_strings_intact() {
+        let raw = "{\n  \"a\" : [ 1, 2 ],\n  \"s\": \"x  y \\\" \\\\\" , \"t\":\"\\\\\"\n}";
+        let mut out = Vec::new();
+        minify_into(raw.as_bytes(), &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(!text.contains('\n'));
+        let a: Value = serde_json::from_str(raw).expect("a");
+        let b: Value = serde_json::from_str(&text).expect("b");
+        assert_eq!(a, b);
+        assert!(text.contains("x  y"), "{text}");
     }
 }

@@ -34,10 +34,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../migrations/0001_catalog.sql"),
 }];
 
-/// Bound parameters per statement. Far below SQLite's 32,766 and PostgreSQL's 65,535 limits,
-/// and small on purpose: binding `$n` parameters in SQLite costs time quadratic in their number
-/// per statement (each name is looked up in a list), which dominated ingest at 4,000.
-const MAX_PARAMS: usize = 240;
+/// Bound parameters per bulk statement: below SQLite's 32,766 and PostgreSQL's 65,535 limits.
+const MAX_PARAMS: usize = 2000;
 
 /// The current time as stored: RFC 3339 UTC with microseconds (sorts as it reads).
 pub fn now_text() -> String {
@@ -124,12 +122,18 @@ fn sealed_from(row: &AnyRow, key: &str, nonce: &str, data: &str) -> Result<Seale
     })
 }
 
-/// `$first, $first+1, ...` for `n` placeholders.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `n` placeholders for parameters bound in order, numbered from `first`. PostgreSQL gets
+/// `$first, $first+1, ...`; SQLite gets anonymous `?`s, because it finds a numbered parameter
+/// by scanning a list, so binding n of them costs n² (it dominated ingest). Bulk statements are
+/// built only from these, binding every parameter once, in order.
+fn placeholders(backend: Backend, first: usize, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => vec!["?"; n].join(", "),
+        Backend::Postgres => (first..first + n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 impl Store {
@@ -239,6 +243,7 @@ impl Store {
     pub async fn begin(&self) -> Result<Tx> {
         Ok(Tx {
             tx: self.pool.begin().await.ctx("starting a transaction")?,
+            backend: self.backend,
         })
     }
 
@@ -502,6 +507,7 @@ impl Store {
 #[derive(Debug)]
 pub struct Tx {
     tx: Transaction<'static, Any>,
+    backend: Backend,
 }
 
 impl Tx {
@@ -515,7 +521,7 @@ impl Tx {
         for chunk in keys.chunks(MAX_PARAMS) {
             let sql = format!(
                 "SELECT blind_index, patient_id FROM patient_keys WHERE blind_index IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(self.backend, 1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for k in chunk {
@@ -597,18 +603,18 @@ impl Tx {
         patient_id: &str,
         keys: &[(&str, &str, &str)],
     ) -> Result<()> {
-        for chunk in keys.chunks(MAX_PARAMS / 3) {
+        for chunk in keys.chunks(MAX_PARAMS / 4) {
             let values = (0..chunk.len())
-                .map(|i| format!("(${}, $1, ${}, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+                .map(|i| format!("({})", placeholders(self.backend, 1 + 4 * i, 4)))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
                 "INSERT INTO patient_keys (blind_index, patient_id, kind, source) VALUES {values}
                  ON CONFLICT (blind_index) DO NOTHING"
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(patient_id);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for (key, kind, source) in chunk {
-                q = q.bind(*key).bind(*kind).bind(*source);
+                q = q.bind(*key).bind(patient_id).bind(*kind).bind(*source);
             }
             q.execute(&mut *self.tx)
                 .await
@@ -636,7 +642,7 @@ impl Tx {
         for chunk in ids.chunks(MAX_PARAMS) {
             let sql = format!(
                 "SELECT record_id, content_hash FROM records WHERE record_id IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(self.backend, 1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
@@ -661,7 +667,7 @@ impl Tx {
         let now = now_text();
         for chunk in rows.chunks(MAX_PARAMS / COLS) {
             let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(1 + i * COLS, COLS)))
+                .map(|i| format!("({})", placeholders(self.backend, 1 + i * COLS, COLS)))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
@@ -810,6 +816,7 @@ mod tests {
 
     #[test]
     fn placeholder_lists() {
-        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(Backend::Postgres, 3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(Backend::Sqlite, 3, 3), "?, ?, ?");
     }
 }

@@ -11,7 +11,7 @@ use super::phenopacket;
 use super::problem::{Problem, Reason};
 use super::sensitive;
 use crate::crypto::{Keyring, Sealed};
-use crate::model::{Clinical, PatientIdentity, RecordBody, RecordKind};
+use crate::model::{Clinical, PatientIdentity, RecordKind};
 use crate::payload;
 
 /// How a record names its patient.
@@ -144,19 +144,19 @@ impl ParseContext<'_> {
             clinical,
             encounter,
             raw,
+            minify,
             entry,
             ref_field,
         } = draft;
         let categories = sensitive::classify(&clinical, resource_type);
         let kind = clinical.kind();
-        let body = RecordBody {
-            resource_type: resource_type.to_string(),
-            clinical,
-            categories,
-            encounter,
-            raw,
+        let head = payload::Head {
+            resource_type,
+            clinical: &clinical,
+            categories: &categories,
+            encounter: encounter.as_deref(),
         };
-        let (payload, json) = payload::encode(&body)
+        let (payload, json) = payload::encode(&head, &raw, minify)
             .map_err(|e| Problem::at(entry, "", Reason::Unreadable, e.to_string()))?;
         let content_hash = self.keyring.keyed_hash("content", &json);
         let sealed = self
@@ -176,33 +176,6 @@ impl ParseContext<'_> {
     }
 }
 
-/// The raw JSON without insignificant whitespace (pretty-printed bundles are a third
-/// indentation). `None` if the result does not check out as JSON, which cannot happen for text
-/// that parsed, but then the caller re-serializes instead.
-fn minified(raw: &str) -> Option<Box<RawValue>> {
-    let mut out = Vec::with_capacity(raw.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for &c in raw.as_bytes() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_string = false;
-            }
-        } else if c == b'"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
-            out.push(c);
-        }
-    }
-    let text = String::from_utf8(out).ok()?;
-    RawValue::from_string(text).ok()
-}
-
 /// A record extracted and ready to seal.
 struct Draft<'a> {
     record_id: String,
@@ -210,7 +183,9 @@ struct Draft<'a> {
     resource_type: &'a str,
     clinical: Clinical,
     encounter: Option<String>,
-    raw: Box<RawValue>,
+    /// The source JSON text; `minify` when it may hold insignificant whitespace.
+    raw: std::borrow::Cow<'a, str>,
+    minify: bool,
     entry: Option<usize>,
     ref_field: String,
 }
@@ -711,10 +686,10 @@ fn extract_entries(entries: Vec<Entry>, ctx: &ParseContext, out: &mut ParsedFile
         if !seen_ids.insert(record_id.clone()) {
             continue; // the same resource twice in one file: the first stands
         }
-        let raw = match e.raw.and_then(|r| minified(r.get())) {
-            Some(r) => r,
-            None => match serde_json::value::to_raw_value(e.resource) {
-                Ok(r) => r,
+        let (raw, minify) = match e.raw {
+            Some(r) => (std::borrow::Cow::Borrowed(r.get()), true),
+            None => match serde_json::to_string(e.resource) {
+                Ok(text) => (std::borrow::Cow::Owned(text), false),
                 Err(err) => {
                     out.problems
                         .push(Problem::from_json_error(e.index, &e.path, &err));
@@ -729,6 +704,7 @@ fn extract_entries(entries: Vec<Entry>, ctx: &ParseContext, out: &mut ParsedFile
             clinical,
             encounter,
             raw,
+            minify,
             entry: e.index,
             ref_field,
         }) {
@@ -757,8 +733,8 @@ fn parse_phenopacket(o: &Map<String, Json>, ctx: &ParseContext, out: &mut Parsed
         let record_id =
             ctx.keyring
                 .blind_index(&["record", ctx.source, "phenopacket", &x.id, &el.path]);
-        let raw = match serde_json::value::to_raw_value(el.raw) {
-            Ok(r) => r,
+        let raw = match serde_json::to_string(el.raw) {
+            Ok(text) => std::borrow::Cow::Owned(text),
             Err(err) => {
                 out.problems
                     .push(Problem::from_json_error(None, &el.path, &err));
@@ -772,6 +748,7 @@ fn parse_phenopacket(o: &Map<String, Json>, ctx: &ParseContext, out: &mut Parsed
             clinical: el.clinical,
             encounter: None,
             raw,
+            minify: false,
             entry: None,
             ref_field: el.path,
         }) {
@@ -898,16 +875,6 @@ mod tests {
     }
 
     #[test]
-    fn minify_keeps_strings_intact() {
-        let raw = "{\n  \"a\" : [ 1, 2 ],\n  \"s\": \"x  y \\\" \\n z\"\n}";
-        let m = minified(raw).expect("json");
-        assert_eq!(m.get(), "{\"a\":[1,2],\"s\":\"x  y \\\" \\n z\"}");
-        let a: Json = serde_json::from_str(raw).expect("a");
-        let b: Json = serde_json::from_str(m.get()).expect("b");
-        assert_eq!(a, b);
-    }
-
-    #[test]
     fn record_ids_are_stable_and_sealed_payload_opens() {
         let a = parse(&bundle(), "b.json");
         let b = parse(&bundle(), "b.json");
@@ -916,7 +883,7 @@ mod tests {
         let k = Keyring::new(&[5; 32], &[]);
         let r = &a.records[0];
         let plain = k.open(&r.sealed, &record_aad(&r.record_id)).expect("opens");
-        let body: RecordBody = payload::decode(&plain).expect("body");
+        let body = payload::decode(&plain).expect("body");
         assert_eq!(body.resource_type, "Condition");
     }
 }
