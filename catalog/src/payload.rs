@@ -36,17 +36,35 @@ struct OwnedHead {
     encounter: Option<String>,
 }
 
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// Appends the non-whitespace runs of a stretch outside strings.
+fn copy_outside(seg: &[u8], out: &mut Vec<u8>) {
+    let mut k = 0;
+    while k < seg.len() {
+        while k < seg.len() && is_ws(seg[k]) {
+            k += 1;
+        }
+        let start = k;
+        while k < seg.len() && !is_ws(seg[k]) {
+            k += 1;
+        }
+        out.extend_from_slice(&seg[start..k]);
+    }
+}
+
 /// Appends `raw` (valid JSON) without whitespace outside strings.
 pub fn minify_into(raw: &[u8], out: &mut Vec<u8>) {
-    let is_ws = |c: &u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t');
     let n = raw.len();
     let mut i = 0;
     while i < n {
         let Some(p) = raw[i..].iter().position(|&c| c == b'"') else {
-            out.extend(raw[i..].iter().filter(|c| !is_ws(c)));
+            copy_outside(&raw[i..], out);
             return;
         };
-        out.extend(raw[i..i + p].iter().filter(|c| !is_ws(c)));
+        copy_outside(&raw[i..i + p], out);
         let start = i + p;
         i = start + 1;
         // Copy the string through its closing quote, stepping over escapes.

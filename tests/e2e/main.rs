@@ -11,3 +11,4 @@ mod formats;
 mod postgres;
 mod privacy;
 mod reingest;
+mod summary;
