@@ -1,0 +1,149 @@
+//! Golden tests: ARX's published optimal results on the UCI Adult table
+//! (`shared/data/adult/arx-expected.json`), reproduced exactly.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::dataset::{Dataset, Quasi};
+use crate::hierarchy::Hierarchy;
+use crate::lattice::Privacy;
+use crate::metrics::Metric;
+use crate::search;
+
+fn adult_dir() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/adult");
+    assert!(
+        p.is_dir(),
+        "the shared Adult data is missing at {}",
+        p.display()
+    );
+    p
+}
+
+/// Adult with the named quasi-identifiers, each with its ARX hierarchy.
+pub fn adult(qi_names: &[&str]) -> Dataset {
+    let dir = adult_dir();
+    let text = std::fs::read_to_string(dir.join("adult.csv")).expect("adult.csv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(';').collect();
+    let cols: Vec<usize> = qi_names
+        .iter()
+        .map(|n| header.iter().position(|h| h == n).expect("column"))
+        .collect();
+    let qis = qi_names
+        .iter()
+        .map(|n| Quasi {
+            name: n.to_string(),
+            hierarchy: Hierarchy::from_arx_csv(&dir.join(format!("adult_hierarchy_{n}.csv")), ';')
+                .expect("hierarchy"),
+        })
+        .collect();
+    let rows: Vec<Vec<&str>> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let cells: Vec<&str> = l.split(';').collect();
+            cols.iter().map(|&c| cells[c]).collect()
+        })
+        .collect();
+    Dataset::new(qis, rows).expect("dataset")
+}
+
+fn expected() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(adult_dir().join("arx-expected.json")).expect("json"),
+    )
+    .expect("parse")
+}
+
+fn names(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_str().expect("name"))
+        .collect()
+}
+
+fn levels(v: &Value) -> Vec<usize> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("level") as usize)
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+#[test]
+fn arx_case_9_qis_k5_4_percent_entropy() {
+    let case = &expected()["cases"][0];
+    let data = adult(&names(&case["quasi_identifiers"]));
+    assert_eq!(data.rows(), 30162);
+    let privacy = Privacy {
+        k: 5,
+        suppression_limit: 0.04,
+    };
+    let s = search::exhaustive(&data, privacy, Metric::NonUniformEntropy).expect("a solution");
+    assert_eq!(s.best.levels, levels(&case["optimal_levels"]));
+    let loss = case["optimal_loss"].as_f64().expect("loss");
+    assert!(
+        close(s.best.losses.nu_entropy, loss),
+        "{} vs {loss}",
+        s.best.losses.nu_entropy
+    );
+    let r = &case["release"];
+    assert_eq!(
+        s.best.suppressed_records,
+        r["suppressed_records"].as_u64().expect("n")
+    );
+    assert_eq!(
+        s.best.equivalence_classes as u64,
+        r["equivalence_classes"].as_u64().expect("n")
+    );
+    assert_eq!(
+        s.best.min_class_size,
+        r["min_class_size"].as_u64().expect("n")
+    );
+    assert_eq!(
+        s.best.max_class_size,
+        r["max_class_size"].as_u64().expect("n")
+    );
+    assert!(close(
+        s.best.losses.discernibility,
+        r["discernibility"].as_f64().expect("n")
+    ));
+}
+
+#[test]
+fn arx_case_8_qis_k5_no_suppression_every_metric() {
+    let case = &expected()["cases"][1];
+    let data = adult(&names(&case["quasi_identifiers"]));
+    let privacy = Privacy {
+        k: 5,
+        suppression_limit: 0.0,
+    };
+    let optimum = &case["optimum_per_metric"];
+    for (name, metric) in [
+        ("aecs", Metric::Aecs),
+        ("discernibility", Metric::Discernibility),
+        ("non_uniform_entropy_precomputed", Metric::NonUniformEntropy),
+        ("precision", Metric::Precision),
+    ] {
+        let s = search::exhaustive(&data, privacy, metric).expect("a solution");
+        assert_eq!(s.lattice_size, 4320);
+        let want = optimum[name].as_f64().expect("value");
+        assert!(
+            close(s.best.losses.get(metric), want),
+            "{name}: {} vs {want}",
+            s.best.losses.get(metric)
+        );
+        if metric == Metric::NonUniformEntropy {
+            assert_eq!(
+                s.best.levels,
+                levels(&case["optimal_levels_non_uniform_entropy"])
+            );
+        }
+    }
+}
