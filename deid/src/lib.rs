@@ -14,6 +14,7 @@ pub mod error;
 pub mod hierarchy;
 pub mod lattice;
 pub mod metrics;
+pub mod rollup;
 pub mod search;
 
 #[cfg(test)]

@@ -1,0 +1,149 @@
+//! Fast evaluation of the whole lattice: each node's equivalence classes are computed from the
+//! classes of one of its predecessors (one quasi-identifier one level lower) by mapping that
+//! column's codes one level up and merging, rather than from the data (ARX's "roll-up"). Nodes
+//! of one height are independent and are spread over all cores.
+
+use std::collections::HashMap;
+
+use crate::dataset::Dataset;
+use crate::lattice::{Evaluation, Privacy};
+use crate::metrics::{self, EntropyTable};
+
+/// A node's equivalence classes: generalized tuples (flattened) and their sizes.
+#[derive(Debug, Clone, Default)]
+pub struct Classes {
+    pub tuples: Vec<u32>,
+    pub sizes: Vec<u64>,
+}
+
+/// Per quasi-identifier and level `l ≥ 1`, the code at `l` of each code at `l − 1`.
+fn step_maps(data: &Dataset) -> Vec<Vec<Vec<u32>>> {
+    data.quasi_identifiers()
+        .iter()
+        .map(|q| {
+            let h = &q.hierarchy;
+            let mut per_level = vec![Vec::new()];
+            for l in 1..h.height() {
+                let mut m = vec![0u32; h.cardinality(l - 1)];
+                for base in 0..h.len() as u32 {
+                    m[h.generalize(base, l - 1) as usize] = h.generalize(base, l);
+                }
+                per_level.push(m);
+            }
+            per_level
+        })
+        .collect()
+}
+
+fn bottom(data: &Dataset) -> Classes {
+    let mut c = Classes::default();
+    for (t, n) in data.tuples() {
+        c.tuples.extend_from_slice(t);
+        c.sizes.push(n as u64);
+    }
+    c
+}
+
+/// Classes of `parent` with column `j` raised one level through `map`.
+fn raise(parent: &Classes, q: usize, j: usize, map: &[u32]) -> Classes {
+    let mut index: HashMap<&[u32], usize> = HashMap::with_capacity(parent.sizes.len());
+    let mut scratch: Vec<u32> = parent.tuples.clone();
+    for t in scratch.chunks_exact_mut(q) {
+        t[j] = map[t[j] as usize];
+    }
+    let mut out = Classes::default();
+    let mut order: Vec<usize> = Vec::with_capacity(parent.sizes.len());
+    for (i, t) in scratch.chunks_exact(q).enumerate() {
+        match index.get(t) {
+            Some(&slot) => out.sizes[slot] += parent.sizes[i],
+            None => {
+                index.insert(t, out.sizes.len());
+                out.sizes.push(parent.sizes[i]);
+                order.push(i);
+            }
+        }
+    }
+    drop(index);
+    out.tuples.reserve(order.len() * q);
+    for i in order {
+        out.tuples.extend_from_slice(&scratch[i * q..(i + 1) * q]);
+    }
+    out
+}
+
+fn evaluate_classes(
+    data: &Dataset,
+    levels: &[usize],
+    classes: &Classes,
+    privacy: Privacy,
+    entropy: &EntropyTable,
+) -> Evaluation {
+    let k = privacy.k as u64;
+    let suppressed: u64 = classes.sizes.iter().filter(|&&s| s < k).sum();
+    let kept: Vec<u64> = classes.sizes.iter().copied().filter(|&s| s >= k).collect();
+    let allowed = (privacy.suppression_limit * data.rows() as f64).floor() as u64;
+    Evaluation {
+        levels: levels.to_vec(),
+        feasible: suppressed <= allowed,
+        suppressed_records: suppressed,
+        equivalence_classes: kept.len(),
+        min_class_size: kept.iter().copied().min().unwrap_or(0),
+        max_class_size: kept.iter().copied().max().unwrap_or(0),
+        losses: metrics::losses(data, levels, &kept, suppressed, entropy),
+    }
+}
+
+/// Evaluates every node of the lattice, height by height, using all cores.
+pub fn evaluate_all(data: &Dataset, privacy: Privacy) -> Vec<Evaluation> {
+    let heights = data.heights();
+    let q = heights.len();
+    let entropy = EntropyTable::new(data);
+    let steps = step_maps(data);
+    let max_sum: usize = heights.iter().map(|h| h - 1).sum();
+    let mut by_height: Vec<Vec<Vec<usize>>> = vec![Vec::new(); max_sum + 1];
+    for n in crate::lattice::nodes(&heights) {
+        let s = n.iter().sum::<usize>();
+        by_height[s].push(n);
+    }
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut out = Vec::new();
+    let mut previous: HashMap<Vec<usize>, Classes> = HashMap::new();
+    for (h, nodes) in by_height.into_iter().enumerate() {
+        let computed: Vec<(Vec<usize>, Classes)> = if h == 0 {
+            nodes.into_iter().map(|n| (n, bottom(data))).collect()
+        } else {
+            let prev = &previous;
+            let steps = &steps;
+            let chunk = nodes.len().div_ceil(threads).max(1);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = nodes
+                    .chunks(chunk)
+                    .map(|part| {
+                        s.spawn(move || {
+                            part.iter()
+                                .map(|n| {
+                                    let j = n.iter().position(|&l| l > 0).unwrap_or(0);
+                                    let mut p = n.clone();
+                                    p[j] -= 1;
+                                    let parent = &prev[&p];
+                                    (n.clone(), raise(parent, q, j, &steps[j][n[j]]))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        for (n, c) in &computed {
+            out.push(evaluate_classes(data, n, c, privacy, &entropy));
+        }
+        previous = computed.into_iter().collect();
+    }
+    out
+}
