@@ -169,3 +169,59 @@ fn rollup_matches_direct_evaluation_on_adult() {
         }
     }
 }
+
+#[test]
+#[ignore = "timing probe: cargo test --release -p tessera-deid timing -- --ignored --nocapture"]
+fn timing_probe() {
+    let data = adult(&[
+        "sex",
+        "age",
+        "race",
+        "marital-status",
+        "education",
+        "native-country",
+        "workclass",
+        "salary-class",
+    ]);
+    let privacy = Privacy {
+        k: 5,
+        suppression_limit: 0.0,
+    };
+    let t = std::time::Instant::now();
+    let s = search::optimal(&data, privacy, Metric::NonUniformEntropy).expect("solution");
+    println!(
+        "8 QIs: {:?} in {:?}, {} of {} nodes checked",
+        s.best.levels,
+        t.elapsed(),
+        s.nodes_checked,
+        s.lattice_size
+    );
+    let data = adult(&[
+        "sex",
+        "age",
+        "race",
+        "marital-status",
+        "education",
+        "native-country",
+        "workclass",
+        "occupation",
+        "salary-class",
+    ]);
+    let t = std::time::Instant::now();
+    let s = search::optimal(
+        &data,
+        Privacy {
+            k: 5,
+            suppression_limit: 0.04,
+        },
+        Metric::NonUniformEntropy,
+    )
+    .expect("solution");
+    println!(
+        "9 QIs: {:?} in {:?}, {} of {} nodes checked",
+        s.best.levels,
+        t.elapsed(),
+        s.nodes_checked,
+        s.lattice_size
+    );
+}

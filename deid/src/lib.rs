@@ -11,6 +11,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod flash;
 pub mod hierarchy;
 pub mod lattice;
 pub mod metrics;
@@ -19,6 +20,8 @@ pub mod search;
 
 #[cfg(test)]
 mod golden_tests;
+#[cfg(test)]
+mod property_tests;
 
 pub use dataset::{Dataset, Quasi};
 pub use error::{DeidError, Result};

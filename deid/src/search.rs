@@ -42,10 +42,26 @@ pub fn exhaustive(data: &Dataset, privacy: Privacy, metric: Metric) -> Option<So
     })
 }
 
-/// The feasible node of least `metric`, found by roll-up over the whole lattice on all cores.
+/// The feasible node of least `metric`.
+///
+/// For metrics that depend only on the levels (non-uniform entropy, precision, height), a
+/// Flash-style sweep (see [`crate::flash`]) learns every node's feasibility from few
+/// evaluations, and the optimum is the feasible node of least loss. For metrics that need the
+/// classes (discernibility, AECS) every node is evaluated, by roll-up on all cores.
 pub fn optimal(data: &Dataset, privacy: Privacy, metric: Metric) -> Option<Solution> {
-    let all = crate::rollup::evaluate_all(data, privacy);
-    best_of(all, metric)
+    match metric {
+        Metric::NonUniformEntropy | Metric::Precision | Metric::Height => crate::flash::optimal(
+            data, privacy, metric,
+        )
+        .map(|(best, nodes_checked, lattice_size)| Solution {
+            best,
+            nodes_checked,
+            lattice_size,
+        }),
+        Metric::Discernibility | Metric::Aecs => {
+            best_of(crate::rollup::evaluate_all(data, privacy), metric)
+        }
+    }
 }
 
 /// The feasible evaluation of least `metric`; ties go to the earlier node in lattice order.

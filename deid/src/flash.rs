@@ -1,0 +1,310 @@
+//! The globally optimal search for monotone privacy models, after ARX's Flash: walk upward
+//! paths through the lattice, binary-search each path for its lowest feasible node, and tag
+//! what each answer implies (every node above a feasible node is feasible, every node below an
+//! infeasible one is not), until every node's feasibility is known. Nodes are evaluated from
+//! the classes of the closest evaluated node below them (roll-up), never twice.
+
+use std::collections::HashMap;
+
+use crate::dataset::Dataset;
+use crate::lattice::{Evaluation, Privacy};
+use crate::metrics::{self, EntropyTable, Metric};
+use crate::rollup::Classes;
+
+/// Evaluated nodes kept for roll-up.
+const CACHE_NODES: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unknown,
+    Feasible,
+    Infeasible,
+}
+
+/// The lattice as dense node ids (mixed radix over the heights).
+struct Lattice {
+    heights: Vec<usize>,
+    strides: Vec<usize>,
+    size: usize,
+}
+
+impl Lattice {
+    fn new(heights: &[usize]) -> Lattice {
+        let mut strides = vec![1; heights.len()];
+        for j in (0..heights.len().saturating_sub(1)).rev() {
+            strides[j] = strides[j + 1] * heights[j + 1];
+        }
+        Lattice {
+            heights: heights.to_vec(),
+            size: heights.iter().product(),
+            strides,
+        }
+    }
+
+    fn levels(&self, id: usize) -> Vec<usize> {
+        self.strides
+            .iter()
+            .zip(&self.heights)
+            .map(|(s, h)| (id / s) % h)
+            .collect()
+    }
+
+    fn successors(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
+        let levels = self.levels(id);
+        (0..self.heights.len())
+            .filter(move |&j| levels[j] + 1 < self.heights[j])
+            .map(move |j| id + self.strides[j])
+    }
+
+    fn predecessors(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
+        let levels = self.levels(id);
+        (0..self.heights.len())
+            .filter(move |&j| levels[j] > 0)
+            .map(move |j| id - self.strides[j])
+    }
+}
+
+/// Evaluates nodes from cached classes of nodes below them.
+struct Evaluator<'a> {
+    data: &'a Dataset,
+    privacy: Privacy,
+    entropy: EntropyTable,
+    cache: Vec<(Vec<usize>, Classes)>,
+    evaluated: HashMap<Vec<usize>, Evaluation>,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(data: &'a Dataset, privacy: Privacy) -> Self {
+        let mut bottom = Classes::default();
+        for (t, n) in data.tuples() {
+            bottom.tuples.extend_from_slice(t);
+            bottom.sizes.push(n as u64);
+        }
+        Evaluator {
+            data,
+            privacy,
+            entropy: EntropyTable::new(data),
+            cache: vec![(vec![0; data.quasi_identifiers().len()], bottom)],
+            evaluated: HashMap::new(),
+        }
+    }
+
+    fn classes_of(&self, levels: &[usize]) -> Classes {
+        // The cached node below `levels` with the fewest classes.
+        let (from, base) = self
+            .cache
+            .iter()
+            .filter(|(l, _)| l.iter().zip(levels).all(|(a, b)| a <= b))
+            .min_by_key(|(_, c)| c.sizes.len())
+            .map(|(l, c)| (l.clone(), c))
+            .expect("the bottom node is always cached");
+        let qis = self.data.quasi_identifiers();
+        let q = qis.len();
+        let maps: Vec<Option<Vec<u32>>> = (0..q)
+            .map(|j| {
+                (from[j] != levels[j]).then(|| {
+                    let h = &qis[j].hierarchy;
+                    let mut m = vec![0u32; h.cardinality(from[j])];
+                    for v in 0..h.len() as u32 {
+                        m[h.generalize(v, from[j]) as usize] = h.generalize(v, levels[j]);
+                    }
+                    m
+                })
+            })
+            .collect();
+        // Classes are grouped on the tuple packed into one integer (mixed radix over the
+        // target levels' cardinalities); wider tuples fall back to hashing the codes.
+        let radix: Vec<u128> = (0..q)
+            .map(|j| qis[j].hierarchy.cardinality(levels[j]) as u128)
+            .collect();
+        let bits: f64 = radix.iter().map(|&r| (r.max(1) as f64).log2()).sum();
+        let mut out = Classes::default();
+        let mut key = vec![0u32; q];
+        let fill = |t: &[u32], key: &mut Vec<u32>| {
+            for j in 0..q {
+                key[j] = match &maps[j] {
+                    Some(m) => m[t[j] as usize],
+                    None => t[j],
+                };
+            }
+        };
+        if bits < 127.0 {
+            let mut index: HashMap<u128, usize> = HashMap::with_capacity(base.sizes.len());
+            for (i, t) in base.tuples.chunks_exact(q).enumerate() {
+                fill(t, &mut key);
+                let packed = key
+                    .iter()
+                    .zip(&radix)
+                    .fold(0u128, |acc, (&c, &r)| acc * r + c as u128);
+                match index.get(&packed) {
+                    Some(&slot) => out.sizes[slot] += base.sizes[i],
+                    None => {
+                        index.insert(packed, out.sizes.len());
+                        out.tuples.extend_from_slice(&key);
+                        out.sizes.push(base.sizes[i]);
+                    }
+                }
+            }
+        } else {
+            let mut index: HashMap<Vec<u32>, usize> = HashMap::with_capacity(base.sizes.len());
+            for (i, t) in base.tuples.chunks_exact(q).enumerate() {
+                fill(t, &mut key);
+                match index.get(&key) {
+                    Some(&slot) => out.sizes[slot] += base.sizes[i],
+                    None => {
+                        index.insert(key.clone(), out.sizes.len());
+                        out.tuples.extend_from_slice(&key);
+                        out.sizes.push(base.sizes[i]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn evaluate(&mut self, levels: &[usize]) -> Evaluation {
+        if let Some(e) = self.evaluated.get(levels) {
+            return e.clone();
+        }
+        let classes = self.classes_of(levels);
+        let k = self.privacy.k as u64;
+        let suppressed: u64 = classes.sizes.iter().filter(|&&s| s < k).sum();
+        let kept: Vec<u64> = classes.sizes.iter().copied().filter(|&s| s >= k).collect();
+        let allowed = (self.privacy.suppression_limit * self.data.rows() as f64).floor() as u64;
+        let e = Evaluation {
+            levels: levels.to_vec(),
+            feasible: suppressed <= allowed,
+            suppressed_records: suppressed,
+            equivalence_classes: kept.len(),
+            min_class_size: kept.iter().copied().min().unwrap_or(0),
+            max_class_size: kept.iter().copied().max().unwrap_or(0),
+            losses: metrics::losses(self.data, levels, &kept, suppressed, &self.entropy),
+        };
+        // Keep a bounded set of evaluated nodes to roll up from: when full, drop the one with
+        // the most classes (the least useful starting point), never the bottom.
+        if self.cache.len() >= CACHE_NODES
+            && let Some((worst, _)) = self
+                .cache
+                .iter()
+                .enumerate()
+                .skip(1)
+                .max_by_key(|(_, (_, c))| c.sizes.len())
+        {
+            self.cache.swap_remove(worst);
+        }
+        self.cache.push((levels.to_vec(), classes));
+        self.evaluated.insert(levels.to_vec(), e.clone());
+        e
+    }
+}
+
+fn tag(lattice: &Lattice, state: &mut [State], id: usize, feasible: bool) {
+    let (mark, stop) = if feasible {
+        (State::Feasible, State::Feasible)
+    } else {
+        (State::Infeasible, State::Infeasible)
+    };
+    let mut stack = vec![id];
+    while let Some(n) = stack.pop() {
+        if state[n] == stop {
+            continue;
+        }
+        state[n] = mark;
+        if feasible {
+            stack.extend(lattice.successors(n));
+        } else {
+            stack.extend(lattice.predecessors(n));
+        }
+    }
+}
+
+/// The optimum for a metric that depends only on the levels (entropy, precision, height) and
+/// grows with generalization, under a monotone privacy model. Returns the optimum's evaluation,
+/// the number of nodes evaluated, and the lattice size; `None` when no node is feasible.
+///
+/// On each upward path the lowest feasible node is found by binary search; nodes whose loss is no better than the best feasible node
+/// found so far are never evaluated (nothing at or above them can win).
+pub fn optimal(
+    data: &Dataset,
+    privacy: Privacy,
+    metric: Metric,
+) -> Option<(Evaluation, usize, usize)> {
+    let lattice = Lattice::new(&data.heights());
+    let entropy = EntropyTable::new(data);
+    let no_classes: [u64; 0] = [];
+    let loss: Vec<f64> = (0..lattice.size)
+        .map(|id| metrics::losses(data, &lattice.levels(id), &no_classes, 0, &entropy).get(metric))
+        .collect();
+    let mut state = vec![State::Unknown; lattice.size];
+    let mut eval = Evaluator::new(data, privacy);
+    let mut order: Vec<usize> = (0..lattice.size).collect();
+    // Increasing loss; equal losses in lattice order (lower nodes first), so ties resolve as
+    // the exhaustive reference resolves them.
+    let height = |id: usize| lattice.levels(id).iter().sum::<usize>();
+    order.sort_by(|&a, &b| {
+        loss[a]
+            .total_cmp(&loss[b])
+            .then_with(|| (height(a), lattice.levels(a)).cmp(&(height(b), lattice.levels(b))))
+    });
+    let rank: Vec<usize> = {
+        let mut r = vec![0; lattice.size];
+        for (i, &id) in order.iter().enumerate() {
+            r[id] = i;
+        }
+        r
+    };
+    // Paths start from nodes in lattice order (lowest first), as Flash does: long upward paths
+    // from low nodes tag the most.
+    let mut starts: Vec<usize> = (0..lattice.size).collect();
+    starts.sort_by_key(|&id| (height(id), lattice.levels(id)));
+    let mut best: Option<usize> = None;
+    for &start in &starts {
+        if best.is_some_and(|b| rank[start] >= rank[b]) {
+            continue; // no better than the best feasible node found
+        }
+        if state[start] != State::Unknown {
+            if state[start] == State::Feasible && best.is_none_or(|b| rank[start] < rank[b]) {
+                best = Some(start);
+            }
+            continue;
+        }
+        let mut path = vec![start];
+        let mut cur = start;
+        while let Some(next) = lattice
+            .successors(cur)
+            .find(|&s| state[s] == State::Unknown)
+        {
+            path.push(next);
+            cur = next;
+        }
+        let (mut lo, mut hi) = (0usize, path.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let id = path[mid];
+            if best.is_some_and(|b| rank[id] >= rank[b]) {
+                hi = mid; // cannot improve on the best: only the part below matters
+                continue;
+            }
+            let feasible = match state[id] {
+                State::Feasible => true,
+                State::Infeasible => false,
+                State::Unknown => {
+                    let f = eval.evaluate(&lattice.levels(id)).feasible;
+                    tag(&lattice, &mut state, id, f);
+                    f
+                }
+            };
+            if feasible {
+                if best.is_none_or(|b| rank[id] < rank[b]) {
+                    best = Some(id);
+                }
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+    }
+    let id = best?;
+    let e = eval.evaluate(&lattice.levels(id));
+    Some((e, eval.evaluated.len(), lattice.size))
+}
