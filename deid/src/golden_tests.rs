@@ -81,11 +81,10 @@ fn arx_case_9_qis_k5_4_percent_entropy() {
     let case = &expected()["cases"][0];
     let data = adult(&names(&case["quasi_identifiers"]));
     assert_eq!(data.rows(), 30162);
-    let privacy = Privacy {
-        k: 5,
-        suppression_limit: 0.04,
-    };
-    let s = search::optimal(&data, privacy, Metric::NonUniformEntropy).expect("a solution");
+    let privacy = Privacy::k_anonymity(5, 0.04);
+    let s = search::optimal(&data, privacy, Metric::NonUniformEntropy)
+        .expect("valid")
+        .expect("a solution");
     assert_eq!(s.best.levels, levels(&case["optimal_levels"]));
     let loss = case["optimal_loss"].as_f64().expect("loss");
     assert!(
@@ -120,10 +119,7 @@ fn arx_case_9_qis_k5_4_percent_entropy() {
 fn arx_case_8_qis_k5_no_suppression_every_metric() {
     let case = &expected()["cases"][1];
     let data = adult(&names(&case["quasi_identifiers"]));
-    let privacy = Privacy {
-        k: 5,
-        suppression_limit: 0.0,
-    };
+    let privacy = Privacy::k_anonymity(5, 0.0);
     let optimum = &case["optimum_per_metric"];
     let all = crate::rollup::evaluate_all(&data, privacy);
     assert_eq!(all.len(), 4320);
@@ -154,17 +150,18 @@ fn arx_case_8_qis_k5_no_suppression_every_metric() {
 fn rollup_matches_direct_evaluation_on_adult() {
     let data = adult(&["sex", "age", "race", "marital-status", "education"]);
     for (k, limit) in [(2, 0.0), (10, 0.01), (50, 0.1)] {
-        let privacy = Privacy {
-            k,
-            suppression_limit: limit,
-        };
+        let privacy = Privacy::k_anonymity(k, limit);
         for metric in [
             Metric::NonUniformEntropy,
             Metric::Discernibility,
             Metric::Precision,
         ] {
-            let fast = search::optimal(&data, privacy, metric).expect("fast");
-            let slow = search::exhaustive(&data, privacy, metric).expect("reference");
+            let fast = search::optimal(&data, privacy, metric)
+                .expect("valid")
+                .expect("fast");
+            let slow = search::exhaustive(&data, privacy, metric)
+                .expect("valid")
+                .expect("reference");
             assert_eq!(fast.best, slow.best, "k={k} limit={limit} {metric:?}");
         }
     }
@@ -183,12 +180,11 @@ fn timing_probe() {
         "workclass",
         "salary-class",
     ]);
-    let privacy = Privacy {
-        k: 5,
-        suppression_limit: 0.0,
-    };
+    let privacy = Privacy::k_anonymity(5, 0.0);
     let t = std::time::Instant::now();
-    let s = search::optimal(&data, privacy, Metric::NonUniformEntropy).expect("solution");
+    let s = search::optimal(&data, privacy, Metric::NonUniformEntropy)
+        .expect("valid")
+        .expect("solution");
     println!(
         "8 QIs: {:?} in {:?}, {} of {} nodes checked",
         s.best.levels,
@@ -210,12 +206,10 @@ fn timing_probe() {
     let t = std::time::Instant::now();
     let s = search::optimal(
         &data,
-        Privacy {
-            k: 5,
-            suppression_limit: 0.04,
-        },
+        Privacy::k_anonymity(5, 0.04),
         Metric::NonUniformEntropy,
     )
+    .expect("valid")
     .expect("solution");
     println!(
         "9 QIs: {:?} in {:?}, {} of {} nodes checked",

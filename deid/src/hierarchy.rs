@@ -63,9 +63,7 @@ impl Hierarchy {
         // at some level share it at every higher level.
         for level in 1..height {
             let mut parent: HashMap<u32, u32> = HashMap::new();
-            for base in 0..index.len() {
-                let below = up[level - 1][base];
-                let here = up[level][base];
+            for (&below, &here) in up[level - 1].iter().zip(&up[level]) {
                 if *parent.entry(below).or_insert(here) != here {
                     return Err(err(format!(
                         "level {level} splits a group of level {}: a hierarchy may only merge values going up",

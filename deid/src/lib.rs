@@ -17,6 +17,7 @@ pub mod lattice;
 pub mod metrics;
 pub mod rollup;
 pub mod search;
+pub mod sensitive;
 
 #[cfg(test)]
 mod golden_tests;

@@ -31,7 +31,10 @@ fn hierarchy(name: &str, values: u32, levels: usize, fanout: u32) -> Hierarchy {
     Hierarchy::from_rows(name, &rows).expect("valid hierarchy")
 }
 
-fn table() -> impl Strategy<Value = (Vec<(u32, usize, u32)>, Vec<Vec<u32>>)> {
+/// Per quasi-identifier: (values, levels, fan-out).
+type Shape = Vec<(u32, usize, u32)>;
+
+fn table() -> impl Strategy<Value = (Shape, Vec<Vec<u32>>)> {
     // 2-4 quasi-identifiers, each with 2-8 values, 2-4 levels, fan-out 2-3; 20-200 rows.
     prop::collection::vec((2u32..8, 2usize..5, 2u32..4), 2..5).prop_flat_map(|shape| {
         let row = shape.iter().map(|&(n, _, _)| 0..n).collect::<Vec<_>>();
@@ -65,10 +68,10 @@ proptest! {
     #[test]
     fn optimized_search_equals_brute_force((shape, rows) in table(), k in 1u32..6, limit in prop::sample::select(vec![0.0, 0.02, 0.1, 0.3])) {
         let data = build(&shape, &rows);
-        let privacy = Privacy { k, suppression_limit: limit };
+        let privacy = Privacy::k_anonymity(k, limit);
         for metric in [Metric::NonUniformEntropy, Metric::Precision, Metric::Height, Metric::Discernibility, Metric::Aecs] {
-            let fast = search::optimal(&data, privacy, metric);
-            let slow = search::exhaustive(&data, privacy, metric);
+            let fast = search::optimal(&data, privacy, metric).expect("valid");
+            let slow = search::exhaustive(&data, privacy, metric).expect("valid");
             match (fast, slow) {
                 (None, None) => {}
                 (Some(f), Some(s)) => {
@@ -84,6 +87,95 @@ proptest! {
                 }
                 (f, s) => prop_assert!(false, "one found a solution, the other not: {:?} / {:?}", f.map(|x| x.best.levels), s.map(|x| x.best.levels)),
             }
+        }
+    }
+}
+
+/// Independent check of a release: group the raw rows by their generalized labels, and recount
+/// what l-diversity (distinct) and t-closeness (equal distance) require, with plain code.
+fn independent_suppressed(
+    shape: &[(u32, usize, u32)],
+    rows: &[Vec<u32>],
+    sens: &[u32],
+    levels: &[usize],
+    k: u64,
+    l: usize,
+    t: f64,
+) -> u64 {
+    use std::collections::{BTreeMap, BTreeSet};
+    let hs: Vec<Hierarchy> = shape
+        .iter()
+        .enumerate()
+        .map(|(j, &(n, lv, f))| hierarchy(&format!("q{j}"), n, lv, f))
+        .collect();
+    let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
+    for (r, s) in rows.iter().zip(sens) {
+        let key = r
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                let h = &hs[j];
+                let code = h.code(&v.to_string()).expect("code");
+                h.label(levels[j], h.generalize(code, levels[j]))
+                    .to_string()
+            })
+            .collect();
+        groups.entry(key).or_default().push(*s);
+    }
+    let n = sens.len() as f64;
+    let domain: BTreeSet<u32> = sens.iter().copied().collect();
+    let overall = |v: u32| sens.iter().filter(|&&x| x == v).count() as f64 / n;
+    let mut suppressed = 0;
+    for members in groups.values() {
+        let distinct: BTreeSet<u32> = members.iter().copied().collect();
+        let size = members.len() as f64;
+        let emd: f64 = 0.5
+            * domain
+                .iter()
+                .map(|&v| {
+                    (members.iter().filter(|&&x| x == v).count() as f64 / size - overall(v)).abs()
+                })
+                .sum::<f64>();
+        if (members.len() as u64) < k || distinct.len() < l || emd > t + 1e-12 {
+            suppressed += members.len() as u64;
+        }
+    }
+    suppressed
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    #[test]
+    fn l_diverse_and_t_close_releases((shape, rows) in table(), seed in 0u32..1000, k in 1u32..4, l in 1usize..4, t in prop::sample::select(vec![0.2, 0.4, 1.0])) {
+        use crate::sensitive::{LDiversity, LKind, TCloseness, TDistance};
+        // A sensitive value per row, correlated with the first quasi-identifier.
+        let sens: Vec<u32> = rows.iter().enumerate().map(|(i, r)| (r[0] + (i as u32 * 7 + seed) % 3) % 4).collect();
+        let qis = shape
+            .iter()
+            .enumerate()
+            .map(|(j, &(n, levels, fanout))| Quasi { name: format!("q{j}"), hierarchy: hierarchy(&format!("q{j}"), n, levels, fanout) })
+            .collect();
+        let text: Vec<Vec<String>> = rows
+            .iter()
+            .zip(&sens)
+            .map(|(r, s)| r.iter().map(u32::to_string).chain(std::iter::once(format!("s{s}"))).collect())
+            .collect();
+        let refs: Vec<Vec<&str>> = text.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+        let data = Dataset::with_sensitive(qis, "diagnosis", None, refs).expect("dataset");
+        let privacy = Privacy {
+            k,
+            suppression_limit: 0.2,
+            l_diversity: Some(LDiversity { l: l as f64, kind: LKind::Distinct }),
+            t_closeness: Some(TCloseness { t, distance: TDistance::Equal }),
+        };
+        let fast = search::optimal(&data, privacy, Metric::NonUniformEntropy).expect("valid");
+        let slow = search::exhaustive(&data, privacy, Metric::NonUniformEntropy).expect("valid");
+        prop_assert_eq!(fast.as_ref().map(|s| &s.best.levels), slow.as_ref().map(|s| &s.best.levels));
+        if let Some(sol) = fast {
+            let independent = independent_suppressed(&shape, &rows, &sens, &sol.best.levels, k as u64, l, t);
+            prop_assert_eq!(independent, sol.best.suppressed_records);
+            prop_assert!(independent as f64 <= 0.2 * rows.len() as f64 + 1e-9);
         }
     }
 }

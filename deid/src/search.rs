@@ -5,6 +5,7 @@
 //! every node evaluated directly from the data, one at a time, with the simplest code.
 
 use crate::dataset::Dataset;
+use crate::error::Result;
 use crate::lattice::{self, Evaluation, Privacy};
 use crate::metrics::{EntropyTable, Metric};
 
@@ -18,7 +19,8 @@ pub struct Solution {
 
 /// The feasible node of least `metric`; ties go to the lower node in lattice order. `None` when
 /// no node is feasible (k larger than the table, say).
-pub fn exhaustive(data: &Dataset, privacy: Privacy, metric: Metric) -> Option<Solution> {
+pub fn exhaustive(data: &Dataset, privacy: Privacy, metric: Metric) -> Result<Option<Solution>> {
+    privacy.check(data)?;
     let entropy = EntropyTable::new(data);
     let all = lattice::nodes(&data.heights());
     let mut best: Option<Evaluation> = None;
@@ -35,11 +37,11 @@ pub fn exhaustive(data: &Dataset, privacy: Privacy, metric: Metric) -> Option<So
             best = Some(e);
         }
     }
-    best.map(|best| Solution {
+    Ok(best.map(|best| Solution {
         best,
         nodes_checked: all.len(),
         lattice_size: all.len(),
-    })
+    }))
 }
 
 /// The feasible node of least `metric`.
@@ -48,8 +50,14 @@ pub fn exhaustive(data: &Dataset, privacy: Privacy, metric: Metric) -> Option<So
 /// Flash-style sweep (see [`crate::flash`]) learns every node's feasibility from few
 /// evaluations, and the optimum is the feasible node of least loss. For metrics that need the
 /// classes (discernibility, AECS) every node is evaluated, by roll-up on all cores.
-pub fn optimal(data: &Dataset, privacy: Privacy, metric: Metric) -> Option<Solution> {
-    match metric {
+pub fn optimal(data: &Dataset, privacy: Privacy, metric: Metric) -> Result<Option<Solution>> {
+    privacy.check(data)?;
+    if privacy.needs_sensitive() {
+        // l-diversity and t-closeness with suppression are not monotone: every node is
+        // evaluated, in parallel.
+        return Ok(best_of(evaluate_all_direct(data, privacy), metric));
+    }
+    Ok(match metric {
         Metric::NonUniformEntropy | Metric::Precision | Metric::Height => crate::flash::optimal(
             data, privacy, metric,
         )
@@ -61,7 +69,34 @@ pub fn optimal(data: &Dataset, privacy: Privacy, metric: Metric) -> Option<Solut
         Metric::Discernibility | Metric::Aecs => {
             best_of(crate::rollup::evaluate_all(data, privacy), metric)
         }
-    }
+    })
+}
+
+/// Every node evaluated directly from the data, spread over all cores.
+fn evaluate_all_direct(data: &Dataset, privacy: Privacy) -> Vec<Evaluation> {
+    let entropy = EntropyTable::new(data);
+    let nodes = lattice::nodes(&data.heights());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let chunk = nodes.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .chunks(chunk)
+            .map(|part| {
+                let entropy = &entropy;
+                s.spawn(move || {
+                    part.iter()
+                        .map(|n| lattice::evaluate(data, n, privacy, entropy))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// The feasible evaluation of least `metric`; ties go to the earlier node in lattice order.
