@@ -170,6 +170,17 @@ impl<'a> Evaluator<'a> {
         let k = self.privacy.k as u64;
         let suppressed: u64 = classes.sizes.iter().filter(|&&s| s < k).sum();
         let kept: Vec<u64> = classes.sizes.iter().copied().filter(|&s| s >= k).collect();
+        let q = levels.len();
+        let sums = metrics::loss_sums(
+            q,
+            levels,
+            &self.entropy,
+            classes
+                .tuples
+                .chunks_exact(q.max(1))
+                .zip(&classes.sizes)
+                .map(|(t, &s)| (t, s, s >= k)),
+        );
         let allowed = (self.privacy.suppression_limit * self.data.rows() as f64).floor() as u64;
         let e = Evaluation {
             levels: levels.to_vec(),
@@ -178,7 +189,14 @@ impl<'a> Evaluator<'a> {
             equivalence_classes: kept.len(),
             min_class_size: kept.iter().copied().min().unwrap_or(0),
             max_class_size: kept.iter().copied().max().unwrap_or(0),
-            losses: metrics::losses(self.data, levels, &kept, suppressed, &self.entropy),
+            losses: metrics::losses(
+                self.data,
+                levels,
+                &kept,
+                suppressed,
+                &self.entropy,
+                Some(&sums),
+            ),
         };
         // Keep a bounded set of evaluated nodes to roll up from: when full, drop the one with
         // the most classes (the least useful starting point), never the bottom.
@@ -233,7 +251,9 @@ pub fn optimal(
     let entropy = EntropyTable::new(data);
     let no_classes: [u64; 0] = [];
     let loss: Vec<f64> = (0..lattice.size)
-        .map(|id| metrics::losses(data, &lattice.levels(id), &no_classes, 0, &entropy).get(metric))
+        .map(|id| {
+            metrics::losses(data, &lattice.levels(id), &no_classes, 0, &entropy, None).get(metric)
+        })
         .collect();
     let mut state = vec![State::Unknown; lattice.size];
     let mut eval = Evaluator::new(data, privacy);

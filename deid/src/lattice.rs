@@ -103,96 +103,93 @@ pub struct Evaluation {
     pub losses: Losses,
 }
 
-/// Class sizes of the table generalized to `levels`.
-pub fn class_sizes(data: &Dataset, levels: &[usize]) -> Vec<u64> {
-    let qis = data.quasi_identifiers();
-    let maps: Vec<&[u32]> = qis
-        .iter()
-        .zip(levels)
-        .map(|(q, &l)| q.hierarchy.level_map(l))
-        .collect();
-    let radix: Vec<u128> = qis
-        .iter()
-        .zip(levels)
-        .map(|(q, &l)| q.hierarchy.cardinality(l) as u128)
-        .collect();
-    let mut classes: HashMap<u128, u64> = HashMap::with_capacity(data.distinct() / 2 + 1);
-    for (tuple, count) in data.tuples() {
-        let mut key: u128 = 0;
-        for j in 0..tuple.len() {
-            key = key * radix[j] + maps[j][tuple[j] as usize] as u128;
-        }
-        *classes.entry(key).or_insert(0) += count as u64;
-    }
-    classes.into_values().collect()
-}
+/// One equivalence class: its generalized codes (one per quasi-identifier), its size, and the
+/// histogram of its sensitive values (empty without a sensitive attribute).
+pub type Class = (Vec<u32>, u64, Vec<(u32, u64)>);
 
-/// Class sizes and sensitive histograms of the table generalized to `levels`.
-pub fn classes_with_sensitive(data: &Dataset, levels: &[usize]) -> Vec<(u64, Vec<(u32, u64)>)> {
+/// The classes of the table generalized to `levels`.
+pub fn classes(data: &Dataset, levels: &[usize]) -> Vec<Class> {
     let qis = data.quasi_identifiers();
     let maps: Vec<&[u32]> = qis
         .iter()
         .zip(levels)
         .map(|(q, &l)| q.hierarchy.level_map(l))
-        .collect();
-    let radix: Vec<u128> = qis
-        .iter()
-        .zip(levels)
-        .map(|(q, &l)| q.hierarchy.cardinality(l) as u128)
         .collect();
     let codes = data.sensitive_codes();
-    let mut classes: HashMap<u128, (u64, HashMap<u32, u64>)> = HashMap::new();
+    let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut out: Vec<(Vec<u32>, u64, HashMap<u32, u64>)> = Vec::new();
     for (i, (tuple, count)) in data.tuples().enumerate() {
-        let mut key: u128 = 0;
-        for j in 0..tuple.len() {
-            key = key * radix[j] + maps[j][tuple[j] as usize] as u128;
-        }
-        let entry = classes.entry(key).or_default();
-        entry.0 += count as u64;
+        let key: Vec<u32> = tuple
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| maps[j][c as usize])
+            .collect();
+        let slot = match index.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                index.insert(key.clone(), out.len());
+                out.push((key, 0, HashMap::new()));
+                out.len() - 1
+            }
+        };
+        out[slot].1 += count as u64;
         if let Some(&code) = codes.get(i) {
-            *entry.1.entry(code).or_insert(0) += count as u64;
+            *out[slot].2.entry(code).or_insert(0) += count as u64;
         }
     }
-    classes
-        .into_values()
-        .map(|(n, h)| {
+    out.into_iter()
+        .map(|(k, n, h)| {
             let mut hist: Vec<(u32, u64)> = h.into_iter().collect();
             hist.sort_unstable();
-            (n, hist)
+            (k, n, hist)
         })
         .collect()
 }
 
-/// Evaluates one node.
+/// Class sizes of the table generalized to `levels`.
+pub fn class_sizes(data: &Dataset, levels: &[usize]) -> Vec<u64> {
+    classes(data, levels)
+        .into_iter()
+        .map(|(_, n, _)| n)
+        .collect()
+}
+
+/// Evaluates one node directly from the data: the simple reference the faster searches are
+/// tested against.
 pub fn evaluate(
     data: &Dataset,
     levels: &[usize],
     privacy: Privacy,
     entropy: &metrics::EntropyTable,
 ) -> Evaluation {
-    let (kept, suppressed) = if privacy.needs_sensitive() {
-        let column = data.sensitive();
-        let mut kept = Vec::new();
-        let mut suppressed = 0;
-        for (size, hist) in classes_with_sensitive(data, levels) {
-            if privacy.class_ok(size, &hist, column) {
-                kept.push(size);
-            } else {
-                suppressed += size;
-            }
-        }
-        (kept, suppressed)
-    } else {
-        let sizes = class_sizes(data, levels);
-        let k = privacy.k as u64;
-        let suppressed: u64 = sizes.iter().filter(|&&s| s < k).sum();
-        (
-            sizes.into_iter().filter(|&s| s >= k).collect::<Vec<_>>(),
-            suppressed,
-        )
-    };
+    let column = data.sensitive();
+    let all = classes(data, levels);
+    let ok: Vec<bool> = all
+        .iter()
+        .map(|(_, n, hist)| privacy.class_ok(*n, hist, column))
+        .collect();
+    let kept: Vec<u64> = all
+        .iter()
+        .zip(&ok)
+        .filter(|(_, ok)| **ok)
+        .map(|((_, n, _), _)| *n)
+        .collect();
+    let suppressed: u64 = all
+        .iter()
+        .zip(&ok)
+        .filter(|(_, ok)| !**ok)
+        .map(|((_, n, _), _)| *n)
+        .sum();
+    let sums = metrics::loss_sums(
+        levels.len(),
+        levels,
+        entropy,
+        all.iter()
+            .zip(&ok)
+            .map(|((codes, n, _), ok)| (codes.as_slice(), *n, *ok)),
+    );
     let allowed = (privacy.suppression_limit * data.rows() as f64).floor() as u64;
-    let losses = metrics::losses(data, levels, &kept, suppressed, entropy);
+    let losses = metrics::losses(data, levels, &kept, suppressed, entropy, Some(&sums));
     Evaluation {
         levels: levels.to_vec(),
         feasible: suppressed <= allowed,

@@ -69,7 +69,7 @@ proptest! {
     fn optimized_search_equals_brute_force((shape, rows) in table(), k in 1u32..6, limit in prop::sample::select(vec![0.0, 0.02, 0.1, 0.3])) {
         let data = build(&shape, &rows);
         let privacy = Privacy::k_anonymity(k, limit);
-        for metric in [Metric::NonUniformEntropy, Metric::Precision, Metric::Height, Metric::Discernibility, Metric::Aecs] {
+        for metric in [Metric::NonUniformEntropy, Metric::Precision, Metric::Height, Metric::Discernibility, Metric::Aecs, Metric::Loss] {
             let fast = search::optimal(&data, privacy, metric).expect("valid");
             let slow = search::exhaustive(&data, privacy, metric).expect("valid");
             match (fast, slow) {

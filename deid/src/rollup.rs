@@ -81,6 +81,17 @@ fn evaluate_classes(
     let k = privacy.k as u64;
     let suppressed: u64 = classes.sizes.iter().filter(|&&s| s < k).sum();
     let kept: Vec<u64> = classes.sizes.iter().copied().filter(|&s| s >= k).collect();
+    let q = levels.len();
+    let sums = metrics::loss_sums(
+        q,
+        levels,
+        entropy,
+        classes
+            .tuples
+            .chunks_exact(q.max(1))
+            .zip(&classes.sizes)
+            .map(|(t, &s)| (t, s, s >= k)),
+    );
     let allowed = (privacy.suppression_limit * data.rows() as f64).floor() as u64;
     Evaluation {
         levels: levels.to_vec(),
@@ -89,7 +100,7 @@ fn evaluate_classes(
         equivalence_classes: kept.len(),
         min_class_size: kept.iter().copied().min().unwrap_or(0),
         max_class_size: kept.iter().copied().max().unwrap_or(0),
-        losses: metrics::losses(data, levels, &kept, suppressed, entropy),
+        losses: metrics::losses(data, levels, &kept, suppressed, entropy, Some(&sums)),
     }
 }
 

@@ -66,7 +66,7 @@ pub fn optimal(data: &Dataset, privacy: Privacy, metric: Metric) -> Result<Optio
             nodes_checked,
             lattice_size,
         }),
-        Metric::Discernibility | Metric::Aecs => {
+        Metric::Discernibility | Metric::Aecs | Metric::Loss => {
             best_of(crate::rollup::evaluate_all(data, privacy), metric)
         }
     })
