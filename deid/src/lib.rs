@@ -15,6 +15,7 @@ pub mod flash;
 pub mod hierarchy;
 pub mod lattice;
 pub mod metrics;
+pub mod risk;
 pub mod rollup;
 pub mod search;
 pub mod sensitive;
