@@ -47,6 +47,9 @@ enum Command {
     Patients(commands::patients::PatientsCommand),
     /// Counts of stored patients and records.
     Stats(commands::patients::StatsArgs),
+    /// De-identify a CSV or Parquet table under a policy (k-anonymity, l-diversity,
+    /// t-closeness, Safe Harbor transforms) and report the loss and risk.
+    Deid(commands::deid::DeidArgs),
 }
 
 fn init_tracing(global: &GlobalArgs) {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::Consent(c) => commands::consent::run(g, c).await,
             Command::Patients(c) => commands::patients::run(g, c).await,
             Command::Stats(a) => commands::patients::stats(g, a).await,
+            Command::Deid(a) => commands::deid::run(g, a).await,
         }
     });
     match result {

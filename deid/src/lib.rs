@@ -12,11 +12,16 @@
 pub mod dataset;
 pub mod error;
 pub mod flash;
+pub mod frame;
+pub mod generate;
 pub mod hierarchy;
+pub mod io;
 pub mod lattice;
 pub mod metrics;
+pub mod policy;
 pub mod risk;
 pub mod rollup;
+pub mod safe_harbor;
 pub mod search;
 pub mod sensitive;
 

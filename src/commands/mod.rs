@@ -1,6 +1,7 @@
 //! One module per subcommand. Each parses its arguments, calls the crates, and prints.
 
 pub mod consent;
+pub mod deid;
 pub mod demo;
 pub mod ingest;
 pub mod patients;

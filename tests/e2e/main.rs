@@ -7,6 +7,7 @@ mod support;
 mod broken_input;
 mod consent;
 mod corpus;
+mod deid;
 mod formats;
 mod postgres;
 mod privacy;
