@@ -136,12 +136,14 @@ fn transform(
                 if v.is_empty() {
                     continue;
                 }
-                let date = v
-                    .get(..10)
-                    .and_then(|d| chrono_like_parse(d))
-                    .ok_or_else(|| DeidError::Input {
-                        message: format!("row {row}: column `{column}` is not a date (YYYY-MM-DD)"),
-                    })?;
+                let date =
+                    v.get(..10)
+                        .and_then(days_from_date)
+                        .ok_or_else(|| DeidError::Input {
+                            message: format!(
+                                "row {row}: column `{column}` is not a date (YYYY-MM-DD)"
+                            ),
+                        })?;
                 *v = format_days(date + safe_harbor::date_shift_days(key, p, *window_days));
             }
         }
@@ -150,7 +152,7 @@ fn transform(
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian).
-fn chrono_like_parse(d: &str) -> Option<i64> {
+fn days_from_date(d: &str) -> Option<i64> {
     let y: i64 = d.get(..4)?.parse().ok()?;
     let m: i64 = d.get(5..7)?.parse().ok()?;
     let day: i64 = d.get(8..10)?.parse().ok()?;
@@ -441,11 +443,11 @@ mod tests {
     #[test]
     fn civil_days_round_trip() {
         for d in ["1970-01-01", "2000-02-29", "2024-12-31", "1900-03-01"] {
-            assert_eq!(format_days(chrono_like_parse(d).expect("date")), d);
+            assert_eq!(format_days(days_from_date(d).expect("date")), d);
         }
-        assert_eq!(chrono_like_parse("1970-01-02"), Some(1));
+        assert_eq!(days_from_date("1970-01-02"), Some(1));
         assert_eq!(
-            format_days(chrono_like_parse("2024-02-28").expect("d") + 2),
+            format_days(days_from_date("2024-02-28").expect("d") + 2),
             "2024-03-01"
         );
     }
