@@ -167,37 +167,13 @@ impl<'a> Evaluator<'a> {
             return e.clone();
         }
         let classes = self.classes_of(levels);
-        let k = self.privacy.k as u64;
-        let suppressed: u64 = classes.sizes.iter().filter(|&&s| s < k).sum();
-        let kept: Vec<u64> = classes.sizes.iter().copied().filter(|&s| s >= k).collect();
-        let q = levels.len();
-        let sums = metrics::loss_sums(
-            q,
+        let e = crate::rollup::evaluate_classes(
+            self.data,
             levels,
+            &classes,
+            self.privacy,
             &self.entropy,
-            classes
-                .tuples
-                .chunks_exact(q.max(1))
-                .zip(&classes.sizes)
-                .map(|(t, &s)| (t, s, s >= k)),
         );
-        let allowed = (self.privacy.suppression_limit * self.data.rows() as f64).floor() as u64;
-        let e = Evaluation {
-            levels: levels.to_vec(),
-            feasible: suppressed <= allowed,
-            suppressed_records: suppressed,
-            equivalence_classes: kept.len(),
-            min_class_size: kept.iter().copied().min().unwrap_or(0),
-            max_class_size: kept.iter().copied().max().unwrap_or(0),
-            losses: metrics::losses(
-                self.data,
-                levels,
-                &kept,
-                suppressed,
-                &self.entropy,
-                Some(&sums),
-            ),
-        };
         // Keep a bounded set of evaluated nodes to roll up from: when full, drop the one with
         // the most classes (the least useful starting point), never the bottom.
         if self.cache.len() >= CACHE_NODES

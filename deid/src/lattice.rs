@@ -154,6 +154,30 @@ pub fn class_sizes(data: &Dataset, levels: &[usize]) -> Vec<u64> {
         .collect()
 }
 
+/// A node's evaluation from its classes, each given as (generalized codes, size, released).
+pub fn evaluation_from<'a>(
+    data: &Dataset,
+    levels: &[usize],
+    privacy: Privacy,
+    entropy: &metrics::EntropyTable,
+    classes: impl Iterator<Item = (&'a [u32], u64, bool)>,
+) -> Evaluation {
+    let classes: Vec<(&[u32], u64, bool)> = classes.collect();
+    let kept: Vec<u64> = classes.iter().filter(|c| c.2).map(|c| c.1).collect();
+    let suppressed: u64 = classes.iter().filter(|c| !c.2).map(|c| c.1).sum();
+    let sums = metrics::loss_sums(levels.len(), levels, entropy, classes.iter().copied());
+    let allowed = (privacy.suppression_limit * data.rows() as f64).floor() as u64;
+    Evaluation {
+        levels: levels.to_vec(),
+        feasible: suppressed <= allowed,
+        suppressed_records: suppressed,
+        equivalence_classes: kept.len(),
+        min_class_size: kept.iter().copied().min().unwrap_or(0),
+        max_class_size: kept.iter().copied().max().unwrap_or(0),
+        losses: metrics::losses(data, levels, &kept, suppressed, entropy, Some(&sums)),
+    }
+}
+
 /// Evaluates one node directly from the data: the simple reference the faster searches are
 /// tested against.
 pub fn evaluate(
@@ -164,41 +188,14 @@ pub fn evaluate(
 ) -> Evaluation {
     let column = data.sensitive();
     let all = classes(data, levels);
-    let ok: Vec<bool> = all
-        .iter()
-        .map(|(_, n, hist)| privacy.class_ok(*n, hist, column))
-        .collect();
-    let kept: Vec<u64> = all
-        .iter()
-        .zip(&ok)
-        .filter(|(_, ok)| **ok)
-        .map(|((_, n, _), _)| *n)
-        .collect();
-    let suppressed: u64 = all
-        .iter()
-        .zip(&ok)
-        .filter(|(_, ok)| !**ok)
-        .map(|((_, n, _), _)| *n)
-        .sum();
-    let sums = metrics::loss_sums(
-        levels.len(),
+    evaluation_from(
+        data,
         levels,
+        privacy,
         entropy,
         all.iter()
-            .zip(&ok)
-            .map(|((codes, n, _), ok)| (codes.as_slice(), *n, *ok)),
-    );
-    let allowed = (privacy.suppression_limit * data.rows() as f64).floor() as u64;
-    let losses = metrics::losses(data, levels, &kept, suppressed, entropy, Some(&sums));
-    Evaluation {
-        levels: levels.to_vec(),
-        feasible: suppressed <= allowed,
-        suppressed_records: suppressed,
-        equivalence_classes: kept.len(),
-        min_class_size: kept.iter().copied().min().unwrap_or(0),
-        max_class_size: kept.iter().copied().max().unwrap_or(0),
-        losses,
-    }
+            .map(|(codes, n, hist)| (codes.as_slice(), *n, privacy.class_ok(*n, hist, column))),
+    )
 }
 
 /// Every node of the lattice with the given heights, lowest total level first.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::dataset::Dataset;
 use crate::lattice::{Evaluation, Privacy};
-use crate::metrics::{self, EntropyTable};
+use crate::metrics::EntropyTable;
 
 /// A node's equivalence classes: generalized tuples (flattened) and their sizes.
 #[derive(Debug, Clone, Default)]
@@ -71,7 +71,8 @@ fn raise(parent: &Classes, q: usize, j: usize, map: &[u32]) -> Classes {
     out
 }
 
-fn evaluate_classes(
+/// A node's evaluation from its classes under k-anonymity with suppression.
+pub(crate) fn evaluate_classes(
     data: &Dataset,
     levels: &[usize],
     classes: &Classes,
@@ -79,29 +80,18 @@ fn evaluate_classes(
     entropy: &EntropyTable,
 ) -> Evaluation {
     let k = privacy.k as u64;
-    let suppressed: u64 = classes.sizes.iter().filter(|&&s| s < k).sum();
-    let kept: Vec<u64> = classes.sizes.iter().copied().filter(|&s| s >= k).collect();
-    let q = levels.len();
-    let sums = metrics::loss_sums(
-        q,
+    let q = levels.len().max(1);
+    crate::lattice::evaluation_from(
+        data,
         levels,
+        privacy,
         entropy,
         classes
             .tuples
-            .chunks_exact(q.max(1))
+            .chunks_exact(q)
             .zip(&classes.sizes)
             .map(|(t, &s)| (t, s, s >= k)),
-    );
-    let allowed = (privacy.suppression_limit * data.rows() as f64).floor() as u64;
-    Evaluation {
-        levels: levels.to_vec(),
-        feasible: suppressed <= allowed,
-        suppressed_records: suppressed,
-        equivalence_classes: kept.len(),
-        min_class_size: kept.iter().copied().min().unwrap_or(0),
-        max_class_size: kept.iter().copied().max().unwrap_or(0),
-        losses: metrics::losses(data, levels, &kept, suppressed, entropy, Some(&sums)),
-    }
+    )
 }
 
 /// Evaluates every node of the lattice, height by height, using all cores.
