@@ -87,9 +87,21 @@ impl Generalization {
     }
 }
 
+/// A Polars error, by kind only: Polars' messages can quote cell values (a malformed CSV line,
+/// a value that failed to parse), which may be identifying.
 pub(crate) fn polars_err(e: PolarsError) -> DeidError {
+    let kind = match &e {
+        PolarsError::ColumnNotFound(_) => "a column is missing",
+        PolarsError::ComputeError(_) => "the table could not be processed (malformed input?)",
+        PolarsError::IO { .. } => "reading or writing failed",
+        PolarsError::NoData(_) => "the table is empty",
+        PolarsError::SchemaMismatch(_) | PolarsError::ShapeMismatch(_) => {
+            "rows or columns do not line up"
+        }
+        _ => "the table could not be processed",
+    };
     DeidError::Input {
-        message: format!("table error: {e}"),
+        message: format!("table error: {kind}; check the file's delimiter, quoting and header"),
     }
 }
 
