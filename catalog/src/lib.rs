@@ -308,7 +308,7 @@ impl Catalog {
             let identity = serde_json::from_slice(
                 &self
                     .keyring
-                    .open(&sealed, format!("patients/{patient_id}").as_bytes())?,
+                    .open(&sealed, &ingest::patient_aad(&patient_id))?,
             )
             .map_err(|e| CatalogError::internal(format!("stored identity does not parse: {e}")))?;
             let mut records = Vec::new();

@@ -35,6 +35,21 @@ pub fn age_top_code(age: &str) -> String {
     }
 }
 
+/// Key material from text: 64 hexadecimal characters, or any text of 16 bytes or more.
+/// `source` names where it came from, for the error.
+pub fn parse_key(text: &str, source: &str) -> crate::error::Result<Vec<u8>> {
+    let t = text.trim();
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex::decode(t).map_err(|_| crate::error::DeidError::Internal("hex".into()));
+    }
+    if t.len() >= 16 {
+        return Ok(t.as_bytes().to_vec());
+    }
+    Err(crate::error::DeidError::Input {
+        message: format!("the key in {source} is too short: use 64 hex characters (32 bytes)"),
+    })
+}
+
 /// A keyed pseudonym: HMAC-SHA-256 of the value under the key, hex, truncated to 128 bits.
 /// Stable for the same key; scoping (release family, licensee) goes into the key.
 pub fn pseudonym(key: &hmac::Key, value: &str) -> String {
@@ -76,5 +91,19 @@ mod tests {
         let s = date_shift_days(&k1, "p1", 180);
         assert_eq!(s, date_shift_days(&k1, "p1", 180));
         assert!((-180..=180).contains(&s));
+        assert_eq!(
+            parse_key(&"ab".repeat(32), "K").expect("hex"),
+            vec![0xab; 32]
+        );
+        assert_eq!(
+            parse_key("a sixteen-byte pass", "K").expect("text").len(),
+            19
+        );
+        assert!(
+            parse_key("short", "K")
+                .expect_err("short")
+                .to_string()
+                .contains("K")
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
-use tessera_deid::{frame, io, policy::Policy};
+use tessera_deid::{frame, io, policy::Policy, safe_harbor};
 
 use crate::config::GlobalArgs;
 use crate::output::say;
@@ -33,12 +33,7 @@ pub struct DeidArgs {
 pub async fn run(_g: &GlobalArgs, args: DeidArgs) -> Result<ExitCode> {
     let policy = Policy::from_file(&args.policy)?;
     let key = match std::env::var(&policy.pseudonym.key_env) {
-        Ok(k) if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) => Some(hex_decode(&k)),
-        Ok(k) if k.len() >= 16 => Some(k.into_bytes()),
-        Ok(_) => anyhow::bail!(
-            "{} is too short: use 64 hex characters (32 bytes)",
-            policy.pseudonym.key_env
-        ),
+        Ok(text) => Some(safe_harbor::parse_key(&text, &policy.pseudonym.key_env)?),
         Err(_) => None,
     };
     let spinner = ProgressBar::new_spinner();
@@ -77,11 +72,4 @@ pub async fn run(_g: &GlobalArgs, args: DeidArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write the report {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }

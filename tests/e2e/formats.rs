@@ -193,3 +193,37 @@ fn configuration_keys_and_flags() {
         "{err}"
     );
 }
+
+/// Two copies of a bulk export whose observations arrive before their patient: the deferred
+/// observations are stored once.
+#[test]
+fn deferred_records_from_duplicate_files_are_stored_once() {
+    let t = Tessera::new();
+    t.expect(&["init"], 0);
+    let patient =
+        std::fs::read_to_string(shared().join("fhir-anonymizer/functional-tests/Patient-1.ndjson"))
+            .expect("ndjson");
+    let pid = serde_json::from_str::<Value>(patient.trim()).expect("patient")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let obs = json!({"resourceType": "Observation", "id": "dup-obs", "status": "final",
+        "code": {"text": "Heart rate"}, "subject": {"reference": format!("Patient/{pid}")}})
+    .to_string();
+    for dir in ["a", "b"] {
+        let d = t.dir.path().join(dir);
+        std::fs::create_dir(&d).expect("mkdir");
+        std::fs::write(d.join("Observation.ndjson"), format!("{obs}\n")).expect("write");
+    }
+    let p = t.dir.path().join("z-Patient.ndjson");
+    std::fs::write(&p, &patient).expect("write");
+    let r = t.ingest_json(
+        &[&t.dir.path().join("a"), &t.dir.path().join("b"), &p],
+        &[],
+        0,
+    );
+    assert_eq!(
+        r["records"],
+        json!({"added": 1, "updated": 0, "unchanged": 1})
+    );
+}

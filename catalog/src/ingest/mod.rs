@@ -152,8 +152,11 @@ fn parse_job(
             },
             message,
         ));
-        // Oversize files are identified by path and size: hashing them would mean reading them.
-        let file_sha256 = sha256_hex(format!("{label}\0{size}").as_bytes());
+        // Oversize files are not read, so they are identified by a keyed hash of path and size
+        // (a plain hash of a path that holds a patient's name could be guessed).
+        let file_sha256 = ctx
+            .keyring
+            .keyed_hash("unread-file", format!("{label}\0{size}").as_bytes());
         return Parsed {
             label,
             bytes_len: size,
@@ -162,10 +165,17 @@ fn parse_job(
         };
     };
     let parsed = parse::parse_file(&bytes, &label, ctx);
-    let file_sha256 = if parsed.problems.is_empty() {
-        String::new()
-    } else {
+    // The content hash identifies the file in the quarantine; it is needed only when something
+    // may be quarantined: a problem now, or a record whose patient may turn out not to exist.
+    let may_quarantine = !parsed.problems.is_empty()
+        || parsed
+            .records
+            .iter()
+            .any(|r| matches!(r.link, Some(PatientLink::Keys(_))));
+    let file_sha256 = if may_quarantine {
         sha256_hex(&bytes)
+    } else {
+        String::new()
     };
     Parsed {
         label,
@@ -336,7 +346,7 @@ fn identity_hash(keyring: &Keyring, identity: &PatientIdentity) -> Result<(Vec<u
     Ok((json, hash))
 }
 
-fn patient_aad(patient_id: &str) -> Vec<u8> {
+pub(crate) fn patient_aad(patient_id: &str) -> Vec<u8> {
     format!("patients/{patient_id}").into_bytes()
 }
 
@@ -534,7 +544,20 @@ impl<'a> Writer<'a> {
         let existing = self.tx()?.record_hashes(&ids).await?;
         let mut inserts = Vec::new();
         let mut updates = Vec::new();
+        // The same record twice in one write (a deferred record from two copies of a file):
+        // the first copy stands, the others count as unchanged.
+        let mut seen: std::collections::HashSet<&str> =
+            std::collections::HashSet::with_capacity(ready.len());
         for (pid, r) in ready {
+            if !seen.insert(r.record_id.as_str()) {
+                self.report
+                    .by_resource_type
+                    .entry(r.resource_type.clone())
+                    .or_default()
+                    .unchanged += 1;
+                self.report.records.unchanged += 1;
+                continue;
+            }
             let row = RecordRow {
                 record_id: &r.record_id,
                 patient_id: pid.as_deref(),
@@ -565,8 +588,6 @@ impl<'a> Writer<'a> {
                 }
             }
         }
-        // A file may repeat a record another file of this batch already inserted: the id
-        // check above saw the first copy, so each id is inserted once.
         let tx = self
             .tx
             .as_mut()
@@ -638,13 +659,7 @@ impl<'a> Writer<'a> {
                     Reason::DanglingReference,
                     "the referenced patient is not in this file, the rest of the batch, or the store; ingest the patient first (or with it)",
                 );
-                let sha = if d.file_sha256.is_empty() {
-                    // The file parsed cleanly, so its hash was not needed until now.
-                    sha256_hex(d.label.as_bytes())
-                } else {
-                    d.file_sha256.clone()
-                };
-                self.quarantine(&d.label, &sha, &problem).await?;
+                self.quarantine(&d.label, &d.file_sha256, &problem).await?;
             }
         }
         self.write_records(&ready).await
