@@ -11,8 +11,12 @@ use crate::lattice::{Evaluation, Privacy};
 use crate::metrics::{self, EntropyTable, Metric};
 use crate::rollup::Classes;
 
-/// Evaluated nodes kept for roll-up.
+/// Evaluated nodes kept for roll-up, at most.
 const CACHE_NODES: usize = 4096;
+/// Memory for cached classes beyond the bottom node's, in tuple codes (4 bytes each): the
+/// larger of this and four times the bottom node's size. On a 10M-row table a low node can
+/// hold millions of classes; without a bound the cache would hold gigabytes.
+const CACHE_WORDS: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -70,7 +74,10 @@ struct Evaluator<'a> {
     privacy: Privacy,
     entropy: EntropyTable,
     cache: Vec<(Vec<usize>, Classes)>,
-    evaluated: HashMap<Vec<usize>, Evaluation>,
+    /// Size of the cached classes other than the bottom node's.
+    cached_words: usize,
+    /// Feasibility of every node evaluated.
+    evaluated: HashMap<Vec<usize>, bool>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -85,6 +92,7 @@ impl<'a> Evaluator<'a> {
             privacy,
             entropy: EntropyTable::new(data),
             cache: vec![(vec![0; data.quasi_identifiers().len()], bottom)],
+            cached_words: 0,
             evaluated: HashMap::new(),
         }
     }
@@ -129,7 +137,8 @@ impl<'a> Evaluator<'a> {
             }
         };
         if bits < 127.0 {
-            let mut index: HashMap<u128, usize> = HashMap::with_capacity(base.sizes.len());
+            let mut index: foldhash::HashMap<u128, usize> =
+                foldhash::HashMap::with_capacity_and_hasher(base.sizes.len(), Default::default());
             for (i, t) in base.tuples.chunks_exact(q).enumerate() {
                 fill(t, &mut key);
                 let packed = key
@@ -146,7 +155,8 @@ impl<'a> Evaluator<'a> {
                 }
             }
         } else {
-            let mut index: HashMap<Vec<u32>, usize> = HashMap::with_capacity(base.sizes.len());
+            let mut index: foldhash::HashMap<Vec<u32>, usize> =
+                foldhash::HashMap::with_capacity_and_hasher(base.sizes.len(), Default::default());
             for (i, t) in base.tuples.chunks_exact(q).enumerate() {
                 fill(t, &mut key);
                 match index.get(&key) {
@@ -162,33 +172,50 @@ impl<'a> Evaluator<'a> {
         out
     }
 
+    /// The full evaluation of a node (all metrics): computed once, for the optimum.
     fn evaluate(&mut self, levels: &[usize]) -> Evaluation {
-        if let Some(e) = self.evaluated.get(levels) {
-            return e.clone();
+        let classes = self.classes_of(levels);
+        crate::rollup::evaluate_classes(self.data, levels, &classes, self.privacy, &self.entropy)
+    }
+
+    /// Whether a node is feasible: the suppressed records (classes under k) within the limit.
+    /// Its classes are cached for roll-up.
+    fn feasible(&mut self, levels: &[usize]) -> bool {
+        if let Some(&f) = self.evaluated.get(levels) {
+            return f;
         }
         let classes = self.classes_of(levels);
-        let e = crate::rollup::evaluate_classes(
-            self.data,
-            levels,
-            &classes,
-            self.privacy,
-            &self.entropy,
-        );
-        // Keep a bounded set of evaluated nodes to roll up from: when full, drop the one with
-        // the most classes (the least useful starting point), never the bottom.
-        if self.cache.len() >= CACHE_NODES
-            && let Some((worst, _)) = self
+        let k = self.privacy.k as u64;
+        let suppressed: u64 = classes.sizes.iter().filter(|&&s| s < k).sum();
+        let allowed = (self.privacy.suppression_limit * self.data.rows() as f64).floor() as u64;
+        let feasible = suppressed <= allowed;
+        // Keep a bounded set of evaluated nodes to roll up from: when full, drop the ones with
+        // the most classes (the least useful starting points), never the bottom.
+        let words = |c: &Classes| c.tuples.len() + c.sizes.len() * 2;
+        let budget = CACHE_WORDS.max(4 * words(&self.cache[0].1));
+        self.cached_words += words(&classes);
+        while self.cache.len() > 1
+            && (self.cache.len() >= CACHE_NODES || self.cached_words > budget)
+        {
+            let Some((worst, _)) = self
                 .cache
                 .iter()
                 .enumerate()
                 .skip(1)
                 .max_by_key(|(_, (_, c))| c.sizes.len())
-        {
+            else {
+                break;
+            };
+            self.cached_words -= words(&self.cache[worst].1);
             self.cache.swap_remove(worst);
         }
-        self.cache.push((levels.to_vec(), classes));
-        self.evaluated.insert(levels.to_vec(), e.clone());
-        e
+        if self.cached_words <= budget {
+            self.cache.push((levels.to_vec(), classes));
+        } else {
+            self.cached_words -= words(&classes);
+        }
+        self.evaluated.insert(levels.to_vec(), feasible);
+        feasible
     }
 }
 
@@ -285,7 +312,7 @@ pub fn optimal(
                 State::Feasible => true,
                 State::Infeasible => false,
                 State::Unknown => {
-                    let f = eval.evaluate(&lattice.levels(id)).feasible;
+                    let f = eval.feasible(&lattice.levels(id));
                     tag(&lattice, &mut state, id, f);
                     f
                 }

@@ -10,12 +10,15 @@ use polars::prelude::*;
 use ring::hmac;
 use serde::Serialize;
 
-use crate::dataset::{Dataset, Quasi};
+use rayon::prelude::*;
+
+use crate::dataset::{Dataset, EncodedSensitive, Quasi};
 use crate::error::{DeidError, Result};
 use crate::hierarchy::Hierarchy;
 use crate::lattice::{self, Privacy};
 use crate::metrics::Metric;
-use crate::policy::{Policy, Role, Transform};
+use crate::mondrian;
+use crate::policy::{Method, Policy, Role, Transform};
 use crate::risk;
 use crate::safe_harbor;
 use crate::search;
@@ -24,6 +27,8 @@ use crate::search;
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub records: usize,
+    /// `optimal` or `mondrian`.
+    pub method: String,
     pub k: u32,
     pub k_achieved: u64,
     /// Chosen level per quasi-identifier.
@@ -49,6 +54,9 @@ pub struct RiskReport {
     pub risk_threshold: f64,
     pub sample_uniques: u64,
     pub sample_uniques_input: u64,
+    /// With a population table: the largest journalist risk and the marketer risk.
+    pub journalist_max: Option<f64>,
+    pub marketer: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,17 +78,14 @@ impl Generalization {
     pub fn apply(&self, df: &DataFrame) -> Result<DataFrame> {
         let mut out = df.clone();
         for (name, h, level) in &self.columns {
-            let values = strings(df, name)?;
-            let mut generalized = Vec::with_capacity(values.len());
-            for (row, v) in values.iter().enumerate() {
-                let code = h.code(v).ok_or_else(|| DeidError::Input {
-                    message: format!(
-                        "row {row}: the value of column `{name}` is missing from its hierarchy"
-                    ),
-                })?;
-                generalized.push(h.label(*level, h.generalize(code, *level)).to_string());
-            }
-            out.with_column(Column::new(name.as_str().into(), generalized))
+            let codes = encode(&strings(df, name)?, h, "input", name)?;
+            let generalized = StringChunked::from_iter_values(
+                name.as_str().into(),
+                codes
+                    .iter()
+                    .map(|&c| h.label(*level, h.generalize(c, *level))),
+            );
+            out.with_column(generalized.into_column())
                 .map_err(polars_err)?;
         }
         Ok(out)
@@ -105,8 +110,8 @@ pub(crate) fn polars_err(e: PolarsError) -> DeidError {
     }
 }
 
-/// A column's values as text (nulls as empty text).
-fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+/// A column's values as text (nulls read as empty text where a value is needed).
+fn strings(df: &DataFrame, name: &str) -> Result<StringChunked> {
     let col = df
         .column(name)
         .map_err(|_| DeidError::Input {
@@ -114,39 +119,51 @@ fn strings(df: &DataFrame, name: &str) -> Result<Vec<String>> {
         })?
         .cast(&DataType::String)
         .map_err(polars_err)?;
-    let ca = col.str().map_err(polars_err)?;
-    Ok(ca.iter().map(|v| v.unwrap_or("").to_string()).collect())
+    Ok(col.str().map_err(polars_err)?.clone())
+}
+
+/// A text column transformed value by value; `f` gets the row and the value.
+fn map_text(
+    ca: &StringChunked,
+    mut f: impl FnMut(usize, &str) -> Result<String>,
+) -> Result<StringChunked> {
+    let values: Vec<Option<String>> = ca
+        .iter()
+        .enumerate()
+        .map(|(row, v)| v.map(|v| f(row, v)).transpose())
+        .collect::<Result<_>>()?;
+    Ok(values
+        .into_iter()
+        .collect::<StringChunked>()
+        .with_name(ca.name().clone()))
 }
 
 fn transform(
-    values: &mut [String],
+    values: &StringChunked,
     t: &Transform,
-    patients: Option<&[String]>,
+    patients: Option<&StringChunked>,
     key: Option<&hmac::Key>,
     column: &str,
-) -> Result<()> {
+) -> Result<StringChunked> {
     match t {
-        Transform::Zip3 => values.iter_mut().for_each(|v| *v = safe_harbor::zip3(v)),
-        Transform::AgeTopCode => values
-            .iter_mut()
-            .for_each(|v| *v = safe_harbor::age_top_code(v)),
-        Transform::DateYear => values
-            .iter_mut()
-            .for_each(|v| *v = v.chars().take(4).collect()),
-        Transform::DateMonth => values
-            .iter_mut()
-            .for_each(|v| *v = v.chars().take(7).collect()),
+        Transform::Zip3 => map_text(values, |_, v| Ok(safe_harbor::zip3(v))),
+        Transform::AgeTopCode => map_text(values, |_, v| Ok(safe_harbor::age_top_code(v))),
+        Transform::DateYear => map_text(values, |_, v| Ok(v.chars().take(4).collect())),
+        Transform::DateMonth => map_text(values, |_, v| Ok(v.chars().take(7).collect())),
         Transform::DateShift { window_days, .. } => {
             let key = key.ok_or_else(|| DeidError::Input {
                 message: format!(
                     "column `{column}` shifts dates with a key: set the pseudonym key variable"
                 ),
             })?;
-            let patients = patients
-                .ok_or_else(|| DeidError::Internal("date shift without patients".into()))?;
-            for (row, (v, p)) in values.iter_mut().zip(patients).enumerate() {
+            let patients: Vec<&str> = patients
+                .ok_or_else(|| DeidError::Internal("date shift without patients".into()))?
+                .iter()
+                .map(|p| p.unwrap_or(""))
+                .collect();
+            map_text(values, |row, v| {
                 if v.is_empty() {
-                    continue;
+                    return Ok(String::new());
                 }
                 let date =
                     v.get(..10)
@@ -156,11 +173,12 @@ fn transform(
                                 "row {row}: column `{column}` is not a date (YYYY-MM-DD)"
                             ),
                         })?;
-                *v = format_days(date + safe_harbor::date_shift_days(key, p, *window_days));
-            }
+                Ok(format_days(
+                    date + safe_harbor::date_shift_days(key, patients[row], *window_days),
+                ))
+            })
         }
     }
-    Ok(())
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian).
@@ -199,11 +217,134 @@ fn format_days(z: i64) -> String {
 pub struct Outcome {
     pub frame: DataFrame,
     pub report: Report,
-    pub generalization: Generalization,
+    /// The chosen levels, to generalize later tables the same way. `None` for Mondrian: local
+    /// recoding gives each class its own levels, so there is no single generalization to
+    /// re-apply; later tables join the released rows instead.
+    pub generalization: Option<Generalization>,
+}
+
+/// Where a run is, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Transforming and encoding the columns.
+    Encoding,
+    /// Searching: the lattice's size, or the number of distinct tuples for Mondrian.
+    Searching { size: usize },
+    /// Building the released columns.
+    Releasing,
+}
+
+/// What a run takes beyond the table, the policy and the key.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// A population table with the same quasi-identifier columns, for journalist and marketer
+    /// risk.
+    pub population: Option<&'a DataFrame>,
+    /// Told each stage as the run reaches it.
+    pub progress: Option<&'a (dyn Fn(Stage) + Sync)>,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("population", &self.population.map(DataFrame::height))
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 /// Applies `policy` to `df`. `pseudonym_key` serves pseudonyms and date shifts.
 pub fn anonymize(df: &DataFrame, policy: &Policy, pseudonym_key: Option<&[u8]>) -> Result<Outcome> {
+    anonymize_with(df, policy, pseudonym_key, &Options::default())
+}
+
+/// [`anonymize`] on a lazy frame: the plan is collected (with Polars' optimizations) and run.
+pub fn anonymize_lazy(
+    lf: LazyFrame,
+    policy: &Policy,
+    pseudonym_key: Option<&[u8]>,
+    options: &Options<'_>,
+) -> Result<Outcome> {
+    let df = lf.collect().map_err(polars_err)?;
+    anonymize_with(&df, policy, pseudonym_key, options)
+}
+
+/// Encodes a text column against its hierarchy. A value outside it is an error naming the
+/// table, the column and the first row holding it (never the value).
+fn encode(ca: &StringChunked, h: &Hierarchy, table: &str, column: &str) -> Result<Vec<u32>> {
+    let mut lut: foldhash::HashMap<&str, u32> = foldhash::HashMap::default();
+    let mut out = Vec::with_capacity(ca.len());
+    for (row, v) in ca.iter().enumerate() {
+        let v = v.unwrap_or("");
+        let code = match lut.get(v) {
+            Some(&c) => c,
+            None => {
+                let c = h.code(v).ok_or_else(|| DeidError::Input {
+                    message: format!(
+                        "{table} row {row}: the value of column `{column}` is missing from its hierarchy `{}`; add it to the hierarchy",
+                        h.name()
+                    ),
+                })?;
+                lut.insert(v, c);
+                c
+            }
+        };
+        out.push(code);
+    }
+    Ok(out)
+}
+
+fn distinct(ca: &StringChunked) -> Result<Vec<String>> {
+    let mut d: Vec<String> = ca
+        .unique()
+        .map_err(polars_err)?
+        .iter()
+        .map(|v| v.unwrap_or("").to_string())
+        .collect();
+    d.sort();
+    d.dedup();
+    Ok(d)
+}
+
+/// Text of the columns the policy transforms or generalizes, after the transforms.
+fn transformed_text(
+    df: &DataFrame,
+    policy: &Policy,
+    key: Option<&hmac::Key>,
+    wanted: impl Fn(&crate::policy::ColumnPolicy) -> bool,
+) -> Result<HashMap<String, StringChunked>> {
+    let mut text = HashMap::new();
+    for c in policy.columns.iter().filter(|c| wanted(c)) {
+        let raw = strings(df, &c.name)?;
+        let value = match &c.transform {
+            None => raw,
+            Some(t) => {
+                let patients = match t {
+                    Transform::DateShift { patient_column, .. } => {
+                        Some(strings(df, patient_column)?)
+                    }
+                    _ => None,
+                };
+                transform(&raw, t, patients.as_ref(), key, &c.name)?
+            }
+        };
+        text.insert(c.name.clone(), value);
+    }
+    Ok(text)
+}
+
+/// Applies `policy` to `df` with [`Options`].
+pub fn anonymize_with(
+    df: &DataFrame,
+    policy: &Policy,
+    pseudonym_key: Option<&[u8]>,
+    options: &Options<'_>,
+) -> Result<Outcome> {
+    let progress = |s: Stage| {
+        if let Some(p) = options.progress {
+            p(s)
+        }
+    };
     let names: Vec<String> = df
         .get_column_names_owned()
         .into_iter()
@@ -233,6 +374,7 @@ pub fn anonymize(df: &DataFrame, policy: &Policy, pseudonym_key: Option<&[u8]>) 
     }
     let privacy: Privacy = policy.privacy_models()?;
     let metric: Metric = policy.metric();
+    let method = policy.privacy.method;
     let key = pseudonym_key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k));
     if policy.columns.iter().any(|c| c.role == Role::Pseudonym) && key.is_none() {
         return Err(DeidError::Input {
@@ -240,43 +382,6 @@ pub fn anonymize(df: &DataFrame, policy: &Policy, pseudonym_key: Option<&[u8]>) 
                 "the policy has pseudonym columns: set {} to the pseudonym key (64 hex characters)",
                 policy.pseudonym.key_env
             ),
-        });
-    }
-
-    // Values, transformed.
-    let mut values: HashMap<&str, Vec<String>> = HashMap::new();
-    for c in &policy.columns {
-        values.insert(c.name.as_str(), strings(df, &c.name)?);
-    }
-    for c in &policy.columns {
-        if let Some(t) = &c.transform {
-            let patients = match t {
-                Transform::DateShift { patient_column, .. } => Some(strings(df, patient_column)?),
-                _ => None,
-            };
-            let column = values
-                .get_mut(c.name.as_str())
-                .ok_or_else(|| DeidError::Internal("column vanished".into()))?;
-            transform(column, t, patients.as_deref(), key.as_ref(), &c.name)?;
-        }
-    }
-
-    // Hierarchies over the (transformed) values.
-    let mut qis = Vec::new();
-    for c in policy
-        .columns
-        .iter()
-        .filter(|c| c.role == Role::QuasiIdentifier)
-    {
-        let mut distinct: Vec<String> = values[c.name.as_str()].clone();
-        distinct.sort();
-        distinct.dedup();
-        let h = policy
-            .hierarchy(c, &distinct)?
-            .ok_or_else(|| DeidError::Internal("quasi-identifier without hierarchy".into()))?;
-        qis.push(Quasi {
-            name: c.name.clone(),
-            hierarchy: h,
         });
     }
     let sensitive = policy
@@ -291,66 +396,206 @@ pub fn anonymize(df: &DataFrame, policy: &Policy, pseudonym_key: Option<&[u8]>) 
                 .as_ref()
                 .map(|t| t.attribute.clone())
         });
+    if let Some(pop) = options.population {
+        let pop_names: Vec<String> = pop
+            .get_column_names_owned()
+            .into_iter()
+            .map(|n| n.to_string())
+            .collect();
+        let lacking: Vec<&str> = policy
+            .columns
+            .iter()
+            .filter(|c| c.role == Role::QuasiIdentifier)
+            .map(|c| c.name.as_str())
+            .filter(|n| !pop_names.iter().any(|p| p == n))
+            .collect();
+        if !lacking.is_empty() {
+            return Err(DeidError::Input {
+                message: format!(
+                    "the population table lacks quasi-identifier column(s) {}",
+                    lacking.join(", ")
+                ),
+            });
+        }
+    }
+
+    // Text of the columns that need it, transformed.
+    progress(Stage::Encoding);
     let rows = df.height();
-    let qi_values: Vec<&Vec<String>> = qis.iter().map(|q| &values[q.name.as_str()]).collect();
-    let sens_values: Option<&Vec<String>> = sensitive.as_deref().map(|s| &values[s]);
-    let table: Vec<Vec<&str>> = (0..rows)
-        .map(|r| {
-            qi_values
-                .iter()
-                .map(|v| v[r].as_str())
-                .chain(sens_values.map(|s| s[r].as_str()))
-                .collect()
-        })
+    let mut text = transformed_text(df, policy, key.as_ref(), |c| {
+        c.transform.is_some()
+            || matches!(c.role, Role::QuasiIdentifier | Role::Pseudonym)
+            || sensitive.as_deref() == Some(c.name.as_str())
+    })?;
+
+    // Hierarchies over the (transformed) values, then codes, column by column in parallel.
+    let qi_columns: Vec<&crate::policy::ColumnPolicy> = policy
+        .columns
+        .iter()
+        .filter(|c| c.role == Role::QuasiIdentifier)
         .collect();
-    let data = match &sensitive {
-        None => Dataset::new(qis.clone(), &table)?,
+    let encoded_qis: Vec<(Quasi, Vec<u32>)> = qi_columns
+        .par_iter()
+        .map(|c| {
+            let ca = &text[&c.name];
+            let h = policy
+                .hierarchy(c, &distinct(ca)?)?
+                .ok_or_else(|| DeidError::Internal("quasi-identifier without hierarchy".into()))?;
+            let codes = encode(ca, &h, "input", &c.name)?;
+            Ok((
+                Quasi {
+                    name: c.name.clone(),
+                    hierarchy: h,
+                },
+                codes,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let (qis, codes): (Vec<Quasi>, Vec<Vec<u32>>) = encoded_qis.into_iter().unzip();
+    let sensitive = match &sensitive {
+        None => None,
         Some(s) => {
             let col = policy
                 .columns
                 .iter()
                 .find(|c| &c.name == s)
                 .ok_or_else(|| DeidError::Internal("sensitive".into()))?;
-            let mut distinct: Vec<String> = values[s.as_str()].clone();
-            distinct.sort();
-            distinct.dedup();
-            let h = policy.hierarchy(col, &distinct)?;
-            Dataset::with_sensitive(qis.clone(), s, h, &table)?
+            let ca = &text[s];
+            let values = distinct(ca)?;
+            let h = policy.hierarchy(col, &values)?;
+            if let Some(h) = &h
+                && let Some(row) = ca.iter().position(|v| h.code(v.unwrap_or("")).is_none())
+            {
+                return Err(DeidError::Input {
+                    message: format!(
+                        "row {row}: the value of sensitive column `{s}` is missing from its hierarchy `{}`",
+                        h.name()
+                    ),
+                });
+            }
+            let index: foldhash::HashMap<&str, u32> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.as_str(), i as u32))
+                .collect();
+            let codes = ca
+                .iter()
+                .map(|v| index.get(v.unwrap_or("")).copied().unwrap_or(0))
+                .collect();
+            Some(EncodedSensitive {
+                name: s.clone(),
+                hierarchy: h,
+                values,
+                codes,
+            })
+        }
+    };
+    let (data, row_tuple) = Dataset::from_codes(qis.clone(), &codes, sensitive)?;
+    drop(codes);
+    let population = match options.population {
+        None => None,
+        Some(pop) => {
+            let ptext = transformed_text(pop, policy, key.as_ref(), |c| {
+                c.role == Role::QuasiIdentifier
+            })?;
+            let pcodes: Vec<Vec<u32>> = qis
+                .iter()
+                .map(|q| encode(&ptext[&q.name], &q.hierarchy, "population", &q.name))
+                .collect::<Result<_>>()?;
+            Some(Dataset::from_codes(qis.clone(), &pcodes, None)?.0)
         }
     };
 
     // Search.
     let started = Instant::now();
-    let solution = search::optimal(&data, privacy, metric)?.ok_or_else(|| DeidError::Input {
-        message: "no generalization satisfies the policy: raise suppression_limit, lower k / l, or raise t".into(),
-    })?;
-    let time_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let levels = solution.best.levels.clone();
+    let (release, core, generalization) = match method {
+        Method::Optimal => {
+            progress(Stage::Searching {
+                size: data.heights().iter().product(),
+            });
+            let solution =
+                search::optimal(&data, privacy, metric)?.ok_or_else(|| DeidError::Input {
+                    message: "no generalization satisfies the policy: raise suppression_limit, lower k / l, or raise t".into(),
+                })?;
+            let time_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let e = solution.best;
+            let levels = e.levels.clone();
+            let core = Core {
+                risk: risk::assess(
+                    &data,
+                    &levels,
+                    privacy,
+                    policy.privacy.risk_threshold,
+                    population.as_ref(),
+                ),
+                levels: levels.clone(),
+                losses: e.losses,
+                suppressed: e.suppressed_records,
+                classes: e.equivalence_classes,
+                min: e.min_class_size,
+                max: e.max_class_size,
+                nodes_checked: solution.nodes_checked,
+                lattice_size: solution.lattice_size,
+                time_ms,
+            };
+            let generalization = Generalization {
+                columns: qis
+                    .iter()
+                    .zip(&levels)
+                    .map(|(q, &l)| (q.name.clone(), q.hierarchy.clone(), l))
+                    .collect(),
+            };
+            let released = lattice::released_tuples(&data, &levels, privacy);
+            (
+                Release::Levels { levels, released },
+                core,
+                Some(generalization),
+            )
+        }
+        Method::Mondrian => {
+            progress(Stage::Searching {
+                size: data.distinct(),
+            });
+            let p = mondrian::partition(&data, privacy)?.ok_or_else(|| DeidError::Input {
+                message: "the whole table does not satisfy the policy, so Mondrian cannot release it: lower k / l, or raise t".into(),
+            })?;
+            let time_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let core = Core {
+                risk: risk::assess_mondrian(
+                    &data,
+                    &p,
+                    policy.privacy.risk_threshold,
+                    population.as_ref(),
+                ),
+                levels: p.max_levels(qis.len()),
+                losses: p.losses,
+                suppressed: 0,
+                classes: p.classes.len(),
+                min: p.min_class_size(),
+                max: p.max_class_size(),
+                nodes_checked: p.classes.len(),
+                lattice_size: data.heights().iter().product(),
+                time_ms,
+            };
+            (Release::Mondrian(p), core, None)
+        }
+    };
 
-    // Which generalized tuples are released.
-    let ok: HashMap<Vec<u32>, bool> = lattice::classes(&data, &levels)
-        .into_iter()
-        .map(|(codes, n, hist)| {
-            let keep = privacy.class_ok(n, &hist, data.sensitive());
-            (codes, keep)
+    // The released columns, in the input's order.
+    progress(Stage::Releasing);
+    let generalized: HashMap<&str, Column> = qis
+        .par_iter()
+        .enumerate()
+        .map(|(j, q)| {
+            let h = &q.hierarchy;
+            let values = row_tuple
+                .iter()
+                .map(|&t| release.label(t as usize, j, data.tuple(t as usize)[j], h));
+            let ca = StringChunked::from_iter_values(q.name.as_str().into(), values);
+            (q.name.as_str(), ca.into_column())
         })
         .collect();
     let mut out_columns: Vec<Column> = Vec::new();
-    let row_codes: Vec<Vec<u32>> = (0..rows)
-        .map(|r| {
-            qis.iter()
-                .enumerate()
-                .map(|(j, q)| {
-                    let code = q.hierarchy.code(&values[q.name.as_str()][r]).unwrap_or(0);
-                    q.hierarchy.generalize(code, levels[j])
-                })
-                .collect()
-        })
-        .collect();
-    let released: Vec<bool> = row_codes
-        .iter()
-        .map(|c| ok.get(c).copied().unwrap_or(false))
-        .collect();
     let mut roles = BTreeMap::new();
     for name in &names {
         let c = policy
@@ -359,66 +604,56 @@ pub fn anonymize(df: &DataFrame, policy: &Policy, pseudonym_key: Option<&[u8]>) 
             .find(|c| &c.name == name)
             .ok_or_else(|| DeidError::Internal("unlisted".into()))?;
         roles.insert(name.clone(), format!("{:?}", c.role).to_lowercase());
-        let v = &values[name.as_str()];
-        let column: Vec<String> = match c.role {
+        let column: Column = match c.role {
             Role::Identifier => continue,
             Role::Pseudonym => {
                 let key = key
                     .as_ref()
                     .ok_or_else(|| DeidError::Internal("key".into()))?;
-                v.iter().map(|x| safe_harbor::pseudonym(key, x)).collect()
+                map_text(&text[name], |_, v| Ok(safe_harbor::pseudonym(key, v)))?.into_column()
             }
-            Role::QuasiIdentifier => {
-                let j = qis
-                    .iter()
-                    .position(|q| &q.name == name)
-                    .ok_or_else(|| DeidError::Internal("qi".into()))?;
-                let h = &qis[j].hierarchy;
-                (0..rows)
-                    .map(|r| {
-                        if released[r] {
-                            h.label(levels[j], row_codes[r][j]).to_string()
-                        } else {
-                            "*".to_string()
-                        }
-                    })
-                    .collect()
-            }
-            Role::Sensitive | Role::Insensitive => v.clone(),
+            Role::QuasiIdentifier => generalized
+                .get(name.as_str())
+                .cloned()
+                .ok_or_else(|| DeidError::Internal("qi".into()))?,
+            Role::Sensitive | Role::Insensitive => match text.remove(name) {
+                Some(t) if c.transform.is_some() => t.into_column(),
+                _ => df.column(name).map_err(polars_err)?.clone(),
+            },
         };
-        out_columns.push(Column::new(name.as_str().into(), column));
+        out_columns.push(column);
     }
     let frame = DataFrame::new(rows, out_columns).map_err(polars_err)?;
 
-    let r = risk::assess(&data, &levels, privacy, policy.privacy.risk_threshold, None);
-    let e = &solution.best;
     let loss = [
-        ("nu_entropy", e.losses.nu_entropy),
-        ("loss", e.losses.loss),
-        ("precision", e.losses.precision),
-        ("discernibility", e.losses.discernibility),
-        ("aecs", e.losses.aecs),
-        ("height", e.losses.height),
+        ("nu_entropy", core.losses.nu_entropy),
+        ("loss", core.losses.loss),
+        ("precision", core.losses.precision),
+        ("discernibility", core.losses.discernibility),
+        ("aecs", core.losses.aecs),
+        ("height", core.losses.height),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let r = core.risk;
     let report = Report {
         records: rows,
+        method: method.name().to_string(),
         k: privacy.k,
-        k_achieved: e.min_class_size,
+        k_achieved: core.min,
         levels: qis
             .iter()
-            .zip(&levels)
+            .zip(&core.levels)
             .map(|(q, &l)| (q.name.clone(), l))
             .collect(),
         loss,
         metric: policy.privacy.metric.clone(),
-        suppressed_records: e.suppressed_records,
+        suppressed_records: core.suppressed,
         suppression_limit: privacy.suppression_limit,
-        equivalence_classes: e.equivalence_classes,
-        min_class_size: e.min_class_size,
-        max_class_size: e.max_class_size,
+        equivalence_classes: core.classes,
+        min_class_size: core.min,
+        max_class_size: core.max,
         risk: RiskReport {
             prosecutor_max: r.prosecutor_max,
             prosecutor_avg: r.prosecutor_avg,
@@ -426,26 +661,64 @@ pub fn anonymize(df: &DataFrame, policy: &Policy, pseudonym_key: Option<&[u8]>) 
             risk_threshold: r.threshold,
             sample_uniques: r.sample_uniques,
             sample_uniques_input: r.sample_uniques_input,
+            journalist_max: r.journalist_max,
+            marketer: r.marketer,
         },
         search: SearchReport {
-            nodes_checked: solution.nodes_checked,
-            lattice_size: solution.lattice_size,
-            time_ms,
+            nodes_checked: core.nodes_checked,
+            lattice_size: core.lattice_size,
+            time_ms: core.time_ms,
         },
         columns: roles,
-    };
-    let generalization = Generalization {
-        columns: qis
-            .iter()
-            .zip(&levels)
-            .map(|(q, &l)| (q.name.clone(), q.hierarchy.clone(), l))
-            .collect(),
     };
     Ok(Outcome {
         frame,
         report,
         generalization,
     })
+}
+
+/// The figures of a run, whichever method found them.
+struct Core {
+    levels: Vec<usize>,
+    losses: crate::metrics::Losses,
+    suppressed: u64,
+    classes: usize,
+    min: u64,
+    max: u64,
+    risk: risk::Risk,
+    nodes_checked: usize,
+    lattice_size: usize,
+    time_ms: f64,
+}
+
+/// What each distinct tuple is released as.
+enum Release {
+    /// One level per column; `released[t]` is false where the tuple's class is suppressed.
+    Levels {
+        levels: Vec<usize>,
+        released: Vec<bool>,
+    },
+    Mondrian(mondrian::Partitioning),
+}
+
+impl Release {
+    /// The label of column `j` of distinct tuple `t` (whose base code there is `base`).
+    fn label<'h>(&self, t: usize, j: usize, base: u32, h: &'h Hierarchy) -> &'h str {
+        match self {
+            Release::Levels { levels, released } => {
+                if released[t] {
+                    h.label(levels[j], h.generalize(base, levels[j]))
+                } else {
+                    "*"
+                }
+            }
+            Release::Mondrian(p) => {
+                let c = &p.classes[p.class_of[t] as usize];
+                h.label(c.levels[j], c.codes[j])
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ pub fn classes(data: &Dataset, levels: &[usize]) -> Vec<Class> {
         .map(|(q, &l)| q.hierarchy.level_map(l))
         .collect();
     let codes = data.sensitive_codes();
-    let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut index: foldhash::HashMap<Vec<u32>, usize> = foldhash::HashMap::default();
     let mut out: Vec<(Vec<u32>, u64, HashMap<u32, u64>)> = Vec::new();
     for (i, (tuple, count)) in data.tuples().enumerate() {
         let key: Vec<u32> = tuple
@@ -144,6 +144,52 @@ pub fn classes(data: &Dataset, levels: &[usize]) -> Vec<Class> {
             (k, n, hist)
         })
         .collect()
+}
+
+/// Per distinct tuple (in [`Dataset::tuples`] order), whether its class at `levels` is released
+/// (satisfies the privacy models) rather than suppressed.
+pub fn released_tuples(data: &Dataset, levels: &[usize], privacy: Privacy) -> Vec<bool> {
+    let qis = data.quasi_identifiers();
+    let codes = data.sensitive_codes();
+    let mut index: foldhash::HashMap<Vec<u32>, usize> = foldhash::HashMap::default();
+    let mut class_of = Vec::with_capacity(data.distinct());
+    let mut sizes: Vec<u64> = Vec::new();
+    let mut hists: Vec<HashMap<u32, u64>> = Vec::new();
+    let mut key = Vec::with_capacity(qis.len());
+    for (i, (tuple, count)) in data.tuples().enumerate() {
+        key.clear();
+        key.extend(
+            tuple
+                .iter()
+                .zip(qis)
+                .zip(levels)
+                .map(|((&c, q), &l)| q.hierarchy.generalize(c, l)),
+        );
+        let slot = match index.get(&key) {
+            Some(&s) => s,
+            None => {
+                index.insert(key.clone(), sizes.len());
+                sizes.push(0);
+                hists.push(HashMap::new());
+                sizes.len() - 1
+            }
+        };
+        sizes[slot] += count as u64;
+        if let Some(&s) = codes.get(i) {
+            *hists[slot].entry(s).or_insert(0) += count as u64;
+        }
+        class_of.push(slot);
+    }
+    let ok: Vec<bool> = sizes
+        .iter()
+        .zip(hists)
+        .map(|(&n, h)| {
+            let mut hist: Vec<(u32, u64)> = h.into_iter().collect();
+            hist.sort_unstable();
+            privacy.class_ok(n, &hist, data.sensitive())
+        })
+        .collect();
+    class_of.into_iter().map(|c| ok[c]).collect()
 }
 
 /// Class sizes of the table generalized to `levels`.

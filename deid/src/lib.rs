@@ -1,10 +1,10 @@
 //! `tessera-deid`: de-identification of tables by generalization over hierarchies.
 //!
-//! Status: the core of issue 3. Hierarchies (ARX CSV), dictionary-encoded quasi-identifiers,
-//! lattice evaluation with k-anonymity and record suppression, ARX's information-loss metrics,
-//! and an exact exhaustive search that reproduces ARX's published optima on Adult. Still to come:
-//! the policy file, Flash-style pruning, Mondrian, l-diversity, t-closeness, risk, Polars frames
-//! and Parquet/CSV I/O, and the `tessera deid` command.
+//! Hierarchies (ARX CSV or generated), dictionary-encoded quasi-identifiers, the lattice of
+//! full-domain generalizations with record suppression, ARX's information-loss metrics, the
+//! globally optimal search (Flash-style pruning and roll-up), Mondrian local recoding,
+//! l-diversity and t-closeness, re-identification risk, the TOML policy with Safe Harbor
+//! transforms, and the pipeline over Polars frames and CSV/Parquet files behind `tessera deid`.
 //!
 //! Must not: do I/O beyond the frames and files it is handed, or know about databases, HTTP or
 //! licenses.
@@ -18,6 +18,7 @@ pub mod hierarchy;
 pub mod io;
 pub mod lattice;
 pub mod metrics;
+pub mod mondrian;
 pub mod policy;
 pub mod risk;
 pub mod rollup;

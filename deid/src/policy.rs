@@ -37,6 +37,10 @@ pub struct PrivacySection {
     pub suppression_limit: f64,
     #[serde(default = "default_metric")]
     pub metric: String,
+    /// `optimal` (full-domain generalization, one level per column, globally optimal) or
+    /// `mondrian` (multidimensional local recoding: each class its own levels; no suppression).
+    #[serde(default)]
+    pub method: Method,
     #[serde(default)]
     pub l_diversity: Option<LSection>,
     #[serde(default)]
@@ -54,6 +58,26 @@ fn default_metric() -> String {
 }
 fn default_risk_threshold() -> f64 {
     0.2
+}
+
+/// How the table is generalized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The globally optimal full-domain generalization (Flash / roll-up over the lattice).
+    #[default]
+    Optimal,
+    /// Mondrian multidimensional partitioning (local recoding).
+    Mondrian,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Optimal => "optimal",
+            Method::Mondrian => "mondrian",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

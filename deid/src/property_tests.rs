@@ -179,3 +179,65 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// Mondrian: every record is released in a class of at least k records whose labels cover
+    /// it, grouped by the labels an attacker sees every group still has k or more, and with
+    /// l-diversity each class holds l distinct sensitive values.
+    #[test]
+    fn mondrian_releases_are_k_anonymous_and_l_diverse((shape, rows) in table(), k in 1u32..6, l in 1usize..4) {
+        use std::collections::{BTreeMap, BTreeSet};
+        use crate::sensitive::{LDiversity, LKind};
+        let sens: Vec<u32> = rows.iter().enumerate().map(|(i, r)| (r[0] + i as u32) % 4).collect();
+        let qis: Vec<Quasi> = shape
+            .iter()
+            .enumerate()
+            .map(|(j, &(n, levels, fanout))| Quasi { name: format!("q{j}"), hierarchy: hierarchy(&format!("q{j}"), n, levels, fanout) })
+            .collect();
+        let text: Vec<Vec<String>> = rows
+            .iter()
+            .zip(&sens)
+            .map(|(r, s)| r.iter().map(u32::to_string).chain(std::iter::once(format!("s{s}"))).collect())
+            .collect();
+        let refs: Vec<Vec<&str>> = text.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+        let data = Dataset::with_sensitive(qis.clone(), "dx", None, refs).expect("dataset");
+        let privacy = Privacy {
+            l_diversity: Some(LDiversity { l: l as f64, kind: LKind::Distinct }),
+            ..Privacy::k_anonymity(k, 0.0)
+        };
+        let distinct_all: BTreeSet<u32> = sens.iter().copied().collect();
+        let Some(p) = crate::mondrian::partition(&data, privacy).expect("valid") else {
+            // No release only when the whole table fails.
+            prop_assert!(rows.len() < k as usize || distinct_all.len() < l);
+            return Ok(());
+        };
+        prop_assert_eq!(p.classes.iter().map(|c| c.size).sum::<u64>(), rows.len() as u64);
+        // Rows by the labels they are released with.
+        let mut by_label: BTreeMap<Vec<String>, (u64, BTreeSet<u32>)> = BTreeMap::new();
+        let mut by_class: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for (r, s) in rows.iter().zip(&sens) {
+            let codes: Vec<u32> = r.iter().enumerate().map(|(j, v)| qis[j].hierarchy.code(&v.to_string()).expect("code")).collect();
+            let t = data.tuples().position(|(tuple, _)| tuple == codes.as_slice()).expect("tuple");
+            let c = p.class_of[t];
+            let class = &p.classes[c as usize];
+            let labels: Vec<String> = (0..qis.len())
+                .map(|j| {
+                    prop_assert_eq!(qis[j].hierarchy.generalize(codes[j], class.levels[j]), class.codes[j]);
+                    Ok(qis[j].hierarchy.label(class.levels[j], class.codes[j]).to_string())
+                })
+                .collect::<Result<_, TestCaseError>>()?;
+            let e = by_label.entry(labels).or_default();
+            e.0 += 1;
+            e.1.insert(*s);
+            by_class.entry(c).or_default().insert(*s);
+        }
+        for (size, _) in by_label.values() {
+            prop_assert!(*size >= k as u64);
+        }
+        for values in by_class.values() {
+            prop_assert!(values.len() >= l);
+        }
+    }
+}

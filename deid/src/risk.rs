@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::dataset::Dataset;
 use crate::lattice::{self, Privacy};
+use crate::mondrian::Partitioning;
 
 /// Risk figures of a release.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,58 +42,118 @@ pub fn assess(
         .filter(|(_, n, hist)| privacy.class_ok(*n, hist, column))
         .map(|(codes, n, _)| (codes, n))
         .collect();
-    let n: u64 = released.iter().map(|(_, s)| s).sum();
-    let at_risk: u64 = released
+    let population_sizes: Option<HashMap<Vec<u32>, u64>> = population.map(|pop| {
+        lattice::classes(pop, levels)
+            .into_iter()
+            .map(|(c, s, _)| (c, s))
+            .collect()
+    });
+    let classes: Vec<(u64, Option<u64>)> = released
         .iter()
-        .filter(|(_, s)| 1.0 / *s as f64 > threshold)
-        .map(|(_, s)| s)
-        .sum();
-    let input_uniques = lattice::class_sizes(data, &vec![0; levels.len()])
+        .map(|(codes, f)| {
+            (
+                *f,
+                population_sizes
+                    .as_ref()
+                    .map(|p| p.get(codes).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    summarize(&classes, threshold, input_uniques(data))
+}
+
+/// Risk of a Mondrian release. A population record counts towards a class when each of its
+/// quasi-identifiers generalizes to the class's label (labels of different classes can
+/// overlap; each class is measured against every population record it could be).
+pub fn assess_mondrian(
+    data: &Dataset,
+    partitioning: &Partitioning,
+    threshold: f64,
+    population: Option<&Dataset>,
+) -> Risk {
+    let population_sizes: Option<Vec<u64>> = population.map(|pop| {
+        // Group classes by their level vectors; each pattern generalizes the population once.
+        let mut patterns: HashMap<&[usize], Vec<usize>> = HashMap::new();
+        for (c, class) in partitioning.classes.iter().enumerate() {
+            patterns.entry(&class.levels).or_default().push(c);
+        }
+        let qis = pop.quasi_identifiers();
+        let mut sizes = vec![0u64; partitioning.classes.len()];
+        for (levels, members) in patterns {
+            let mut counts: HashMap<Vec<u32>, u64> = HashMap::new();
+            for (tuple, n) in pop.tuples() {
+                let key: Vec<u32> = tuple
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| qis[j].hierarchy.generalize(v, levels[j]))
+                    .collect();
+                *counts.entry(key).or_insert(0) += n as u64;
+            }
+            for c in members {
+                sizes[c] = counts
+                    .get(&partitioning.classes[c].codes)
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        sizes
+    });
+    let classes: Vec<(u64, Option<u64>)> = partitioning
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(c, class)| (class.size, population_sizes.as_ref().map(|p| p[c])))
+        .collect();
+    summarize(&classes, threshold, input_uniques(data))
+}
+
+/// Records unique on their quasi-identifiers (the sensitive attribute aside) in the input.
+fn input_uniques(data: &Dataset) -> u64 {
+    lattice::class_sizes(data, &vec![0; data.quasi_identifiers().len()])
         .into_iter()
         .filter(|&s| s == 1)
-        .count() as u64;
-    let (journalist_max, marketer) = match population {
-        None => (None, None),
-        Some(pop) => {
-            let sizes: HashMap<Vec<u32>, u64> = lattice::classes(pop, levels)
-                .into_iter()
-                .map(|(c, s, _)| (c, s))
-                .collect();
-            let mut j_max: f64 = 0.0;
-            let mut expected = 0.0;
-            for (codes, f) in &released {
-                // A class absent from the population is only as large as in the sample.
-                let big_f = sizes.get(codes).copied().unwrap_or(*f).max(*f);
-                j_max = j_max.max(1.0 / big_f as f64);
-                expected += *f as f64 / big_f as f64;
-            }
-            (
-                Some(j_max),
-                Some(if n == 0 { 0.0 } else { expected / n as f64 }),
-            )
+        .count() as u64
+}
+
+/// Risk figures from the released classes: (size in the release, size in the population).
+fn summarize(classes: &[(u64, Option<u64>)], threshold: f64, input_uniques: u64) -> Risk {
+    let n: u64 = classes.iter().map(|(f, _)| f).sum();
+    let at_risk: u64 = classes
+        .iter()
+        .filter(|(f, _)| 1.0 / *f as f64 > threshold)
+        .map(|(f, _)| f)
+        .sum();
+    let with_population = classes.iter().all(|(_, p)| p.is_some()) && !classes.is_empty();
+    let (journalist_max, marketer) = if with_population {
+        let mut j_max: f64 = 0.0;
+        let mut expected = 0.0;
+        for (f, big_f) in classes {
+            // A class absent from the population is only as large as in the sample.
+            let big_f = big_f.unwrap_or(*f).max(*f);
+            j_max = j_max.max(1.0 / big_f as f64);
+            expected += *f as f64 / big_f as f64;
         }
+        (
+            Some(j_max),
+            Some(if n == 0 { 0.0 } else { expected / n as f64 }),
+        )
+    } else {
+        (None, None)
     };
+    let share = |x: f64| if n == 0 { 0.0 } else { x / n as f64 };
     Risk {
-        prosecutor_max: released
+        prosecutor_max: classes
             .iter()
-            .map(|(_, s)| 1.0 / *s as f64)
+            .map(|(f, _)| 1.0 / *f as f64)
             .fold(0.0, f64::max),
-        prosecutor_avg: if n == 0 {
-            0.0
-        } else {
-            released.len() as f64 / n as f64
-        },
-        records_at_risk: if n == 0 {
-            0.0
-        } else {
-            at_risk as f64 / n as f64
-        },
+        prosecutor_avg: share(classes.len() as f64),
+        records_at_risk: share(at_risk as f64),
         threshold,
         sample_uniques_input: input_uniques,
-        sample_uniques: released
+        sample_uniques: classes
             .iter()
-            .filter(|(_, s)| *s == 1)
-            .map(|(_, s)| s)
+            .filter(|(f, _)| *f == 1)
+            .map(|(f, _)| f)
             .sum(),
         journalist_max,
         marketer,

@@ -46,7 +46,8 @@ fn bottom(data: &Dataset) -> Classes {
 
 /// Classes of `parent` with column `j` raised one level through `map`.
 fn raise(parent: &Classes, q: usize, j: usize, map: &[u32]) -> Classes {
-    let mut index: HashMap<&[u32], usize> = HashMap::with_capacity(parent.sizes.len());
+    let mut index: foldhash::HashMap<&[u32], usize> =
+        foldhash::HashMap::with_capacity_and_hasher(parent.sizes.len(), Default::default());
     let mut scratch: Vec<u32> = parent.tuples.clone();
     for t in scratch.chunks_exact_mut(q) {
         t[j] = map[t[j] as usize];

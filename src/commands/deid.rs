@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
-use tessera_deid::{frame, io, policy::Policy, safe_harbor};
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_deid::frame::{self, Options, Stage};
+use tessera_deid::policy::{Method, Policy};
+use tessera_deid::{io, safe_harbor};
 
 use crate::config::GlobalArgs;
 use crate::output::say;
@@ -28,36 +30,83 @@ pub struct DeidArgs {
     /// CSV delimiter of the input (default: detected from the header line).
     #[arg(long)]
     pub delimiter: Option<char>,
+    /// A population table (CSV or Parquet) with the same quasi-identifier columns: adds
+    /// journalist and marketer risk to the report.
+    #[arg(long)]
+    pub population: Option<PathBuf>,
+    /// Overrides the policy's `method`: `optimal` (full-domain) or `mondrian` (local recoding).
+    #[arg(long, value_parser = ["optimal", "mondrian"])]
+    pub method: Option<String>,
 }
 
 pub async fn run(_g: &GlobalArgs, args: DeidArgs) -> Result<ExitCode> {
-    let policy = Policy::from_file(&args.policy)?;
+    let mut policy = Policy::from_file(&args.policy)?;
+    match args.method.as_deref() {
+        Some("mondrian") => policy.privacy.method = Method::Mondrian,
+        Some("optimal") => policy.privacy.method = Method::Optimal,
+        _ => {}
+    }
     let key = match std::env::var(&policy.pseudonym.key_env) {
         Ok(text) => Some(safe_harbor::parse_key(&text, &policy.pseudonym.key_env)?),
         Err(_) => None,
     };
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_message(format!("reading {}", args.input.display()));
+    // Drawn only on a terminal (indicatif hides it otherwise).
+    let bar = ProgressBar::new(5).with_style(
+        ProgressStyle::with_template("{spinner} [{pos}/{len}] {wide_msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message(format!("reading {}", args.input.display()));
     let delimiter = args.delimiter.map(|d| d as u8);
     let (df, _, sep) = io::read_table(&args.input, delimiter)?;
-    spinner.set_message(format!(
-        "searching the optimal generalization of {} records",
-        df.height()
-    ));
+    let population = match &args.population {
+        Some(p) => Some(io::read_table(p, None)?.0),
+        None => None,
+    };
+    let records = df.height();
+    let mondrian = policy.privacy.method == Method::Mondrian;
     let outcome = tokio::task::spawn_blocking({
         let policy = policy.clone();
-        move || frame::anonymize(&df, &policy, key.as_deref())
+        let bar = bar.clone();
+        move || {
+            let progress = move |stage: Stage| {
+                let (pos, msg) = match stage {
+                    Stage::Encoding => (1, format!("encoding {records} records")),
+                    Stage::Searching { size } if mondrian => {
+                        (2, format!("partitioning {size} distinct tuples (Mondrian)"))
+                    }
+                    Stage::Searching { size } => {
+                        (2, format!("searching a lattice of {size} generalizations"))
+                    }
+                    Stage::Releasing => (3, "building the released columns".to_string()),
+                };
+                bar.set_position(pos);
+                bar.set_message(msg);
+            };
+            frame::anonymize_with(
+                &df,
+                &policy,
+                key.as_deref(),
+                &Options {
+                    population: population.as_ref(),
+                    progress: Some(&progress),
+                },
+            )
+        }
     })
     .await
     .context("the de-identification task failed")??;
-    spinner.finish_and_clear();
+    bar.set_position(4);
+    bar.set_message(format!("writing {}", args.output.display()));
     let mut out = outcome.frame;
     io::write_table(&mut out, &args.output, sep)?;
+    bar.finish_and_clear();
     let r = &outcome.report;
     say!(
-        "wrote {} ({} records): k = {} achieved {}, {} suppressed, {} classes, levels {:?}, {} = {:.6}, prosecutor risk max {:.4}",
+        "wrote {} ({} records, {}): k = {} achieved {}, {} suppressed, {} classes, levels {:?}, {} = {:.6}, prosecutor risk max {:.4}",
         args.output.display(),
         r.records,
+        r.method,
         r.k,
         r.k_achieved,
         r.suppressed_records,
