@@ -11,6 +11,12 @@ use crate::lattice::{Evaluation, Privacy};
 use crate::metrics::{self, EntropyTable, Metric};
 use crate::rollup::Classes;
 
+/// Nodes rolled up from a base of at least this many classes are grouped on all cores (low in
+/// tests, so that the golden and property tests run the parallel path).
+#[cfg(not(test))]
+const PARALLEL_MIN: usize = 100_000;
+#[cfg(test)]
+const PARALLEL_MIN: usize = 64;
 /// Evaluated nodes kept for roll-up, at most.
 const CACHE_NODES: usize = 4096;
 /// Memory for cached classes beyond the bottom node's, in tuple codes (4 bytes each): the
@@ -136,21 +142,62 @@ impl<'a> Evaluator<'a> {
                 };
             }
         };
+        let pack = |key: &[u32]| {
+            key.iter()
+                .zip(&radix)
+                .fold(0u128, |acc, (&c, &r)| acc * r + c as u128)
+        };
         if bits < 127.0 {
-            let mut index: foldhash::HashMap<u128, usize> =
-                foldhash::HashMap::with_capacity_and_hasher(base.sizes.len(), Default::default());
-            for (i, t) in base.tuples.chunks_exact(q).enumerate() {
-                fill(t, &mut key);
-                let packed = key
-                    .iter()
-                    .zip(&radix)
-                    .fold(0u128, |acc, (&c, &r)| acc * r + c as u128);
-                match index.get(&packed) {
-                    Some(&slot) => out.sizes[slot] += base.sizes[i],
-                    None => {
-                        index.insert(packed, out.sizes.len());
-                        out.tuples.extend_from_slice(&key);
-                        out.sizes.push(base.sizes[i]);
+            // Large bases are grouped in parallel: each core groups a contiguous share, then
+            // the shares merge in order, which keeps first-appearance order (as one pass would).
+            let threads = rayon::current_num_threads().max(1);
+            let parts = if base.sizes.len() >= PARALLEL_MIN && threads > 1 {
+                threads
+            } else {
+                1
+            };
+            let chunk = base.sizes.len().div_ceil(parts).max(1);
+            let local = |p: usize| {
+                let lo = (p * chunk).min(base.sizes.len());
+                let hi = ((p + 1) * chunk).min(base.sizes.len());
+                let mut index: foldhash::HashMap<u128, usize> =
+                    foldhash::HashMap::with_capacity_and_hasher(hi - lo, Default::default());
+                let mut keys: Vec<u128> = Vec::new();
+                let mut part = Classes::default();
+                let mut key = vec![0u32; q];
+                for i in lo..hi {
+                    fill(&base.tuples[i * q..(i + 1) * q], &mut key);
+                    let packed = pack(&key);
+                    match index.get(&packed) {
+                        Some(&slot) => part.sizes[slot] += base.sizes[i],
+                        None => {
+                            index.insert(packed, part.sizes.len());
+                            keys.push(packed);
+                            part.tuples.extend_from_slice(&key);
+                            part.sizes.push(base.sizes[i]);
+                        }
+                    }
+                }
+                (index, keys, part)
+            };
+            let mut shares: Vec<_> = if parts > 1 {
+                use rayon::prelude::*;
+                (0..parts).into_par_iter().map(local).collect()
+            } else {
+                vec![local(0)]
+            };
+            let rest = shares.split_off(1);
+            let (mut index, _, first) = shares.pop().expect("one share");
+            out = first;
+            for (_, keys, part) in rest {
+                for (c, packed) in keys.into_iter().enumerate() {
+                    match index.get(&packed) {
+                        Some(&slot) => out.sizes[slot] += part.sizes[c],
+                        None => {
+                            index.insert(packed, out.sizes.len());
+                            out.tuples.extend_from_slice(&part.tuples[c * q..(c + 1) * q]);
+                            out.sizes.push(part.sizes[c]);
+                        }
                     }
                 }
             }
