@@ -195,7 +195,8 @@ impl<'a> Evaluator<'a> {
                         Some(&slot) => out.sizes[slot] += part.sizes[c],
                         None => {
                             index.insert(packed, out.sizes.len());
-                            out.tuples.extend_from_slice(&part.tuples[c * q..(c + 1) * q]);
+                            out.tuples
+                                .extend_from_slice(&part.tuples[c * q..(c + 1) * q]);
                             out.sizes.push(part.sizes[c]);
                         }
                     }

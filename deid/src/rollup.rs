@@ -14,6 +14,19 @@ use crate::metrics::EntropyTable;
 pub struct Classes {
     pub tuples: Vec<u32>,
     pub sizes: Vec<u64>,
+    /// Per class, the histogram of its sensitive values `(code, count)`, sorted by code; empty
+    /// when the dataset has no sensitive attribute (or the caller does not need them).
+    pub hists: Vec<Vec<(u32, u64)>>,
+}
+
+/// Adds histogram `b` into `a` (both sorted by code).
+fn merge_hist(a: &mut Vec<(u32, u64)>, b: &[(u32, u64)]) {
+    for &(code, n) in b {
+        match a.binary_search_by_key(&code, |x| x.0) {
+            Ok(i) => a[i].1 += n,
+            Err(i) => a.insert(i, (code, n)),
+        }
+    }
 }
 
 /// Per quasi-identifier and level `l ≥ 1`, the code at `l` of each code at `l − 1`.
@@ -35,12 +48,34 @@ fn step_maps(data: &Dataset) -> Vec<Vec<Vec<u32>>> {
         .collect()
 }
 
+/// The bottom node's classes: distinct tuples grouped on their quasi-identifiers (a dataset
+/// with a sensitive attribute holds one tuple per quasi-identifiers and sensitive value).
 fn bottom(data: &Dataset) -> Classes {
+    let q = data.quasi_identifiers().len();
+    let codes = data.sensitive_codes();
+    let mut index: foldhash::HashMap<&[u32], usize> = foldhash::HashMap::default();
     let mut c = Classes::default();
-    for (t, n) in data.tuples() {
-        c.tuples.extend_from_slice(t);
-        c.sizes.push(n as u64);
+    for (i, (t, n)) in data.tuples().enumerate() {
+        let slot = match index.get(t) {
+            Some(&slot) => {
+                c.sizes[slot] += n as u64;
+                slot
+            }
+            None => {
+                index.insert(t, c.sizes.len());
+                c.tuples.extend_from_slice(t);
+                c.sizes.push(n as u64);
+                if !codes.is_empty() {
+                    c.hists.push(Vec::new());
+                }
+                c.sizes.len() - 1
+            }
+        };
+        if let Some(&s) = codes.get(i) {
+            merge_hist(&mut c.hists[slot], &[(s, n as u64)]);
+        }
     }
+    debug_assert_eq!(c.tuples.len(), c.sizes.len() * q);
     c
 }
 
@@ -53,13 +88,22 @@ fn raise(parent: &Classes, q: usize, j: usize, map: &[u32]) -> Classes {
         t[j] = map[t[j] as usize];
     }
     let mut out = Classes::default();
+    let with_hists = !parent.hists.is_empty();
     let mut order: Vec<usize> = Vec::with_capacity(parent.sizes.len());
     for (i, t) in scratch.chunks_exact(q).enumerate() {
         match index.get(t) {
-            Some(&slot) => out.sizes[slot] += parent.sizes[i],
+            Some(&slot) => {
+                out.sizes[slot] += parent.sizes[i];
+                if with_hists {
+                    merge_hist(&mut out.hists[slot], &parent.hists[i]);
+                }
+            }
             None => {
                 index.insert(t, out.sizes.len());
                 out.sizes.push(parent.sizes[i]);
+                if with_hists {
+                    out.hists.push(parent.hists[i].clone());
+                }
                 order.push(i);
             }
         }
@@ -72,7 +116,8 @@ fn raise(parent: &Classes, q: usize, j: usize, map: &[u32]) -> Classes {
     out
 }
 
-/// A node's evaluation from its classes under k-anonymity with suppression.
+/// A node's evaluation from its classes: with histograms, under every model of `privacy`;
+/// without, under k-anonymity. Classes failing a model are suppressed.
 pub(crate) fn evaluate_classes(
     data: &Dataset,
     levels: &[usize],
@@ -91,7 +136,14 @@ pub(crate) fn evaluate_classes(
             .tuples
             .chunks_exact(q)
             .zip(&classes.sizes)
-            .map(|(t, &s)| (t, s, s >= k)),
+            .enumerate()
+            .map(|(i, (t, &s))| {
+                let ok = match classes.hists.get(i) {
+                    Some(h) => privacy.class_ok(s, h, data.sensitive()),
+                    None => s >= k,
+                };
+                (t, s, ok)
+            }),
     )
 }
 

@@ -54,8 +54,8 @@ pub fn optimal(data: &Dataset, privacy: Privacy, metric: Metric) -> Result<Optio
     privacy.check(data)?;
     if privacy.needs_sensitive() {
         // l-diversity and t-closeness with suppression are not monotone: every node is
-        // evaluated, in parallel.
-        return Ok(best_of(evaluate_all_direct(data, privacy), metric));
+        // evaluated, by roll-up of classes with their sensitive histograms, on all cores.
+        return Ok(best_of(crate::rollup::evaluate_all(data, privacy), metric));
     }
     Ok(match metric {
         Metric::NonUniformEntropy | Metric::Precision | Metric::Height => crate::flash::optimal(
@@ -69,33 +69,6 @@ pub fn optimal(data: &Dataset, privacy: Privacy, metric: Metric) -> Result<Optio
         Metric::Discernibility | Metric::Aecs | Metric::Loss => {
             best_of(crate::rollup::evaluate_all(data, privacy), metric)
         }
-    })
-}
-
-/// Every node evaluated directly from the data, spread over all cores.
-fn evaluate_all_direct(data: &Dataset, privacy: Privacy) -> Vec<Evaluation> {
-    let entropy = EntropyTable::new(data);
-    let nodes = lattice::nodes(&data.heights());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let chunk = nodes.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = nodes
-            .chunks(chunk)
-            .map(|part| {
-                let entropy = &entropy;
-                s.spawn(move || {
-                    part.iter()
-                        .map(|n| lattice::evaluate(data, n, privacy, entropy))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
     })
 }
 
