@@ -59,17 +59,19 @@ impl Lattice {
             .collect()
     }
 
+    fn level(&self, id: usize, j: usize) -> usize {
+        (id / self.strides[j]) % self.heights[j]
+    }
+
     fn successors(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
-        let levels = self.levels(id);
         (0..self.heights.len())
-            .filter(move |&j| levels[j] + 1 < self.heights[j])
+            .filter(move |&j| self.level(id, j) + 1 < self.heights[j])
             .map(move |j| id + self.strides[j])
     }
 
     fn predecessors(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
-        let levels = self.levels(id);
         (0..self.heights.len())
-            .filter(move |&j| levels[j] > 0)
+            .filter(move |&j| self.level(id, j) > 0)
             .map(move |j| id - self.strides[j])
     }
 }
@@ -142,12 +144,55 @@ impl<'a> Evaluator<'a> {
                 };
             }
         };
-        let pack = |key: &[u32]| {
-            key.iter()
-                .zip(&radix)
-                .fold(0u128, |acc, (&c, &r)| acc * r + c as u128)
+        // Per column, each base code's contribution to the packed key (its target code times the
+        // column's place value): a key is a sum of table lookups, with no multiplication.
+        let places: Vec<u128> = {
+            let mut p = vec![1u128; q];
+            for j in (0..q.saturating_sub(1)).rev() {
+                p[j] = p[j + 1] * radix[j + 1].max(1);
+            }
+            p
         };
-        if bits < 127.0 {
+        let tables: Vec<Vec<u128>> = if bits < 127.0 {
+            (0..q)
+                .map(|j| {
+                    (0..qis[j].hierarchy.cardinality(from[j]) as u32)
+                        .map(|c| {
+                            let target = match &maps[j] {
+                                Some(m) => m[c as usize],
+                                None => c,
+                            };
+                            target as u128 * places[j]
+                        })
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let pack = |t: &[u32]| -> u128 {
+            t.iter()
+                .zip(&tables)
+                .map(|(&c, table)| table[c as usize])
+                .sum()
+        };
+        let product: f64 = radix.iter().map(|&r| r.max(1) as f64).product();
+        if product <= ((4 * base.sizes.len()).max(1 << 16)) as f64 {
+            // Few possible keys: a dense table of slots instead of a hash map.
+            let mut slots = vec![u32::MAX; product as usize];
+            for (i, t) in base.tuples.chunks_exact(q.max(1)).enumerate() {
+                let p = pack(t) as usize;
+                match slots[p] {
+                    u32::MAX => {
+                        slots[p] = out.sizes.len() as u32;
+                        fill(t, &mut key);
+                        out.tuples.extend_from_slice(&key);
+                        out.sizes.push(base.sizes[i]);
+                    }
+                    slot => out.sizes[slot as usize] += base.sizes[i],
+                }
+            }
+        } else if bits < 127.0 {
             // Large bases are grouped in parallel: each core groups a contiguous share, then
             // the shares merge in order, which keeps first-appearance order (as one pass would).
             let threads = rayon::current_num_threads().max(1);
@@ -166,13 +211,14 @@ impl<'a> Evaluator<'a> {
                 let mut part = Classes::default();
                 let mut key = vec![0u32; q];
                 for i in lo..hi {
-                    fill(&base.tuples[i * q..(i + 1) * q], &mut key);
-                    let packed = pack(&key);
+                    let t = &base.tuples[i * q..(i + 1) * q];
+                    let packed = pack(t);
                     match index.get(&packed) {
                         Some(&slot) => part.sizes[slot] += base.sizes[i],
                         None => {
                             index.insert(packed, part.sizes.len());
                             keys.push(packed);
+                            fill(t, &mut key);
                             part.tuples.extend_from_slice(&key);
                             part.sizes.push(base.sizes[i]);
                         }
@@ -303,19 +349,31 @@ pub fn optimal(
     let no_classes: [u64; 0] = [];
     let loss: Vec<f64> = (0..lattice.size)
         .map(|id| {
-            metrics::losses(data, &lattice.levels(id), &no_classes, 0, &entropy, None).get(metric)
+            let levels = lattice.levels(id);
+            match metric {
+                // The common case, without the other metrics' work.
+                Metric::NonUniformEntropy => entropy.loss(&levels),
+                _ => metrics::losses(data, &levels, &no_classes, 0, &entropy, None).get(metric),
+            }
         })
         .collect();
     let mut state = vec![State::Unknown; lattice.size];
     let mut eval = Evaluator::new(data, privacy);
     let mut order: Vec<usize> = (0..lattice.size).collect();
     // Increasing loss; equal losses in lattice order (lower nodes first), so ties resolve as
-    // the exhaustive reference resolves them.
-    let height = |id: usize| lattice.levels(id).iter().sum::<usize>();
+    // the exhaustive reference resolves them. Ids are mixed-radix with the first column most
+    // significant, so id order is the lexicographic order of the levels.
+    let heights: Vec<usize> = (0..lattice.size)
+        .map(|id| {
+            (0..lattice.heights.len())
+                .map(|j| lattice.level(id, j))
+                .sum()
+        })
+        .collect();
     order.sort_by(|&a, &b| {
         loss[a]
             .total_cmp(&loss[b])
-            .then_with(|| (height(a), lattice.levels(a)).cmp(&(height(b), lattice.levels(b))))
+            .then_with(|| (heights[a], a).cmp(&(heights[b], b)))
     });
     let rank: Vec<usize> = {
         let mut r = vec![0; lattice.size];
@@ -327,7 +385,7 @@ pub fn optimal(
     // Paths start from nodes in lattice order (lowest first), as Flash does: long upward paths
     // from low nodes tag the most.
     let mut starts: Vec<usize> = (0..lattice.size).collect();
-    starts.sort_by_key(|&id| (height(id), lattice.levels(id)));
+    starts.sort_by_key(|&id| (heights[id], id));
     let mut best: Option<usize> = None;
     for &start in &starts {
         if best.is_some_and(|b| rank[start] >= rank[b]) {
