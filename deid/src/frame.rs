@@ -66,24 +66,59 @@ pub struct SearchReport {
     pub time_ms: f64,
 }
 
-/// A chosen generalization: hierarchy and level per quasi-identifier.
+/// A chosen generalization: per quasi-identifier, its hierarchy, level, and the Safe Harbor
+/// transform applied before generalizing (so raw values of later tables go through the same
+/// steps as the released table's).
 #[derive(Debug, Clone)]
 pub struct Generalization {
-    pub columns: Vec<(String, Hierarchy, usize)>,
+    pub columns: Vec<GeneralizedColumn>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GeneralizedColumn {
+    pub name: String,
+    pub hierarchy: Hierarchy,
+    pub level: usize,
+    pub transform: Option<Transform>,
 }
 
 impl Generalization {
-    /// Generalizes the quasi-identifier columns of another frame to the same levels. A value
-    /// outside a hierarchy is an error naming the column and row.
+    /// Generalizes the quasi-identifier columns of another frame to the same levels (after the
+    /// same transforms). A value outside a hierarchy is an error naming the column and row.
+    /// Date shifts need the pseudonym key: see [`Generalization::apply_with_key`].
     pub fn apply(&self, df: &DataFrame) -> Result<DataFrame> {
+        self.apply_with_key(df, None)
+    }
+
+    /// [`Generalization::apply`] with the key that date shifts use.
+    pub fn apply_with_key(
+        &self,
+        df: &DataFrame,
+        pseudonym_key: Option<&[u8]>,
+    ) -> Result<DataFrame> {
+        let key = pseudonym_key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k));
         let mut out = df.clone();
-        for (name, h, level) in &self.columns {
-            let codes = encode(&strings(df, name)?, h, "input", name)?;
+        for c in &self.columns {
+            let raw = strings(df, &c.name)?;
+            let text = match &c.transform {
+                None => raw,
+                Some(t) => {
+                    let patients = match t {
+                        Transform::DateShift { patient_column, .. } => {
+                            Some(strings(df, patient_column)?)
+                        }
+                        _ => None,
+                    };
+                    transform(&raw, t, patients.as_ref(), key.as_ref(), &c.name)?
+                }
+            };
+            let (h, level) = (&c.hierarchy, c.level);
+            let codes = encode(&text, h, "input", &c.name)?;
             let generalized = StringChunked::from_iter_values(
-                name.as_str().into(),
+                c.name.as_str().into(),
                 codes
                     .iter()
-                    .map(|&c| h.label(*level, h.generalize(c, *level))),
+                    .map(|&v| h.label(level, h.generalize(v, level))),
             );
             out.with_column(generalized.into_column())
                 .map_err(polars_err)?;
@@ -542,7 +577,16 @@ pub fn anonymize_with(
                 columns: qis
                     .iter()
                     .zip(&levels)
-                    .map(|(q, &l)| (q.name.clone(), q.hierarchy.clone(), l))
+                    .map(|(q, &level)| GeneralizedColumn {
+                        name: q.name.clone(),
+                        hierarchy: q.hierarchy.clone(),
+                        level,
+                        transform: policy
+                            .columns
+                            .iter()
+                            .find(|c| c.name == q.name)
+                            .and_then(|c| c.transform.clone()),
+                    })
                     .collect(),
             };
             let released = lattice::released_tuples(&data, &levels, privacy);
@@ -724,6 +768,56 @@ impl Release {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A later table's raw ZIP codes go through the same ZIP3 transform before generalizing.
+    #[test]
+    fn generalization_applies_the_transforms_to_later_tables() {
+        let policy = Policy::parse(
+            "[privacy]\nk = 2\n\n[[column]]\nname = \"zip\"\nrole = \"quasi_identifier\"\ntransform = \"zip3\"\nhierarchy = { mask = [1, 2] }\n",
+        )
+        .expect("policy");
+        let df = DataFrame::new(
+            4,
+            vec![Column::new(
+                "zip".into(),
+                ["02139", "02138", "02240", "02241"],
+            )],
+        )
+        .expect("frame");
+        let out = anonymize(&df, &policy, None).expect("anonymize");
+        let released: Vec<Option<&str>> = out
+            .frame
+            .column("zip")
+            .expect("zip")
+            .str()
+            .expect("text")
+            .iter()
+            .collect();
+        assert_eq!(
+            released,
+            [Some("021"), Some("021"), Some("022"), Some("022")]
+        );
+        let later =
+            DataFrame::new(2, vec![Column::new("zip".into(), ["02240", "02135"])]).expect("frame");
+        let g = out.generalization.expect("full-domain");
+        let applied = g.apply(&later).expect("apply");
+        let got: Vec<Option<&str>> = applied
+            .column("zip")
+            .expect("zip")
+            .str()
+            .expect("text")
+            .iter()
+            .collect();
+        assert_eq!(got, [Some("022"), Some("021")]);
+        // A later value outside the hierarchy is named by column and row, never by value.
+        let odd = DataFrame::new(1, vec![Column::new("zip".into(), ["99999"])]).expect("frame");
+        let e = g.apply(&odd).expect_err("outside");
+        assert!(
+            e.to_string().contains("row 0") && e.to_string().contains("`zip`"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("999"), "{e}");
+    }
 
     #[test]
     fn civil_days_round_trip() {
