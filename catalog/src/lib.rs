@@ -11,6 +11,7 @@ pub mod error;
 pub mod ingest;
 pub mod model;
 mod payload;
+pub mod release;
 mod store;
 
 use std::path::PathBuf;

@@ -1,0 +1,651 @@
+//! Research releases (issue 4), first layer: consented summaries laid out as OMOP-CDM-shaped
+//! tables, before de-identification.
+//!
+//! The tables follow the OMOP Common Data Model v5.4 names (`person`, `observation_period`,
+//! `condition_occurrence`, `drug_exposure`, `procedure_occurrence`, `measurement`,
+//! `observation`, `death`) plus `phenotype` (HPO), `genomic_variant` and `survey_response`.
+//! OMOP's vocabularies are not shipped, so each event keeps its source code and code system
+//! (`*_source_value`, `*_source_vocabulary`) instead of a standard concept id.
+//!
+//! What never enters a table: names, identifiers, street lines, cities, telecoms, free text
+//! (a `Text` value, an answer typed by the patient, a code's display text), the raw source
+//! resource, and phenopacket metadata. Dates and postal codes do enter, in full: they are the
+//! inputs of the policy's Safe Harbor transforms (year, shift, ZIP3), which the release build
+//! applies before anything is written. These frames are identified data and live in memory
+//! only.
+//!
+//! Every event row carries `days_since_index`: days from the patient's index date (the first
+//! condition onset; natural-history studies measure time from diagnosis) to the event, null
+//! when either date is missing. Intervals survive date shifting and generalization this way.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+
+use crate::model::{Clinical, Code, PatientSummary, Value};
+
+/// One table as named columns of optional text or numbers, in a fixed order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: Vec<(&'static str, Column)>,
+}
+
+/// A column's values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    Text(Vec<Option<String>>),
+    Number(Vec<Option<f64>>),
+    Integer(Vec<Option<i64>>),
+    Boolean(Vec<Option<bool>>),
+}
+
+impl Column {
+    pub fn len(&self) -> usize {
+        match self {
+            Column::Text(v) => v.len(),
+            Column::Number(v) => v.len(),
+            Column::Integer(v) => v.len(),
+            Column::Boolean(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Table {
+    pub fn rows(&self) -> usize {
+        self.columns.first().map_or(0, |(_, c)| c.len())
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c)
+    }
+}
+
+/// The full date of an ISO date or date-time (`YYYY-MM-DD...`); partial dates give `None`.
+fn day(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()
+}
+
+/// An ISO date or date-time cut to its date part, as the source precision allows
+/// (`YYYY-MM-DD`, `YYYY-MM` or `YYYY`); anything else is dropped.
+fn date_text(s: Option<&String>) -> Option<String> {
+    let s = s?;
+    let cut = s.get(..10).unwrap_or(s);
+    let ok = match cut.len() {
+        4 => cut.chars().all(|c| c.is_ascii_digit()),
+        7 | 10 => cut.get(..4)?.chars().all(|c| c.is_ascii_digit()) && cut.as_bytes()[4] == b'-',
+        _ => false,
+    };
+    ok.then(|| cut.to_string())
+}
+
+/// Builds rows column by column.
+#[derive(Default)]
+struct Builder {
+    text: BTreeMap<&'static str, Vec<Option<String>>>,
+    number: BTreeMap<&'static str, Vec<Option<f64>>>,
+    integer: BTreeMap<&'static str, Vec<Option<i64>>>,
+    boolean: BTreeMap<&'static str, Vec<Option<bool>>>,
+}
+
+impl Builder {
+    fn text(&mut self, name: &'static str, v: Option<String>) -> &mut Self {
+        self.text.entry(name).or_default().push(v);
+        self
+    }
+    fn number(&mut self, name: &'static str, v: Option<f64>) -> &mut Self {
+        self.number.entry(name).or_default().push(v);
+        self
+    }
+    fn integer(&mut self, name: &'static str, v: Option<i64>) -> &mut Self {
+        self.integer.entry(name).or_default().push(v);
+        self
+    }
+    fn boolean(&mut self, name: &'static str, v: Option<bool>) -> &mut Self {
+        self.boolean.entry(name).or_default().push(v);
+        self
+    }
+
+    /// The table with its columns in `order` (every name must have been pushed, or the table
+    /// is empty and the column comes out empty).
+    fn finish(mut self, name: &'static str, order: &[(&'static str, char)]) -> Table {
+        let columns = order
+            .iter()
+            .map(|&(c, kind)| {
+                let col = match kind {
+                    't' => Column::Text(self.text.remove(c).unwrap_or_default()),
+                    'n' => Column::Number(self.number.remove(c).unwrap_or_default()),
+                    'i' => Column::Integer(self.integer.remove(c).unwrap_or_default()),
+                    _ => Column::Boolean(self.boolean.remove(c).unwrap_or_default()),
+                };
+                (c, col)
+            })
+            .collect();
+        let table = Table { name, columns };
+        debug_assert!(
+            table.columns.iter().all(|(_, c)| c.len() == table.rows()),
+            "table {name}: columns of unequal length"
+        );
+        table
+    }
+}
+
+fn source(code: Option<&Code>) -> (Option<String>, Option<String>) {
+    match code {
+        Some(c) => (Some(c.code.clone()), Some(c.system.clone())),
+        None => (None, None),
+    }
+}
+
+/// A value as release columns: number, coded value, boolean. Text is free text and is dropped.
+fn value_parts(v: Option<&Value>) -> (Option<f64>, Option<String>, Option<String>) {
+    match v {
+        Some(Value::Quantity { value, unit }) => (Some(*value), None, unit.clone()),
+        Some(Value::Integer { value }) => (Some(*value as f64), None, None),
+        Some(Value::Coded { code }) => (None, Some(code.code.clone()), None),
+        Some(Value::Boolean { value }) => (None, Some(value.to_string()), None),
+        Some(Value::Date { .. }) | Some(Value::Text { .. }) | None => (None, None, None),
+    }
+}
+
+/// A phenotype onset kept only when it is an HPO onset class or an ISO 8601 age.
+fn onset_class(s: Option<&String>) -> Option<String> {
+    let s = s?;
+    let hpo = s.starts_with("HP:") && s[3..].chars().all(|c| c.is_ascii_digit());
+    let age = s.starts_with('P')
+        && s.len() > 1
+        && s[1..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || "YMWDT".contains(c));
+    (hpo || age).then(|| s.clone())
+}
+
+/// The release tables of `summaries`; `person_id` maps an internal patient id to the release
+/// family's pseudonym.
+pub fn omop_tables(summaries: &[PatientSummary], person_id: &dyn Fn(&str) -> String) -> Vec<Table> {
+    let mut person = Builder::default();
+    let mut period = Builder::default();
+    let mut death = Builder::default();
+    let mut condition = Builder::default();
+    let mut drug = Builder::default();
+    let mut procedure = Builder::default();
+    let mut measurement = Builder::default();
+    let mut observation = Builder::default();
+    let mut phenotype = Builder::default();
+    let mut variant = Builder::default();
+    let mut survey = Builder::default();
+
+    for s in summaries {
+        let pid = person_id(&s.patient_id);
+        let index = s
+            .records
+            .iter()
+            .filter_map(|r| match &r.body.clinical {
+                Clinical::Condition { onset, .. } => onset.as_deref().and_then(day),
+                _ => None,
+            })
+            .min();
+        let since = |d: Option<&String>| -> Option<i64> { Some((day(d?)? - index?).num_days()) };
+        let mut first: Option<NaiveDate> = None;
+        let mut last: Option<NaiveDate> = None;
+        let mut seen = |d: Option<&String>| {
+            if let Some(d) = d.and_then(|d| day(d)) {
+                first = Some(first.map_or(d, |f| f.min(d)));
+                last = Some(last.map_or(d, |l| l.max(d)));
+            }
+        };
+        for r in &s.records {
+            match &r.body.clinical {
+                Clinical::Condition {
+                    code,
+                    onset,
+                    abatement,
+                    clinical_status,
+                    ..
+                } => {
+                    seen(onset.as_ref());
+                    let (value, vocabulary) = source(code.as_ref());
+                    condition
+                        .text("person_id", Some(pid.clone()))
+                        .text("condition_source_value", value)
+                        .text("condition_source_vocabulary", vocabulary)
+                        .text("condition_start_date", date_text(onset.as_ref()))
+                        .text("condition_end_date", date_text(abatement.as_ref()))
+                        .text("condition_status_source_value", clinical_status.clone())
+                        .integer("days_since_index", since(onset.as_ref()));
+                }
+                Clinical::Medication {
+                    code,
+                    status,
+                    authored,
+                } => {
+                    seen(authored.as_ref());
+                    let (value, vocabulary) = source(code.as_ref());
+                    drug.text("person_id", Some(pid.clone()))
+                        .text("drug_source_value", value)
+                        .text("drug_source_vocabulary", vocabulary)
+                        .text("drug_exposure_start_date", date_text(authored.as_ref()))
+                        .text("drug_status_source_value", status.clone())
+                        .integer("days_since_index", since(authored.as_ref()));
+                }
+                Clinical::Procedure { code, performed } => {
+                    seen(performed.as_ref());
+                    let (value, vocabulary) = source(code.as_ref());
+                    procedure
+                        .text("person_id", Some(pid.clone()))
+                        .text("procedure_source_value", value)
+                        .text("procedure_source_vocabulary", vocabulary)
+                        .text("procedure_date", date_text(performed.as_ref()))
+                        .integer("days_since_index", since(performed.as_ref()));
+                }
+                Clinical::Observation {
+                    code,
+                    category,
+                    value,
+                    components,
+                    effective,
+                } => {
+                    seen(effective.as_ref());
+                    let (source_value, vocabulary) = source(code.as_ref());
+                    // Numeric results (and each numeric component, such as systolic and
+                    // diastolic pressure) are measurements; the rest are observations.
+                    let mut parts: Vec<(Option<String>, Option<String>, Option<&Value>)> =
+                        Vec::new();
+                    if value.is_some() || components.is_empty() {
+                        parts.push((source_value, vocabulary, value.as_ref()));
+                    }
+                    for c in components {
+                        parts.push((
+                            Some(c.code.code.clone()),
+                            Some(c.code.system.clone()),
+                            c.value.as_ref(),
+                        ));
+                    }
+                    for (sv, voc, v) in parts {
+                        let (number, coded, unit) = value_parts(v);
+                        if number.is_some() {
+                            measurement
+                                .text("person_id", Some(pid.clone()))
+                                .text("measurement_source_value", sv)
+                                .text("measurement_source_vocabulary", voc)
+                                .text("measurement_date", date_text(effective.as_ref()))
+                                .number("value_as_number", number)
+                                .text("unit_source_value", unit)
+                                .integer("days_since_index", since(effective.as_ref()));
+                        } else {
+                            observation
+                                .text("person_id", Some(pid.clone()))
+                                .text("observation_source_value", sv)
+                                .text("observation_source_vocabulary", voc)
+                                .text("observation_category", category.clone())
+                                .text("observation_date", date_text(effective.as_ref()))
+                                .text("value_source_value", coded)
+                                .integer("days_since_index", since(effective.as_ref()));
+                        }
+                    }
+                }
+                Clinical::Phenotype {
+                    code,
+                    excluded,
+                    onset,
+                } => {
+                    phenotype
+                        .text("person_id", Some(pid.clone()))
+                        .text("phenotype_source_value", Some(code.code.clone()))
+                        .text("phenotype_source_vocabulary", Some(code.system.clone()))
+                        .boolean("excluded", Some(*excluded))
+                        .text("onset", onset_class(onset.as_ref()));
+                }
+                Clinical::Variant {
+                    gene,
+                    hgvs,
+                    zygosity,
+                    vcf,
+                    interpretation_status,
+                } => {
+                    variant
+                        .text("person_id", Some(pid.clone()))
+                        .text("gene", gene.clone())
+                        .text("hgvs", (!hgvs.is_empty()).then(|| hgvs.join(";")))
+                        .text("zygosity", zygosity.clone())
+                        .text("vcf", vcf.clone())
+                        .text("interpretation_status", interpretation_status.clone());
+                }
+                Clinical::SurveyResponse {
+                    questionnaire,
+                    authored,
+                    answers,
+                    ..
+                } => {
+                    for a in answers {
+                        for v in &a.values {
+                            let (number, coded, _) = value_parts(Some(v));
+                            if number.is_none() && coded.is_none() {
+                                continue; // free text and dates never pass
+                            }
+                            survey
+                                .text("person_id", Some(pid.clone()))
+                                .text("questionnaire", questionnaire.clone())
+                                .text("question_link_id", Some(a.link_id.clone()))
+                                .number("value_as_number", number)
+                                .text("value_source_value", coded)
+                                .text("survey_date", date_text(authored.as_ref()))
+                                .integer("days_since_index", since(authored.as_ref()));
+                        }
+                    }
+                }
+                Clinical::Encounter { start, end, .. } => {
+                    seen(start.as_ref());
+                    seen(end.as_ref());
+                }
+                Clinical::Other { .. } | Clinical::Reference { .. } => {}
+            }
+        }
+        let id = &s.identity;
+        person
+            .text("person_id", Some(pid.clone()))
+            .text("birth_date", date_text(id.birth_date.as_ref()))
+            .text("gender_source_value", id.sex.clone())
+            .text("race_source_value", id.race.clone())
+            .text("ethnicity_source_value", id.ethnicity.clone())
+            .text(
+                "zip",
+                id.address.as_ref().and_then(|a| a.postal_code.clone()),
+            )
+            .text("index_date", index.map(|d| d.to_string()));
+        if let (Some(f), Some(l)) = (first, last) {
+            period
+                .text("person_id", Some(pid.clone()))
+                .text("observation_period_start_date", Some(f.to_string()))
+                .text("observation_period_end_date", Some(l.to_string()))
+                .integer("days_since_index", index.map(|i| (f - i).num_days()));
+        }
+        if id.deceased_date.is_some() || id.deceased == Some(true) {
+            death
+                .text("person_id", Some(pid.clone()))
+                .text("death_date", date_text(id.deceased_date.as_ref()))
+                .integer("days_since_index", since(id.deceased_date.as_ref()));
+        }
+    }
+
+    let t = |n| (n, 't');
+    let i = |n| (n, 'i');
+    vec![
+        person.finish(
+            "person",
+            &[
+                t("person_id"),
+                t("birth_date"),
+                t("gender_source_value"),
+                t("race_source_value"),
+                t("ethnicity_source_value"),
+                t("zip"),
+                t("index_date"),
+            ],
+        ),
+        period.finish(
+            "observation_period",
+            &[
+                t("person_id"),
+                t("observation_period_start_date"),
+                t("observation_period_end_date"),
+                i("days_since_index"),
+            ],
+        ),
+        condition.finish(
+            "condition_occurrence",
+            &[
+                t("person_id"),
+                t("condition_source_value"),
+                t("condition_source_vocabulary"),
+                t("condition_start_date"),
+                t("condition_end_date"),
+                t("condition_status_source_value"),
+                i("days_since_index"),
+            ],
+        ),
+        drug.finish(
+            "drug_exposure",
+            &[
+                t("person_id"),
+                t("drug_source_value"),
+                t("drug_source_vocabulary"),
+                t("drug_exposure_start_date"),
+                t("drug_status_source_value"),
+                i("days_since_index"),
+            ],
+        ),
+        procedure.finish(
+            "procedure_occurrence",
+            &[
+                t("person_id"),
+                t("procedure_source_value"),
+                t("procedure_source_vocabulary"),
+                t("procedure_date"),
+                i("days_since_index"),
+            ],
+        ),
+        measurement.finish(
+            "measurement",
+            &[
+                t("person_id"),
+                t("measurement_source_value"),
+                t("measurement_source_vocabulary"),
+                t("measurement_date"),
+                ("value_as_number", 'n'),
+                t("unit_source_value"),
+                i("days_since_index"),
+            ],
+        ),
+        observation.finish(
+            "observation",
+            &[
+                t("person_id"),
+                t("observation_source_value"),
+                t("observation_source_vocabulary"),
+                t("observation_category"),
+                t("observation_date"),
+                t("value_source_value"),
+                i("days_since_index"),
+            ],
+        ),
+        death.finish(
+            "death",
+            &[t("person_id"), t("death_date"), i("days_since_index")],
+        ),
+        phenotype.finish(
+            "phenotype",
+            &[
+                t("person_id"),
+                t("phenotype_source_value"),
+                t("phenotype_source_vocabulary"),
+                ("excluded", 'b'),
+                t("onset"),
+            ],
+        ),
+        variant.finish(
+            "genomic_variant",
+            &[
+                t("person_id"),
+                t("gene"),
+                t("hgvs"),
+                t("zygosity"),
+                t("vcf"),
+                t("interpretation_status"),
+            ],
+        ),
+        survey.finish(
+            "survey_response",
+            &[
+                t("person_id"),
+                t("questionnaire"),
+                t("question_link_id"),
+                ("value_as_number", 'n'),
+                t("value_source_value"),
+                t("survey_date"),
+                i("days_since_index"),
+            ],
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::KNOWN_PURPOSES;
+    use crate::{Catalog, Grant, IngestOptions, Keyring, NoProgress, Purpose, Scope};
+
+    async fn summaries() -> Vec<PatientSummary> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let catalog = Catalog::open(&url, Keyring::new(&[9; 32], &[]))
+            .await
+            .expect("catalog");
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let inputs = [
+            fixtures.join("fhir"),
+            fixtures.join("phenopackets"),
+            fixtures.join("surveys"),
+        ];
+        catalog
+            .ingest(&inputs, &IngestOptions::default(), &NoProgress)
+            .await
+            .expect("ingest");
+        let purpose = Purpose::parse(KNOWN_PURPOSES[0]).expect("purpose");
+        for p in catalog.list_patients(100, 0).await.expect("patients") {
+            catalog
+                .grant(Grant {
+                    patient_id: p.patient_id,
+                    purpose: purpose.clone(),
+                    scope: Scope::All,
+                    valid_from: None,
+                    valid_until: None,
+                    actor: "test".into(),
+                })
+                .await
+                .expect("grant");
+        }
+        catalog
+            .consented_summaries(&purpose, chrono::Utc::now())
+            .await
+            .expect("summaries")
+    }
+
+    fn texts(t: &Table) -> Vec<&str> {
+        t.columns
+            .iter()
+            .flat_map(|(_, c)| match c {
+                Column::Text(v) => v.iter().flatten().map(String::as_str).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn fixtures_become_omop_tables_without_identifiers_or_free_text() {
+        let summaries = summaries().await;
+        assert!(
+            summaries.len() >= 4,
+            "fixtures: 2 Synthea patients, 2 phenopackets"
+        );
+        let tables = omop_tables(&summaries, &|id| format!("p-{id}"));
+        let by_name = |n: &str| tables.iter().find(|t| t.name == n).expect("table");
+        for t in &tables {
+            let rows = t.rows();
+            for (c, col) in &t.columns {
+                assert_eq!(col.len(), rows, "{}.{c}", t.name);
+            }
+        }
+        assert_eq!(by_name("person").rows(), summaries.len());
+        let count = |kind: crate::model::RecordKind| {
+            summaries
+                .iter()
+                .flat_map(|s| &s.records)
+                .filter(|r| r.body.clinical.kind() == kind)
+                .count()
+        };
+        assert_eq!(
+            by_name("condition_occurrence").rows(),
+            count(crate::model::RecordKind::Condition)
+        );
+        assert_eq!(
+            by_name("drug_exposure").rows(),
+            count(crate::model::RecordKind::Medication)
+        );
+        assert_eq!(
+            by_name("procedure_occurrence").rows(),
+            count(crate::model::RecordKind::Procedure)
+        );
+        assert_eq!(
+            by_name("phenotype").rows(),
+            count(crate::model::RecordKind::Phenotype)
+        );
+        assert!(by_name("measurement").rows() > 0);
+        assert!(by_name("survey_response").rows() > 0);
+
+        // Conditions are measured from the first diagnosis: the earliest is day 0, none before.
+        let Some(Column::Integer(days)) =
+            by_name("condition_occurrence").column("days_since_index")
+        else {
+            panic!("days_since_index");
+        };
+        assert!(days.iter().flatten().all(|&d| d >= 0));
+        assert!(days.contains(&Some(0)));
+
+        // Nothing identifying and no free text in any cell.
+        let mut secrets: Vec<String> = Vec::new();
+        for s in &summaries {
+            let id = &s.identity;
+            secrets.extend(id.family_name.clone());
+            secrets.extend(id.given_names.iter().cloned());
+            secrets.extend(id.identifiers.iter().map(|i| i.value.clone()));
+            if let Some(a) = &id.address {
+                secrets.extend(a.lines.iter().cloned());
+                secrets.extend(a.city.clone());
+            }
+            for r in &s.records {
+                let mut values: Vec<&Value> = Vec::new();
+                match &r.body.clinical {
+                    Clinical::Observation {
+                        value, components, ..
+                    } => {
+                        values.extend(value.iter());
+                        values.extend(components.iter().filter_map(|c| c.value.as_ref()));
+                    }
+                    Clinical::SurveyResponse { answers, .. } => {
+                        values.extend(answers.iter().flat_map(|a| &a.values));
+                    }
+                    _ => {}
+                }
+                for v in values {
+                    if let Value::Text { text } = v {
+                        secrets.push(text.clone());
+                    }
+                }
+            }
+        }
+        secrets.retain(|s| s.len() >= 4);
+        assert!(
+            !secrets.is_empty(),
+            "the fixtures hold names and identifiers"
+        );
+        for t in &tables {
+            for cell in texts(t) {
+                for secret in &secrets {
+                    assert!(
+                        !cell.contains(secret.as_str()),
+                        "an identifying or free-text value reached {}",
+                        t.name
+                    );
+                }
+            }
+        }
+    }
+}
