@@ -48,6 +48,8 @@ pub struct Keyring {
     current: DataKey,
     previous: Vec<DataKey>,
     index_key: hmac::Key,
+    /// Root of the release families' pseudonym keys.
+    family_root: hmac::Key,
     rng: SystemRandom,
 }
 
@@ -100,6 +102,7 @@ impl Keyring {
             current: data_key(master),
             previous: previous.iter().map(data_key).collect(),
             index_key: hmac::Key::new(hmac::HMAC_SHA256, &index),
+            family_root: hmac::Key::new(hmac::HMAC_SHA256, &derive(master, b"release-family")),
             rng: SystemRandom::new(),
         }
     }
@@ -225,6 +228,17 @@ impl Keyring {
         hex::encode(&ctx.sign().as_ref()[..20])
     }
 
+    /// The pseudonym key of a release family: the same for every version of the family (so a
+    /// patient's rows link across versions), unrelated between families (so they do not link
+    /// across families), derived from the current master key. Used for `person_id` pseudonyms
+    /// and per-patient date shifts.
+    pub fn release_family_key(&self, family: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.family_root, family.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// A blind index of `parts`: hex HMAC-SHA-256 over the parts, each length-prefixed so that
     /// ("ab", "c") and ("a", "bc") differ.
     pub fn blind_index(&self, parts: &[&str]) -> String {
@@ -240,6 +254,24 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_family_keys_are_stable_per_family_and_apart_between_families() {
+        let a = Keyring::new(&[1; 32], &[]);
+        let again = Keyring::new(&[1; 32], &[]);
+        let other_master = Keyring::new(&[2; 32], &[]);
+        assert_eq!(a.release_family_key("nhs"), again.release_family_key("nhs"));
+        assert_ne!(a.release_family_key("nhs"), a.release_family_key("nhs2"));
+        assert_ne!(
+            a.release_family_key("nhs"),
+            other_master.release_family_key("nhs")
+        );
+        // Not the blind-index key either.
+        assert_ne!(
+            hex::encode(a.release_family_key("x")),
+            a.blind_index(&["x"])
+        );
+    }
 
     fn ring_with(byte: u8) -> Keyring {
         Keyring::new(&[byte; 32], &[])

@@ -24,6 +24,14 @@ use chrono::NaiveDate;
 
 use crate::model::{Clinical, Code, PatientSummary, Value};
 
+/// A patient's `person_id` in a release family: hex HMAC-SHA-256 (128 bits) of the internal
+/// patient id under the family's key ([`crate::Keyring::release_family_key`]); the same form
+/// `tessera-deid` gives pseudonym columns.
+pub fn family_pseudonym(family_key: &[u8; 32], patient_id: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, family_key);
+    hex::encode(&ring::hmac::sign(&key, patient_id.as_bytes()).as_ref()[..16])
+}
+
 /// One table as named columns of optional text or numbers, in a fixed order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Table {
@@ -555,7 +563,9 @@ mod tests {
             summaries.len() >= 4,
             "fixtures: 2 Synthea patients, 2 phenopackets"
         );
-        let tables = omop_tables(&summaries, &|id| format!("p-{id}"));
+        let keyring = Keyring::new(&[9; 32], &[]);
+        let key = keyring.release_family_key("natural-history");
+        let tables = omop_tables(&summaries, &|id| family_pseudonym(&key, id));
         let by_name = |n: &str| tables.iter().find(|t| t.name == n).expect("table");
         for t in &tables {
             let rows = t.rows();
@@ -564,6 +574,17 @@ mod tests {
             }
         }
         assert_eq!(by_name("person").rows(), summaries.len());
+        // person_id is the family pseudonym: no internal id leaks, and it differs per family.
+        let Some(Column::Text(ids)) = by_name("person").column("person_id") else {
+            panic!("person_id");
+        };
+        let other = keyring.release_family_key("another-family");
+        for (s, id) in summaries.iter().zip(ids) {
+            let id = id.as_deref().expect("person_id");
+            assert_eq!(id.len(), 32);
+            assert_ne!(id, s.patient_id);
+            assert_ne!(id, family_pseudonym(&other, &s.patient_id));
+        }
         let count = |kind: crate::model::RecordKind| {
             summaries
                 .iter()
