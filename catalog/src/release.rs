@@ -18,6 +18,8 @@
 //! condition onset; natural-history studies measure time from diagnosis) to the event, null
 //! when either date is missing. Intervals survive date shifting and generalization this way.
 
+pub mod build;
+
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
@@ -510,7 +512,7 @@ mod tests {
     use crate::consent::KNOWN_PURPOSES;
     use crate::{Catalog, Grant, IngestOptions, Keyring, NoProgress, Purpose, Scope};
 
-    async fn summaries() -> Vec<PatientSummary> {
+    pub(super) async fn summaries() -> Vec<PatientSummary> {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let catalog = Catalog::open(&url, Keyring::new(&[9; 32], &[]))
@@ -667,6 +669,176 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::build::{BuildSpec, build_files};
+    use super::*;
+    use crate::Keyring;
+    use polars::prelude::{DataType, ParquetReader, SerReader};
+
+    fn read(path: &std::path::Path) -> polars::prelude::DataFrame {
+        ParquetReader::new(std::fs::File::open(path).expect("open"))
+            .finish()
+            .expect("parquet")
+    }
+
+    /// Expert Determination policy (k lowered to 2 for the five fixture patients): files and
+    /// manifest agree, intervals between a patient's dates survive the shift, nothing
+    /// identifying reaches a file, and a version cannot be written twice.
+    #[tokio::test]
+    async fn a_release_version_is_written_atomically_and_keeps_intervals() {
+        let summaries = super::tests::summaries().await;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("policies/expert-determination.toml"))
+            .expect("policy")
+            .replace("k = 5", "k = 2")
+            .replace("suppression_limit = 0.05", "suppression_limit = 0.5");
+        let policy = tessera_deid::policy::Policy::parse(&text).expect("valid policy");
+        build::check_person_policy(&policy).expect("person columns covered");
+        let keyring = Keyring::new(&[9; 32], &[]);
+        let family_key = keyring.release_family_key("nh");
+        let tables = omop_tables(&summaries, &|id| family_pseudonym(&family_key, id));
+        let originals = tables.clone();
+        let dir = tempfile::tempdir().expect("temp");
+        let spec = BuildSpec {
+            family: "nh",
+            version: 1,
+            purpose: "research.natural_history",
+            policy: &policy,
+            policy_text: &text,
+            consent_at: chrono::Utc::now(),
+            family_key,
+            family_dir: dir.path(),
+            patients_considered: summaries.len(),
+        };
+        let manifest = build_files(tables.clone(), &spec).expect("build");
+        let v1 = dir.path().join("v1");
+        assert!(v1.join("manifest.json").is_file());
+        assert!(!dir.path().join("v1.partial").exists());
+        assert_eq!(manifest.patients_included, summaries.len());
+        assert_eq!(manifest.files.len(), originals.len());
+        for f in &manifest.files {
+            let bytes = std::fs::read(v1.join(&f.file)).expect("file");
+            let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+            assert_eq!(sha, f.sha256, "{}", f.file);
+            assert_eq!(read(&v1.join(&f.file)).height(), f.rows);
+            assert!(f.columns.iter().all(|c| !c.description.is_empty()));
+        }
+        assert!(
+            manifest.person_deid["k_achieved"]
+                .as_u64()
+                .is_some_and(|k| k >= 2)
+        );
+
+        // Intervals: per person, days between consecutive event dates are unchanged, in every
+        // event table.
+        let mut checked = 0;
+        let mut shifted = 0;
+        for (table, date) in [
+            ("condition_occurrence", "condition_start_date"),
+            ("drug_exposure", "drug_exposure_start_date"),
+            ("procedure_occurrence", "procedure_date"),
+            ("measurement", "measurement_date"),
+            ("observation", "observation_date"),
+        ] {
+            let original = originals.iter().find(|t| t.name == table).expect("table");
+            let (Some(Column::Text(ids)), Some(Column::Text(starts))) =
+                (original.column("person_id"), original.column(date))
+            else {
+                panic!("columns of {table}");
+            };
+            let released = read(&v1.join(format!("{table}.parquet")));
+            let rel = |c: &str| -> Vec<Option<String>> {
+                released
+                    .column(c)
+                    .expect("column")
+                    .cast(&DataType::String)
+                    .expect("text")
+                    .str()
+                    .expect("text")
+                    .iter()
+                    .map(|v| v.map(str::to_string))
+                    .collect()
+            };
+            let (rel_ids, rel_starts) = (rel("person_id"), rel(date));
+            assert_eq!(&rel_ids, ids, "{table}: row order and person ids are kept");
+            let day = |v: &Option<String>| {
+                v.as_deref()
+                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            };
+            for i in 1..ids.len() {
+                if ids[i] != ids[i - 1] {
+                    continue;
+                }
+                if let (Some(a), Some(b), Some(x), Some(y)) = (
+                    day(&starts[i - 1]),
+                    day(&starts[i]),
+                    day(&rel_starts[i - 1]),
+                    day(&rel_starts[i]),
+                ) {
+                    assert_eq!(b - a, y - x, "{table}: interval of row {i}");
+                    checked += 1;
+                    shifted += usize::from(a != x);
+                }
+            }
+        }
+        assert!(checked >= 20, "dated events to compare: {checked} pairs");
+        assert!(shifted > 0, "dates were shifted");
+
+        // Nothing identifying in any released cell or in the manifest.
+        let mut secrets: Vec<String> = Vec::new();
+        for s in &summaries {
+            let id = &s.identity;
+            secrets.extend(id.family_name.clone());
+            secrets.extend(id.given_names.iter().cloned());
+            secrets.extend(id.identifiers.iter().map(|i| i.value.clone()));
+            secrets.extend(id.birth_date.clone().filter(|d| d.len() == 10));
+            secrets.push(s.patient_id.clone());
+            if let Some(a) = &id.address {
+                secrets.extend(a.lines.iter().cloned());
+            }
+        }
+        secrets.retain(|s| s.len() >= 4);
+        let manifest_text = std::fs::read_to_string(v1.join("manifest.json")).expect("manifest");
+        for f in &manifest.files {
+            let df = read(&v1.join(&f.file));
+            for c in df.columns() {
+                let text = c.cast(&DataType::String).expect("text");
+                for v in text.str().expect("text").iter().flatten() {
+                    for s in &secrets {
+                        assert!(!v.contains(s.as_str()), "an identifier reached {}", f.file);
+                    }
+                }
+            }
+        }
+        for s in &secrets {
+            assert!(
+                !manifest_text.contains(s.as_str()),
+                "an identifier reached the manifest"
+            );
+        }
+
+        // Immutable: the same version cannot be written again.
+        let again = build_files(tables, &spec).expect_err("immutable");
+        assert!(again.to_string().contains("immutable"), "{again}");
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    /// The shipped release policies parse and give every person column a role.
+    #[test]
+    fn shipped_policies_cover_the_person_table() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        for name in ["safe-harbor.toml", "expert-determination.toml"] {
+            let policy =
+                tessera_deid::policy::Policy::from_file(&root.join(name)).expect("valid policy");
+            super::build::check_person_policy(&policy).expect(name);
+            assert_eq!(policy.privacy.k, 5, "{name}");
         }
     }
 }

@@ -47,8 +47,22 @@ impl Generator {
     pub fn build(&self, column: &str, values: &[String]) -> Result<Hierarchy> {
         let err = |message: String| DeidError::Input { message };
         let mut rows = Vec::with_capacity(values.len());
+        let levels = match self {
+            Generator::Intervals(w) => w.len(),
+            Generator::Dates(l) => l.len(),
+            Generator::Mask(c) => c.len(),
+            Generator::Prefix(l) => l.len(),
+        };
         for (i, v) in values.iter().enumerate() {
             let mut row = vec![v.clone()];
+            if v.is_empty() {
+                // A missing value stays missing up to the top level: it is no number, date or
+                // code to generalize, and says nothing more at any level.
+                row.extend(std::iter::repeat_n(String::new(), levels));
+                row.push("*".to_string());
+                rows.push(row);
+                continue;
+            }
             match self {
                 Generator::Intervals(widths) => {
                     let x: f64 = v.trim().parse().map_err(|_| {
@@ -100,6 +114,16 @@ mod tests {
 
     fn vals(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn missing_values_stay_missing_until_the_top() {
+        let h = Generator::Intervals(vec![5.0, 10.0])
+            .build("age", &vals(&["37", ""]))
+            .expect("a missing value is not an error");
+        let c = h.code("").expect("coded");
+        assert_eq!(h.label(1, h.generalize(c, 1)), "");
+        assert_eq!(h.label(3, h.generalize(c, 3)), "*");
     }
 
     #[test]

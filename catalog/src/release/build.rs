@@ -1,0 +1,360 @@
+//! Building the files of one release version: the OMOP-shaped tables of the consented
+//! summaries, de-identified under a `tessera-deid` policy, written as Parquet with a manifest,
+//! atomically (a `.partial` folder renamed into place only when every file is written, synced
+//! and hashed).
+//!
+//! The person table goes through the policy (transforms, pseudonyms, generalization to
+//! k-anonymity on its quasi-identifiers, suppression). Event tables follow it:
+//! - their dates get the transform the policy gives `birth_date` (year, month, or the same
+//!   per-patient shift, keyed by the family key and the `person_id`, so intervals within a
+//!   patient hold), and `days_since_index` is kept as is;
+//! - rare codes are quasi-identifiers too: a source code (or gene, HGVS, variant) held by fewer
+//!   than k patients of the release is suppressed to `*`, and the manifest counts each.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use polars::prelude::{Column as PlColumn, DataFrame, ParquetCompression, ParquetWriter};
+use ring::{digest, hmac};
+use serde::Serialize;
+use tessera_deid::frame::{self, Options};
+use tessera_deid::policy::{Policy, Role, Transform};
+use tessera_deid::safe_harbor;
+
+use super::{Column, Table};
+use crate::error::{CatalogError, Result};
+
+/// What a build needs besides the tables.
+#[derive(Debug)]
+pub struct BuildSpec<'a> {
+    pub family: &'a str,
+    pub version: u32,
+    pub purpose: &'a str,
+    pub policy: &'a Policy,
+    /// The policy file's text, hashed into the manifest.
+    pub policy_text: &'a str,
+    pub consent_at: DateTime<Utc>,
+    pub family_key: [u8; 32],
+    /// The family's folder; the version is written to `v<version>` inside it.
+    pub family_dir: &'a Path,
+    pub patients_considered: usize,
+}
+
+/// One file of a release.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileEntry {
+    pub table: String,
+    pub file: String,
+    pub rows: usize,
+    pub sha256: String,
+    pub columns: Vec<ColumnEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnEntry {
+    pub name: String,
+    pub r#type: String,
+    pub description: String,
+}
+
+/// `manifest.json`: what the release holds and what was done to make it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub family: String,
+    pub version: u32,
+    pub purpose: String,
+    pub built_at: String,
+    pub consent_snapshot_at: String,
+    pub policy_sha256: String,
+    pub patients_considered: usize,
+    pub patients_included: usize,
+    pub files: Vec<FileEntry>,
+    /// The person table's de-identification report (k achieved, levels, loss, risk).
+    pub person_deid: serde_json::Value,
+    /// Per event table and column, how many distinct codes were suppressed as rare.
+    pub rare_codes_suppressed: BTreeMap<String, BTreeMap<String, usize>>,
+    pub date_handling: String,
+}
+
+fn err(message: impl Into<String>) -> CatalogError {
+    CatalogError::internal(message.into())
+}
+
+/// The data dictionary: one description per column.
+fn describe(column: &str) -> &'static str {
+    match column {
+        "person_id" => "pseudonymous person id: keyed per release family, stable across versions",
+        "birth_date" => "birth date after the policy's transform (year, month or shifted)",
+        "gender_source_value" => "administrative sex as recorded, generalized as the policy says",
+        "race_source_value" => "race as recorded, generalized as the policy says",
+        "ethnicity_source_value" => "ethnicity as recorded, generalized as the policy says",
+        "zip" => "ZIP code after the policy's transform (first three digits; restricted to 000)",
+        "days_since_index" => "days from the patient's first diagnosis to the event",
+        "value_as_number" => "numeric value",
+        "unit_source_value" => "unit as recorded (UCUM where the source used it)",
+        "excluded" => "true when the phenotype was explicitly excluded",
+        "onset" => "onset as an HPO onset class or an ISO 8601 age",
+        "gene" => "gene symbol",
+        "hgvs" => "HGVS expressions, `;`-separated",
+        "zygosity" => "zygosity as recorded",
+        "vcf" => "hg38 chrom:pos:ref:alt",
+        "interpretation_status" => "ACMG-style interpretation status",
+        "questionnaire" => "the questionnaire answered",
+        "question_link_id" => "the question's link id in the questionnaire",
+        "value_source_value" => "coded value (code) or boolean; free text never passes",
+        c if c.ends_with("_source_value") => "source code as recorded (no OMOP concept mapping)",
+        c if c.ends_with("_source_vocabulary") => "code system of the source code",
+        c if c.ends_with("_date") => "date after the policy's date transform",
+        _ => "see docs/releases.md",
+    }
+}
+
+/// The date transform the policy gives `birth_date`, applied to every event date.
+enum Dates {
+    Keep,
+    Year,
+    Month,
+    Shift(u32),
+}
+
+fn dates_of(policy: &Policy) -> Dates {
+    match policy
+        .columns
+        .iter()
+        .find(|c| c.name == "birth_date")
+        .and_then(|c| c.transform.as_ref())
+    {
+        Some(Transform::DateYear) => Dates::Year,
+        Some(Transform::DateMonth) => Dates::Month,
+        Some(Transform::DateShift { window_days, .. }) => Dates::Shift(*window_days),
+        _ => Dates::Keep,
+    }
+}
+
+fn to_frame(t: &Table) -> Result<DataFrame> {
+    let columns: Vec<PlColumn> = t
+        .columns
+        .iter()
+        .map(|(name, c)| match c {
+            Column::Text(v) => PlColumn::new((*name).into(), v.clone()),
+            Column::Number(v) => PlColumn::new((*name).into(), v.clone()),
+            Column::Integer(v) => PlColumn::new((*name).into(), v.clone()),
+            Column::Boolean(v) => PlColumn::new((*name).into(), v.clone()),
+        })
+        .collect();
+    DataFrame::new(t.rows(), columns).map_err(|_| err(format!("table {} does not line up", t.name)))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| err(format!("reading back {}: {e}", path.display())))?;
+    Ok(hex::encode(digest::digest(&digest::SHA256, &bytes)))
+}
+
+/// Builds and writes one release version; returns its manifest. Nothing is visible under
+/// `v<version>` unless every file was written.
+pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest> {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &spec.family_key);
+    let k = spec.policy.privacy.k as usize;
+    let dates = dates_of(spec.policy);
+    let mut rare: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut frames: Vec<(String, DataFrame)> = Vec::new();
+    let mut person_report = serde_json::Value::Null;
+    let mut included = 0;
+    for mut t in tables {
+        if t.name == "person" {
+            included = t.rows();
+            let df = to_frame(&t)?;
+            let outcome = frame::anonymize_with(
+                &df,
+                spec.policy,
+                Some(&spec.family_key),
+                &Options::default(),
+            )
+            .map_err(|e| CatalogError::invalid(format!("de-identifying the person table: {e}")))?;
+            person_report =
+                serde_json::to_value(&outcome.report).map_err(|e| err(format!("report: {e}")))?;
+            frames.push((t.name.to_string(), outcome.frame));
+            continue;
+        }
+        // Patients per value of each code column; values held by fewer than k are suppressed.
+        let ids: Vec<Option<String>> = match t.column("person_id") {
+            Some(Column::Text(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        for (name, col) in t.columns.iter_mut() {
+            let is_code = name.ends_with("_source_value")
+                || matches!(*name, "gene" | "hgvs" | "vcf" | "onset");
+            let Column::Text(values) = col else { continue };
+            if is_code && *name != "person_id" {
+                let mut holders: HashMap<&str, HashSet<&str>> = HashMap::new();
+                for (v, p) in values.iter().zip(&ids) {
+                    if let (Some(v), Some(p)) = (v, p) {
+                        holders.entry(v.as_str()).or_default().insert(p.as_str());
+                    }
+                }
+                let rare_values: HashSet<String> = holders
+                    .into_iter()
+                    .filter(|(_, ps)| ps.len() < k)
+                    .map(|(v, _)| v.to_string())
+                    .collect();
+                if !rare_values.is_empty() {
+                    rare.entry(t.name.to_string())
+                        .or_default()
+                        .insert(name.to_string(), rare_values.len());
+                    for v in values.iter_mut().flatten() {
+                        if rare_values.contains(v) {
+                            *v = "*".into();
+                        }
+                    }
+                }
+            }
+            if name.ends_with("_date") {
+                for (v, p) in values.iter_mut().zip(&ids) {
+                    if let Some(text) = v.as_mut() {
+                        *text = match dates {
+                            Dates::Keep => text.clone(),
+                            Dates::Year => text.chars().take(4).collect(),
+                            Dates::Month => text.chars().take(7).collect(),
+                            Dates::Shift(window) => {
+                                match (NaiveDate::parse_from_str(text, "%Y-%m-%d"), p) {
+                                    (Ok(d), Some(p)) => (d + Duration::days(
+                                        safe_harbor::date_shift_days(&key, p, window),
+                                    ))
+                                    .to_string(),
+                                    // A partial date cannot be shifted: keep its year only.
+                                    _ => text.chars().take(4).collect(),
+                                }
+                            }
+                        };
+                    }
+                }
+            }
+        }
+        frames.push((t.name.to_string(), to_frame(&t)?));
+    }
+
+    // Write into a partial folder, then rename.
+    let final_dir = spec.family_dir.join(format!("v{}", spec.version));
+    if final_dir.exists() {
+        return Err(CatalogError::invalid(format!(
+            "{} already exists: releases are immutable; build the next version",
+            final_dir.display()
+        )));
+    }
+    let partial = spec.family_dir.join(format!("v{}.partial", spec.version));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| {
+            err(format!(
+                "removing an earlier failed build {}: {e}",
+                partial.display()
+            ))
+        })?;
+    }
+    std::fs::create_dir_all(&partial)
+        .map_err(|e| err(format!("creating {}: {e}", partial.display())))?;
+    let mut files = Vec::new();
+    for (name, mut df) in frames {
+        let file = format!("{name}.parquet");
+        let path = partial.join(&file);
+        let f = std::fs::File::create(&path)
+            .map_err(|e| err(format!("creating {}: {e}", path.display())))?;
+        ParquetWriter::new(&f)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(&mut df)
+            .map_err(|_| err(format!("writing {}", path.display())))?;
+        f.sync_all()
+            .map_err(|e| err(format!("syncing {}: {e}", path.display())))?;
+        let columns = df
+            .columns()
+            .iter()
+            .map(|c| ColumnEntry {
+                name: c.name().to_string(),
+                r#type: c.dtype().to_string(),
+                description: describe(c.name().as_str()).to_string(),
+            })
+            .collect();
+        files.push(FileEntry {
+            table: name,
+            rows: df.height(),
+            sha256: sha256_file(&path)?,
+            file,
+            columns,
+        });
+    }
+    let manifest = Manifest {
+        family: spec.family.to_string(),
+        version: spec.version,
+        purpose: spec.purpose.to_string(),
+        built_at: Utc::now().to_rfc3339(),
+        consent_snapshot_at: spec.consent_at.to_rfc3339(),
+        policy_sha256: hex::encode(digest::digest(&digest::SHA256, spec.policy_text.as_bytes())),
+        patients_considered: spec.patients_considered,
+        patients_included: included,
+        files,
+        person_deid: person_report,
+        rare_codes_suppressed: rare,
+        date_handling: match dates {
+            Dates::Keep => "dates kept (the policy gives birth_date no transform)".into(),
+            Dates::Year => "every date cut to its year".into(),
+            Dates::Month => "every date cut to year and month".into(),
+            Dates::Shift(w) => format!(
+                "every date of a patient shifted by the same keyed number of days within ±{w}"
+            ),
+        },
+    };
+    let manifest_path = partial.join("manifest.json");
+    let mut f = std::fs::File::create(&manifest_path)
+        .map_err(|e| err(format!("creating {}: {e}", manifest_path.display())))?;
+    f.write_all(
+        serde_json::to_string_pretty(&manifest)
+            .map_err(|e| err(format!("manifest: {e}")))?
+            .as_bytes(),
+    )
+    .and_then(|_| f.sync_all())
+    .map_err(|e| err(format!("writing {}: {e}", manifest_path.display())))?;
+    std::fs::rename(&partial, &final_dir)
+        .map_err(|e| err(format!("publishing {}: {e}", final_dir.display())))?;
+    Ok(manifest)
+}
+
+/// Where a version lives.
+pub fn version_dir(family_dir: &Path, version: u32) -> PathBuf {
+    family_dir.join(format!("v{version}"))
+}
+
+/// Whether a policy can serve the person table: every person column has a role.
+pub fn check_person_policy(policy: &Policy) -> Result<()> {
+    let needed = [
+        "person_id",
+        "birth_date",
+        "gender_source_value",
+        "race_source_value",
+        "ethnicity_source_value",
+        "zip",
+        "index_date",
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|n| !policy.columns.iter().any(|c| c.name == *n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(CatalogError::invalid(format!(
+            "the release policy gives no role to person column(s) {}",
+            missing.join(", ")
+        )));
+    }
+    if policy
+        .columns
+        .iter()
+        .any(|c| c.name == "person_id" && c.role == Role::Identifier)
+    {
+        return Err(CatalogError::invalid(
+            "the release policy would drop person_id; give it role `insensitive` (it is already a pseudonym)",
+        ));
+    }
+    Ok(())
+}
