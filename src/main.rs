@@ -50,6 +50,9 @@ enum Command {
     /// De-identify a CSV or Parquet table under a policy (k-anonymity, l-diversity,
     /// t-closeness, Safe Harbor transforms) and report the loss and risk.
     Deid(commands::deid::DeidArgs),
+    /// Build, list, show and retire research releases.
+    #[command(subcommand)]
+    Release(commands::release::ReleaseCommand),
 }
 
 fn init_tracing(global: &GlobalArgs) {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Patients(c) => commands::patients::run(g, c).await,
             Command::Stats(a) => commands::patients::stats(g, a).await,
             Command::Deid(a) => commands::deid::run(g, a).await,
+            Command::Release(c) => commands::release::run(g, c).await,
         }
     });
     match result {

@@ -25,7 +25,7 @@ pub use crypto::Keyring;
 pub use error::{CatalogError, Result};
 pub use ingest::{IngestOptions, IngestReport, NoProgress, Progress};
 pub use model::{PatientSummary, RecordBody, StoredRecord};
-pub use store::{Backend, ConsentRow};
+pub use store::{Backend, ConsentRow, ReleaseRow};
 
 use ingest::parse::record_aad;
 use ingest::problem::Reason;
@@ -326,5 +326,130 @@ impl Catalog {
             });
         }
         Ok(out)
+    }
+}
+
+/// What `Catalog::build_release` takes.
+#[derive(Debug)]
+pub struct ReleaseRequest<'a> {
+    /// The release family: lowercase letters, digits, `-`, `_` and `.`.
+    pub family: &'a str,
+    pub purpose: &'a Purpose,
+    pub policy: &'a tessera_deid::policy::Policy,
+    /// The policy file's text (its SHA-256 goes into the manifest).
+    pub policy_text: &'a str,
+    /// Where release families live (`<data dir>/releases`).
+    pub releases_dir: &'a std::path::Path,
+}
+
+impl Catalog {
+    /// Builds the next version of a release family from the summaries of the patients whose
+    /// consent covers the purpose now, writes it (atomically, see [`release::build`]), and only
+    /// then records it with its contributors. Returns the record and the manifest.
+    pub async fn build_release(
+        &self,
+        req: &ReleaseRequest<'_>,
+    ) -> Result<(ReleaseRow, release::build::Manifest)> {
+        let family = req.family;
+        let valid = !family.is_empty()
+            && family.len() <= 64
+            && family
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+            && !family.starts_with('.');
+        if !valid {
+            return Err(CatalogError::invalid(format!(
+                "release family `{family}`: use lowercase letters, digits, `-`, `_` and `.`"
+            )));
+        }
+        release::build::check_person_policy(req.policy)?;
+        let at = Utc::now();
+        let summaries = self.consented_summaries(req.purpose, at).await?;
+        if summaries.is_empty() {
+            return Err(CatalogError::invalid(format!(
+                "no patient's consent covers `{}` now: nothing to release",
+                req.purpose
+            )));
+        }
+        let considered = self.count_patients().await? as usize;
+        let version = self.store.last_release_version(family).await? + 1;
+        let family_dir = req.releases_dir.join(family);
+        // A folder for this version without a catalog row is a build that was written but never
+        // recorded (the process died in between): it was never published, so it is replaced.
+        let leftover = release::build::version_dir(&family_dir, version as u32);
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover).map_err(|e| {
+                CatalogError::internal(format!(
+                    "removing an unrecorded build {}: {e}",
+                    leftover.display()
+                ))
+            })?;
+        }
+        let key = self.keyring.release_family_key(family);
+        let tables = release::omop_tables(&summaries, &|id| release::family_pseudonym(&key, id));
+        let spec = release::build::BuildSpec {
+            family,
+            version: version as u32,
+            purpose: req.purpose.as_str(),
+            policy: req.policy,
+            policy_text: req.policy_text,
+            consent_at: at,
+            family_key: key,
+            family_dir: &family_dir,
+            patients_considered: considered,
+        };
+        let manifest = release::build::build_files(tables, &spec)?;
+        let row = ReleaseRow {
+            family: family.to_string(),
+            version,
+            purpose: req.purpose.as_str().to_string(),
+            status: "published".into(),
+            built_at: manifest.built_at.clone(),
+            consent_at: manifest.consent_snapshot_at.clone(),
+            policy_sha256: manifest.policy_sha256.clone(),
+            path: leftover.display().to_string(),
+            manifest: serde_json::to_string(&manifest)
+                .map_err(|e| CatalogError::internal(format!("manifest: {e}")))?,
+            retired_at: None,
+        };
+        let contributors: Vec<String> = summaries.iter().map(|s| s.patient_id.clone()).collect();
+        self.store.insert_release(&row, &contributors).await?;
+        Ok((row, manifest))
+    }
+
+    /// Every release version.
+    pub async fn releases(&self) -> Result<Vec<ReleaseRow>> {
+        self.store.list_releases().await
+    }
+
+    /// One release version.
+    pub async fn release(&self, family: &str, version: i64) -> Result<ReleaseRow> {
+        self.store
+            .release(family, version)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound {
+                what: format!("release {family} v{version}"),
+                hint: "`tessera release list` shows the releases".into(),
+            })
+    }
+
+    /// The internal ids of the patients whose data a version holds.
+    pub async fn release_contributors(&self, family: &str, version: i64) -> Result<Vec<String>> {
+        self.store.release_contributors(family, version).await
+    }
+
+    /// Retires a version: it stays on disk for audit but is no longer offered.
+    pub async fn retire_release(&self, family: &str, version: i64) -> Result<()> {
+        self.release(family, version).await?;
+        if !self
+            .store
+            .retire_release(family, version, &store::now_text())
+            .await?
+        {
+            return Err(CatalogError::invalid(format!(
+                "release {family} v{version} is already retired"
+            )));
+        }
+        Ok(())
     }
 }

@@ -28,11 +28,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "catalog",
-    sql: include_str!("../migrations/0001_catalog.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "catalog",
+        sql: include_str!("../migrations/0001_catalog.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "releases",
+        sql: include_str!("../migrations/0002_releases.sql"),
+    },
+];
 
 /// Bound parameters per bulk statement: below SQLite's 32,766 and PostgreSQL's 65,535 limits.
 const MAX_PARAMS: usize = 2000;
@@ -500,6 +507,138 @@ impl Store {
             .await
             .ctx("reading current consents")?;
         rows.iter().map(Self::consent_from).collect()
+    }
+}
+
+/// A release version as the catalog lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRow {
+    pub family: String,
+    pub version: i64,
+    pub purpose: String,
+    pub status: String,
+    pub built_at: String,
+    pub consent_at: String,
+    pub policy_sha256: String,
+    pub path: String,
+    pub manifest: String,
+    pub retired_at: Option<String>,
+}
+
+impl Store {
+    /// The highest version of a family, 0 when it has none.
+    pub async fn last_release_version(&self, family: &str) -> Result<i64> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM releases WHERE family = $1")
+                .bind(family)
+                .fetch_one(&self.pool)
+                .await
+                .ctx("reading release versions")?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Records a published version and its contributors in one transaction.
+    pub async fn insert_release(&self, row: &ReleaseRow, contributors: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await.ctx("starting a release record")?;
+        sqlx::query(
+            "INSERT INTO releases (family, version, purpose, status, built_at, consent_at, policy_sha256, path, manifest, retired_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&row.family)
+        .bind(row.version)
+        .bind(&row.purpose)
+        .bind(&row.status)
+        .bind(&row.built_at)
+        .bind(&row.consent_at)
+        .bind(&row.policy_sha256)
+        .bind(&row.path)
+        .bind(&row.manifest)
+        .bind(&row.retired_at)
+        .execute(&mut *tx)
+        .await
+        .ctx("recording a release")?;
+        for patient in contributors {
+            sqlx::query("INSERT INTO release_contributors (family, version, patient_id) VALUES ($1, $2, $3)")
+                .bind(&row.family)
+                .bind(row.version)
+                .bind(patient)
+                .execute(&mut *tx)
+                .await
+                .ctx("recording a release's contributors")?;
+        }
+        tx.commit().await.ctx("committing a release record")
+    }
+
+    const RELEASE_COLUMNS: &'static str = "family, version, purpose, status, built_at, consent_at, policy_sha256, path, manifest, retired_at";
+
+    fn release_from(r: &AnyRow) -> Result<ReleaseRow> {
+        let c = "reading a release";
+        Ok(ReleaseRow {
+            family: r.try_get("family").ctx(c)?,
+            version: r.try_get("version").ctx(c)?,
+            purpose: r.try_get("purpose").ctx(c)?,
+            status: r.try_get("status").ctx(c)?,
+            built_at: r.try_get("built_at").ctx(c)?,
+            consent_at: r.try_get("consent_at").ctx(c)?,
+            policy_sha256: r.try_get("policy_sha256").ctx(c)?,
+            path: r.try_get("path").ctx(c)?,
+            manifest: r.try_get("manifest").ctx(c)?,
+            retired_at: r.try_get("retired_at").ctx(c)?,
+        })
+    }
+
+    /// Every release version, by family and version.
+    pub async fn list_releases(&self) -> Result<Vec<ReleaseRow>> {
+        let sql = format!(
+            "SELECT {} FROM releases ORDER BY family, version",
+            Self::RELEASE_COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .ctx("listing releases")?;
+        rows.iter().map(Self::release_from).collect()
+    }
+
+    /// One release version.
+    pub async fn release(&self, family: &str, version: i64) -> Result<Option<ReleaseRow>> {
+        let sql = format!(
+            "SELECT {} FROM releases WHERE family = $1 AND version = $2",
+            Self::RELEASE_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(family)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("reading a release")?;
+        row.as_ref().map(Self::release_from).transpose()
+    }
+
+    /// The contributors of a version (internal patient ids).
+    pub async fn release_contributors(&self, family: &str, version: i64) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT patient_id FROM release_contributors WHERE family = $1 AND version = $2 ORDER BY patient_id",
+        )
+        .bind(family)
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading a release's contributors")
+    }
+
+    /// Marks a version retired (its files stay for audit; it is no longer offered).
+    pub async fn retire_release(&self, family: &str, version: i64, at: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE releases SET status = 'retired', retired_at = $1 WHERE family = $2 AND version = $3 AND status = 'published'",
+        )
+        .bind(at)
+        .bind(family)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .ctx("retiring a release")?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -23,6 +23,10 @@ pub struct DemoArgs {
     /// The fixtures shipped with Tessera.
     #[arg(long, env = "TESSERA_FIXTURES", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))]
     pub fixtures: PathBuf,
+
+    /// The policy of the demo release (natural-history family).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/safe-harbor.toml"))]
+    pub release_policy: PathBuf,
 }
 
 /// What the demo ingests: the shared data when present, else the fixtures; surveys always.
@@ -115,9 +119,31 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
             .len();
         say!("  {purpose:<28} {n} patients");
     }
+
+    // A research release of the demo data, under the Safe Harbor policy.
+    let purpose = Purpose::parse(KNOWN_PURPOSES[0])?;
+    let policy_text = std::fs::read_to_string(&args.release_policy)?;
+    let policy = tessera_deid::policy::Policy::from_file(&args.release_policy)?;
+    let releases_dir = g.data_dir.join("releases");
+    let built = catalog
+        .build_release(&tessera_catalog::ReleaseRequest {
+            family: "demo-natural-history",
+            purpose: &purpose,
+            policy: &policy,
+            policy_text: &policy_text,
+            releases_dir: &releases_dir,
+        })
+        .await;
+    match built {
+        Ok((row, manifest)) => super::release::print_summary(&row.path, &manifest),
+        // The shipped fixtures hold fewer patients than the policy's k: say so, and go on.
+        Err(e) if e.is_user_error() => say!("no demo release: {e}"),
+        Err(e) => return Err(e.into()),
+    }
+
     let patients = catalog.count_patients().await?;
     say!(
-        "{patients} patients in the catalog. Next: `tessera stats`, `tessera patients list`, `tessera consent show --patient <id>`"
+        "{patients} patients in the catalog. Next: `tessera stats`, `tessera patients list`, `tessera consent show --patient <id>`, `tessera release show --family demo-natural-history --version N`"
     );
     catalog.close().await;
     Ok(if report.quarantined.is_empty() {

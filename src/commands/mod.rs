@@ -6,6 +6,7 @@ pub mod demo;
 pub mod ingest;
 pub mod patients;
 pub mod quarantine;
+pub mod release;
 
 use std::process::ExitCode;
 

@@ -8,7 +8,12 @@ use serde_json::Value;
 
 use crate::support::{Tessera, json_files, read_json, shared, synthea_dir};
 
-fn pycanon(file: &Path, delimiter: &str, qis: &[&str], sensitive: Option<&str>) -> Value {
+pub(crate) fn pycanon(
+    file: &Path,
+    delimiter: &str,
+    qis: &[&str],
+    sensitive: Option<&str>,
+) -> Value {
     let venv = std::env::var("TESSERA_PYCANON_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {

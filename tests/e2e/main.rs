@@ -12,4 +12,5 @@ mod formats;
 mod postgres;
 mod privacy;
 mod reingest;
+mod release;
 mod summary;

@@ -8,7 +8,7 @@ use crate::support::{Tessera, json_files, ms_samples_dir, read_json, shared};
 
 /// Identifying strings of the patients in a bundle, long enough not to occur by chance in
 /// ciphertext.
-fn secrets_of(path: &Path, out: &mut Vec<String>) {
+pub(crate) fn secrets_of(path: &Path, out: &mut Vec<String>) {
     let v = read_json(path);
     for e in v["entry"].as_array().into_iter().flatten() {
         let r = &e["resource"];

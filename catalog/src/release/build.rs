@@ -70,6 +70,8 @@ pub struct Manifest {
     pub policy_sha256: String,
     pub patients_considered: usize,
     pub patients_included: usize,
+    /// Patients of the catalog left out, by reason.
+    pub patients_excluded: BTreeMap<String, usize>,
     pub files: Vec<FileEntry>,
     /// The person table's de-identification report (k achieved, levels, loss, risk).
     pub person_deid: serde_json::Value,
@@ -293,6 +295,12 @@ pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest>
         policy_sha256: hex::encode(digest::digest(&digest::SHA256, spec.policy_text.as_bytes())),
         patients_considered: spec.patients_considered,
         patients_included: included,
+        patients_excluded: [(
+            "no consent in force for the purpose".to_string(),
+            spec.patients_considered.saturating_sub(included),
+        )]
+        .into_iter()
+        .collect(),
         files,
         person_deid: person_report,
         rare_codes_suppressed: rare,
