@@ -842,3 +842,69 @@ mod policy_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod safe_harbor_tests {
+    use super::build::{BuildSpec, build_files};
+    use super::*;
+    use crate::Keyring;
+    use chrono::TimeZone;
+    use polars::prelude::{DataType, ParquetReader, SerReader};
+
+    /// Under Safe Harbor, birth years of patients 90 or older at build time are pooled: built
+    /// "in 2100", every fixture patient is over 89, so every released birth year is the
+    /// threshold 2010 (or a generalization of it), and the manifest counts them.
+    #[tokio::test]
+    async fn birth_years_over_89_are_pooled() {
+        let summaries = super::tests::summaries().await;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("policies/safe-harbor.toml"))
+            .expect("policy")
+            .replace("k = 5", "k = 2")
+            .replace("suppression_limit = 0.05", "suppression_limit = 0.5");
+        let policy = tessera_deid::policy::Policy::parse(&text).expect("policy");
+        let family_key = Keyring::new(&[9; 32], &[]).release_family_key("sh");
+        let with_birth = summaries
+            .iter()
+            .filter(|s| {
+                s.identity
+                    .birth_date
+                    .as_deref()
+                    .is_some_and(|d| d.len() >= 4)
+            })
+            .count();
+        assert!(with_birth >= 2);
+        let dir = tempfile::tempdir().expect("temp");
+        let spec = BuildSpec {
+            family: "sh",
+            version: 1,
+            purpose: "research.natural_history",
+            policy: &policy,
+            policy_text: &text,
+            consent_at: chrono::Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0).unwrap(),
+            family_key,
+            family_dir: dir.path(),
+            patients_considered: summaries.len(),
+        };
+        let tables = omop_tables(&summaries, &|id| family_pseudonym(&family_key, id));
+        let manifest = build_files(tables, &spec).expect("build");
+        assert_eq!(manifest.birth_years_pooled, with_birth);
+        assert!(manifest.safe_harbor[2].handling.contains("2010 or earlier"));
+        let person = ParquetReader::new(
+            std::fs::File::open(dir.path().join("v1/person.parquet")).expect("open"),
+        )
+        .finish()
+        .expect("parquet");
+        let births = person
+            .column("birth_date")
+            .expect("birth_date")
+            .cast(&DataType::String)
+            .expect("text");
+        for v in births.str().expect("text").iter().flatten() {
+            assert!(
+                v.is_empty() || v == "*" || v.contains("2010") || v.contains("2000"),
+                "a birth year escaped the pooling: {v}"
+            );
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use polars::prelude::{Column as PlColumn, DataFrame, ParquetCompression, ParquetWriter};
 use ring::{digest, hmac};
 use serde::Serialize;
@@ -78,6 +78,61 @@ pub struct Manifest {
     /// Per event table and column, how many distinct codes were suppressed as rare.
     pub rare_codes_suppressed: BTreeMap<String, BTreeMap<String, usize>>,
     pub date_handling: String,
+    /// Birth years of patients 90 or older pooled into the threshold year (Safe Harbor).
+    pub birth_years_pooled: usize,
+    /// The 18 identifier kinds of HIPAA Safe Harbor (45 CFR 164.514(b)(2)(i)(A)-(R)) and how
+    /// this release handled each.
+    pub safe_harbor: Vec<ChecklistItem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChecklistItem {
+    pub identifier: &'static str,
+    pub handling: String,
+}
+
+/// The Safe Harbor checklist for a release built under `policy` with `dates` handling.
+fn checklist(policy: &Policy, dates: &str) -> Vec<ChecklistItem> {
+    let transform_of = |column: &str| {
+        policy
+            .columns
+            .iter()
+            .find(|c| c.name == column)
+            .map(|c| (c.role, c.transform.clone()))
+    };
+    let zip = match transform_of("zip") {
+        Some((Role::Identifier, _)) | None => "not released (no ZIP column)".to_string(),
+        Some((_, Some(Transform::Zip3))) => "first three digits; restricted prefixes to 000; generalized further as k-anonymity needs".to_string(),
+        Some((role, t)) => format!("released as {role:?} with transform {t:?}: review the policy"),
+    };
+    let never = "never extracted from the sources into any release table";
+    let items: [(&'static str, String); 18] = [
+        ("names", never.into()),
+        ("geographic subdivisions smaller than a state (street, city, county, ZIP)", format!("street lines, cities and counties {never}; ZIP: {zip}")),
+        ("all elements of dates (except year) related to an individual, and ages over 89", format!("{dates}; ages are not released as such (events carry days since the index diagnosis)")),
+        ("telephone numbers", never.into()),
+        ("fax numbers", never.into()),
+        ("email addresses", never.into()),
+        ("social security numbers", never.into()),
+        ("medical record numbers", never.into()),
+        ("health plan beneficiary numbers", never.into()),
+        ("account numbers", never.into()),
+        ("certificate/license numbers", never.into()),
+        ("vehicle identifiers and serial numbers", never.into()),
+        ("device identifiers and serial numbers", never.into()),
+        ("web URLs", never.into()),
+        ("IP addresses", never.into()),
+        ("biometric identifiers", never.into()),
+        ("full-face photographs and comparable images", never.into()),
+        ("any other unique identifying number, characteristic or code", "person_id is a keyed per-family pseudonym; source record ids are not released; codes held by fewer than k patients are suppressed".into()),
+    ];
+    items
+        .into_iter()
+        .map(|(identifier, handling)| ChecklistItem {
+            identifier,
+            handling,
+        })
+        .collect()
 }
 
 fn err(message: impl Into<String>) -> CatalogError {
@@ -165,9 +220,27 @@ pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest>
     let mut frames: Vec<(String, DataFrame)> = Vec::new();
     let mut person_report = serde_json::Value::Null;
     let mut included = 0;
+    let mut pooled = 0usize;
     for mut t in tables {
         if t.name == "person" {
             included = t.rows();
+            // Safe Harbor: ages over 89 and every date element indicating them go into one
+            // category. With dates cut to year or month, birth years more than 89 years before
+            // the build year become that threshold year, read "this year or earlier".
+            if matches!(dates, Dates::Year | Dates::Month) {
+                let threshold = spec.consent_at.year() - 90;
+                for (name, col) in t.columns.iter_mut() {
+                    if let (&mut "birth_date", Column::Text(values)) = (name, col) {
+                        for v in values.iter_mut().flatten() {
+                            let year: Option<i32> = v.get(..4).and_then(|y| y.parse().ok());
+                            if year.is_some_and(|y| y <= threshold) {
+                                *v = threshold.to_string();
+                                pooled += 1;
+                            }
+                        }
+                    }
+                }
+            }
             let df = to_frame(&t)?;
             let outcome = frame::anonymize_with(
                 &df,
@@ -286,6 +359,14 @@ pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest>
             columns,
         });
     }
+    let date_handling = match dates {
+        Dates::Keep => "dates kept (the policy gives birth_date no transform)".to_string(),
+        Dates::Year => "every date cut to its year".into(),
+        Dates::Month => "every date cut to year and month".into(),
+        Dates::Shift(w) => {
+            format!("every date of a patient shifted by the same keyed number of days within ±{w}")
+        }
+    };
     let manifest = Manifest {
         family: spec.family.to_string(),
         version: spec.version,
@@ -304,14 +385,22 @@ pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest>
         files,
         person_deid: person_report,
         rare_codes_suppressed: rare,
-        date_handling: match dates {
-            Dates::Keep => "dates kept (the policy gives birth_date no transform)".into(),
-            Dates::Year => "every date cut to its year".into(),
-            Dates::Month => "every date cut to year and month".into(),
-            Dates::Shift(w) => format!(
-                "every date of a patient shifted by the same keyed number of days within ±{w}"
-            ),
-        },
+        safe_harbor: checklist(
+            spec.policy,
+            &match dates {
+                Dates::Year | Dates::Month => format!(
+                    "{date_handling}; birth years of patients 90 or older pooled into {} (\"{} or earlier\"): {pooled} patients",
+                    spec.consent_at.year() - 90,
+                    spec.consent_at.year() - 90
+                ),
+                Dates::Shift(_) => format!(
+                    "{date_handling} (Expert Determination: ages over 89 are not pooled; the birth date is generalized as k-anonymity needs)"
+                ),
+                Dates::Keep => format!("{date_handling}: NOT Safe Harbor"),
+            },
+        ),
+        birth_years_pooled: pooled,
+        date_handling,
     };
     let manifest_path = partial.join("manifest.json");
     let mut f = std::fs::File::create(&manifest_path)
