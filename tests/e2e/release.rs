@@ -166,6 +166,46 @@ async fn versions_revocation_retirement_and_file_integrity() {
     let again = t.run(&["release", "retire", "--family", "nh", "--version", "1"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already retired"));
+    // A build that fails (no generalization reaches k = 1000) leaves no version behind.
+    let strict = t.dir.path().join("k1000.toml");
+    std::fs::write(
+        &strict,
+        std::fs::read_to_string(&policy)
+            .expect("policy")
+            .replace("k = 2", "k = 1000"),
+    )
+    .expect("policy");
+    let failed = t.run(&[
+        "release",
+        "build",
+        "--family",
+        "nh",
+        "--purpose",
+        NH,
+        "--policy",
+        strict.to_str().expect("utf-8"),
+    ]);
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("no generalization satisfies"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let family_dir = t.data_dir().join("releases/nh");
+    let mut entries: Vec<String> = std::fs::read_dir(&family_dir)
+        .expect("family dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["v1", "v2"],
+        "no partial or failed version is visible"
+    );
+    assert_eq!(
+        t.catalog().await.releases().await.expect("releases").len(),
+        2
+    );
     // An unknown family is refused by name.
     let bad = t.run(&[
         "release",
@@ -314,4 +354,234 @@ async fn no_identifier_reaches_a_release_and_pycanon_confirms_k() {
         .expect("write csv");
     let checked = crate::deid::pycanon(&csv, ",", &qis, None);
     assert!(checked["k"].as_i64().is_some_and(|k| k >= 5), "{checked}");
+}
+
+/// FHIR element names a `nodesByType` rule of Microsoft's configuration reaches, as JSON keys.
+fn keys_of_type(t: &str) -> &'static [&'static str] {
+    match t {
+        "HumanName" => &["name"],
+        "ContactPoint" => &["telecom"],
+        "Address" => &["address"],
+        "Identifier" => &["identifier"],
+        "Narrative" => &["text"],
+        "Annotation" => &["note"],
+        "Attachment" => &["content", "attachment", "photo", "presentedForm"],
+        "Reference" => &[
+            "subject",
+            "patient",
+            "encounter",
+            "performer",
+            "requester",
+            "author",
+        ],
+        "ContactDetail" => &["contact"],
+        "Expression" => &["expression"],
+        "CodeableConcept" => &[
+            "code",
+            "category",
+            "type",
+            "reasonCode",
+            "valueCodeableConcept",
+        ],
+        _ => &[],
+    }
+}
+
+/// Every string under `v`.
+fn strings_under(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings_under(x, out)),
+        Value::Object(o) => o.values().for_each(|x| strings_under(x, out)),
+        _ => {}
+    }
+}
+
+/// The values at a dotted path below `v`; an element name matches FHIR choice types too
+/// (`onset` reaches `onsetDateTime`, `onsetPeriod`, ...).
+fn at_path(v: &Value, path: &[&str], out: &mut Vec<String>) {
+    let Some((first, rest)) = path.split_first() else {
+        strings_under(v, out);
+        return;
+    };
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| at_path(x, path, out)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == first
+                    || (k.starts_with(first)
+                        && k[first.len()..].starts_with(|c: char| c.is_ascii_uppercase()))
+                {
+                    at_path(x, rest, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every object anywhere below `v` (for `nodesByType` rules).
+fn objects<'a>(v: &'a Value, out: &mut Vec<&'a serde_json::Map<String, Value>>) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| objects(x, out)),
+        Value::Object(o) => {
+            out.push(o);
+            o.values().for_each(|x| objects(x, out));
+        }
+        _ => {}
+    }
+}
+
+/// Microsoft's FHIR anonymizer Safe Harbor sample configuration as a reference for what is an
+/// identifier: for each of its `redact`, `cryptoHash` and `dateshift` rules, the values it
+/// reaches in Microsoft's own sample bundles are looked for in a release of those bundles built
+/// with k = 1 (so that only the policy's transforms, not generalization, stand between them).
+/// Rules on data a research release keeps on purpose are named and counted, not silently
+/// skipped: clinical codes (kept as source codes; rare ones suppressed as quasi-identifiers),
+/// observation and survey values (numeric and coded ones are the research content; text never
+/// passes), and extensions (US Core race and ethnicity are quasi-identifiers of the person
+/// table).
+#[tokio::test]
+async fn microsoft_safe_harbor_paths_are_dropped_or_transformed() {
+    let config_text = std::fs::read_to_string(
+        shared().join("fhir-anonymizer/configs/r4-configuration-sample.json"),
+    )
+    .expect("config");
+    let config: Value =
+        serde_json::from_str(config_text.trim_start_matches('\u{feff}')).expect("config JSON");
+    let bundles: Vec<Value> = json_files(crate::support::ms_samples_dir())
+        .iter()
+        .map(|f| read_json(f))
+        .collect();
+    let resources: Vec<&Value> = bundles
+        .iter()
+        .flat_map(|b| b["entry"].as_array().into_iter().flatten())
+        .map(|e| &e["resource"])
+        .collect();
+
+    let t = Tessera::new();
+    t.expect(&["init"], 0);
+    t.ingest_json(&[crate::support::ms_samples_dir()], &[], 0);
+    grant_all(&t).await;
+    let policy = t.dir.path().join("k1.toml");
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/safe-harbor.toml"),
+        )
+        .expect("policy")
+        .replace("k = 5", "k = 1"),
+    )
+    .expect("policy");
+    t.expect(
+        &[
+            "release",
+            "build",
+            "--family",
+            "ms",
+            "--purpose",
+            NH,
+            "--policy",
+            policy.to_str().expect("utf-8"),
+        ],
+        0,
+    );
+    let v1 = t.data_dir().join("releases/ms/v1");
+    let mut cells: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(&v1).expect("release") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            cells.extend(texts(&read(&path)));
+        }
+    }
+    let haystack = cells.join("\n");
+    let manifest = std::fs::read_to_string(v1.join("manifest.json")).expect("manifest");
+
+    let kept_on_purpose = |path: &str| {
+        path.contains("Coding').code")
+            || path.starts_with("Observation.value")
+            || path.starts_with("Observation.component.value")
+            || path.starts_with("QuestionnaireResponse.item.answer")
+            || path == "nodesByType('Extension')"
+    };
+    let (mut checked_rules, mut checked_values, mut on_purpose) = (0, 0, 0);
+    for rule in config["fhirPathRules"].as_array().expect("rules") {
+        let path = rule["path"].as_str().expect("path");
+        let method = rule["method"].as_str().expect("method");
+        if method == "keep" {
+            continue;
+        }
+        if kept_on_purpose(path) {
+            on_purpose += 1;
+            continue;
+        }
+        let mut values = Vec::new();
+        if let Some(inner) = path.strip_prefix("nodesByType('") {
+            let (ty, rest) = inner.split_once("')").expect("nodesByType");
+            let rest: Vec<&str> = rest
+                .trim_start_matches('.')
+                .split('.')
+                .filter(|s| !s.is_empty())
+                .collect();
+            if matches!(ty, "date" | "dateTime" | "instant") {
+                // Full dates: a release has years only under Safe Harbor.
+                for r in &resources {
+                    let mut all = Vec::new();
+                    strings_under(r, &mut all);
+                    values.extend(all.into_iter().filter(|s| {
+                        s.len() >= 10
+                            && s.as_bytes()[4] == b'-'
+                            && s.as_bytes()[7] == b'-'
+                            && s[..4].chars().all(|c| c.is_ascii_digit())
+                    }));
+                }
+            } else {
+                for r in &resources {
+                    let mut objs = Vec::new();
+                    objects(r, &mut objs);
+                    for o in objs {
+                        for key in keys_of_type(ty) {
+                            if let Some(x) = o.get(*key) {
+                                at_path(x, &rest, &mut values);
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            let mut parts = path.split('.');
+            let ty = parts.next().expect("type");
+            let rest: Vec<&str> = parts.collect();
+            for r in resources
+                .iter()
+                .filter(|r| ty == "Resource" || r["resourceType"] == ty)
+            {
+                at_path(r, &rest, &mut values);
+            }
+        }
+        // Short values (codes such as `final`, years) say nothing about a person.
+        values.retain(|v| v.len() >= 6);
+        values.sort();
+        values.dedup();
+        if values.is_empty() {
+            continue;
+        }
+        checked_rules += 1;
+        for v in &values {
+            checked_values += 1;
+            assert!(
+                !haystack.contains(v.as_str()) && !manifest.contains(v.as_str()),
+                "a value Microsoft's rule `{path}` ({method}) removes reached the release"
+            );
+        }
+    }
+    assert!(
+        checked_rules >= 10,
+        "rules with values in the samples: {checked_rules}"
+    );
+    assert!(checked_values > 100, "values checked: {checked_values}");
+    assert_eq!(
+        on_purpose, 5,
+        "rules on data a research release keeps on purpose"
+    );
 }
