@@ -119,6 +119,61 @@ async fn catalog_on_postgres() {
         json!(2)
     );
 
+    // A release on PostgreSQL: every patient consents; two versions recorded with their
+    // contributors; retirement.
+    let nh = Purpose::parse("research.natural_history").expect("purpose");
+    let patients = catalog.list_patients(100, 0).await.expect("list");
+    for p in &patients {
+        catalog
+            .grant(Grant {
+                patient_id: p.patient_id.clone(),
+                purpose: nh.clone(),
+                scope: Scope::All,
+                valid_from: None,
+                valid_until: None,
+                actor: "test".into(),
+            })
+            .await
+            .expect("grant");
+    }
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/safe-harbor.toml"),
+    )
+    .expect("policy")
+    .replace("k = 5", "k = 2")
+    .replace("suppression_limit = 0.05", "suppression_limit = 0.5");
+    let policy = tessera_deid::policy::Policy::parse(&text).expect("policy");
+    let releases = tempfile::tempdir().expect("temp");
+    let request = tessera_catalog::ReleaseRequest {
+        family: "pg",
+        purpose: &nh,
+        policy: &policy,
+        policy_text: &text,
+        releases_dir: releases.path(),
+    };
+    let (v1, manifest) = catalog.build_release(&request).await.expect("release v1");
+    assert_eq!(v1.version, 1);
+    assert_eq!(manifest.patients_included, patients.len());
+    let (v2, _) = catalog.build_release(&request).await.expect("release v2");
+    assert_eq!(v2.version, 2);
+    assert_eq!(
+        catalog
+            .release_contributors("pg", 2)
+            .await
+            .expect("contributors")
+            .len(),
+        patients.len()
+    );
+    catalog.retire_release("pg", 1).await.expect("retire");
+    let listed = catalog.releases().await.expect("list releases");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| (r.version, r.status.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "retired"), (2, "published")]
+    );
+
     catalog.close().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
         .execute(&mut conn)

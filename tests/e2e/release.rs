@@ -585,3 +585,41 @@ async fn microsoft_safe_harbor_paths_are_dropped_or_transformed() {
         "rules on data a research release keeps on purpose"
     );
 }
+
+/// `tessera demo` on the shared data builds a release and says what it holds.
+#[test]
+fn the_demo_builds_a_release() {
+    let t = Tessera::new();
+    let out = t.expect(
+        &["demo", "--shared-data", shared().to_str().expect("utf-8")],
+        0,
+    );
+    assert!(
+        out.contains("release demo-natural-history v1 for research.natural_history"),
+        "{out}"
+    );
+    assert!(out.contains("person table: k = 5 achieved"), "{out}");
+    let list = t.expect(&["release", "list"], 0);
+    assert!(
+        list.contains("demo-natural-history v1  published"),
+        "{list}"
+    );
+    let manifest: Value = serde_json::from_str(&t.expect(
+        &[
+            "release",
+            "show",
+            "--family",
+            "demo-natural-history",
+            "--version",
+            "1",
+        ],
+        0,
+    ))
+    .expect("manifest");
+    assert_eq!(manifest["safe_harbor"].as_array().map(Vec::len), Some(18));
+    assert!(
+        manifest["person_deid"]["k_achieved"]
+            .as_u64()
+            .is_some_and(|k| k >= 5)
+    );
+}
