@@ -17,10 +17,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use chrono::{Duration, NaiveDate, Utc};
-use polars::prelude::{Column as PlColumn, DataFrame, ParquetCompression, ParquetWriter};
+use polars::prelude::{ParquetCompression, ParquetWriter};
 use tessera_catalog::consent::KNOWN_PURPOSES;
+use tessera_catalog::release;
 use tessera_catalog::release::build::{BuildSpec, build_files};
-use tessera_catalog::release::{self, Column, Table};
 use tessera_catalog::{
     Catalog, Grant, IngestOptions, Keyring, NoProgress, PatientSummary, Purpose, Scope,
 };
@@ -41,27 +41,13 @@ fn peak_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn to_frame(t: &Table) -> DataFrame {
-    let columns: Vec<PlColumn> = t
-        .columns
-        .iter()
-        .map(|(name, c)| match c {
-            Column::Text(v) => PlColumn::new((*name).into(), v.clone()),
-            Column::Number(v) => PlColumn::new((*name).into(), v.clone()),
-            Column::Integer(v) => PlColumn::new((*name).into(), v.clone()),
-            Column::Boolean(v) => PlColumn::new((*name).into(), v.clone()),
-        })
-        .collect();
-    DataFrame::new(t.rows(), columns).expect("frame")
-}
-
 /// The floor: tables written as they are.
 fn baseline(summaries: &[PatientSummary], dir: &Path) -> usize {
     let key = [3u8; 32];
     let tables = release::omop_tables(summaries, &|id| release::family_pseudonym(&key, id));
     let mut rows = 0;
     for t in &tables {
-        let mut df = to_frame(t);
+        let mut df = t.to_frame().expect("frame");
         rows += df.height();
         let f = std::fs::File::create(dir.join(format!("{}.parquet", t.name))).expect("file");
         ParquetWriter::new(&f)

@@ -99,19 +99,7 @@ impl Generalization {
         let key = pseudonym_key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k));
         let mut out = df.clone();
         for c in &self.columns {
-            let raw = strings(df, &c.name)?;
-            let text = match &c.transform {
-                None => raw,
-                Some(t) => {
-                    let patients = match t {
-                        Transform::DateShift { patient_column, .. } => {
-                            Some(strings(df, patient_column)?)
-                        }
-                        _ => None,
-                    };
-                    transform(&raw, t, patients.as_ref(), key.as_ref(), &c.name)?
-                }
-            };
+            let text = column_text(df, &c.name, c.transform.as_ref(), key.as_ref())?;
             let (h, level) = (&c.hierarchy, c.level);
             let codes = encode(&text, h, "input", &c.name)?;
             let generalized = StringChunked::from_iter_values(
@@ -341,6 +329,24 @@ fn distinct(ca: &StringChunked) -> Result<Vec<String>> {
     Ok(d)
 }
 
+/// A column's text after its transform, if it has one (a date shift reads its patient column).
+fn column_text(
+    df: &DataFrame,
+    name: &str,
+    t: Option<&Transform>,
+    key: Option<&hmac::Key>,
+) -> Result<StringChunked> {
+    let raw = strings(df, name)?;
+    let Some(t) = t else {
+        return Ok(raw);
+    };
+    let patients = match t {
+        Transform::DateShift { patient_column, .. } => Some(strings(df, patient_column)?),
+        _ => None,
+    };
+    transform(&raw, t, patients.as_ref(), key, name)
+}
+
 /// Text of the columns the policy transforms or generalizes, after the transforms.
 fn transformed_text(
     df: &DataFrame,
@@ -350,19 +356,7 @@ fn transformed_text(
 ) -> Result<HashMap<String, StringChunked>> {
     let mut text = HashMap::new();
     for c in policy.columns.iter().filter(|c| wanted(c)) {
-        let raw = strings(df, &c.name)?;
-        let value = match &c.transform {
-            None => raw,
-            Some(t) => {
-                let patients = match t {
-                    Transform::DateShift { patient_column, .. } => {
-                        Some(strings(df, patient_column)?)
-                    }
-                    _ => None,
-                };
-                transform(&raw, t, patients.as_ref(), key, &c.name)?
-            }
-        };
+        let value = column_text(df, &c.name, c.transform.as_ref(), key)?;
         text.insert(c.name.clone(), value);
     }
     Ok(text)

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use polars::prelude::{Column as PlColumn, DataFrame, ParquetCompression, ParquetWriter};
+use polars::prelude::{DataFrame, ParquetCompression, ParquetWriter};
 use ring::{digest, hmac};
 use serde::Serialize;
 use tessera_deid::frame::{self, Options};
@@ -190,20 +190,6 @@ fn dates_of(policy: &Policy) -> Dates {
     }
 }
 
-fn to_frame(t: &Table) -> Result<DataFrame> {
-    let columns: Vec<PlColumn> = t
-        .columns
-        .iter()
-        .map(|(name, c)| match c {
-            Column::Text(v) => PlColumn::new((*name).into(), v.clone()),
-            Column::Number(v) => PlColumn::new((*name).into(), v.clone()),
-            Column::Integer(v) => PlColumn::new((*name).into(), v.clone()),
-            Column::Boolean(v) => PlColumn::new((*name).into(), v.clone()),
-        })
-        .collect();
-    DataFrame::new(t.rows(), columns).map_err(|_| err(format!("table {} does not line up", t.name)))
-}
-
 fn sha256_file(path: &Path) -> Result<String> {
     let bytes =
         std::fs::read(path).map_err(|e| err(format!("reading back {}: {e}", path.display())))?;
@@ -241,7 +227,7 @@ pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest>
                     }
                 }
             }
-            let df = to_frame(&t)?;
+            let df = t.to_frame()?;
             let outcome = frame::anonymize_with(
                 &df,
                 spec.policy,
@@ -308,7 +294,7 @@ pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest>
                 }
             }
         }
-        frames.push((t.name.to_string(), to_frame(&t)?));
+        frames.push((t.name.to_string(), t.to_frame()?));
     }
 
     // Write into a partial folder, then rename.
