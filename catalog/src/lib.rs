@@ -297,8 +297,16 @@ impl Catalog {
         purpose: &Purpose,
         at: DateTime<Utc>,
     ) -> Result<Vec<PatientSummary>> {
-        let mut out = Vec::new();
-        for (patient_id, scope) in self.consented_patients(purpose, at).await? {
+        let patients = self.consented_patients(purpose, at).await?;
+        self.summaries_of(&patients).await
+    }
+
+    /// The summaries of patients as [`Catalog::consented_patients`] lists them, each with only
+    /// the records its consent scope covers. Private: a caller must have asked the registry.
+    async fn summaries_of(&self, patients: &[(String, Scope)]) -> Result<Vec<PatientSummary>> {
+        let mut out = Vec::with_capacity(patients.len());
+        for (patient_id, scope) in patients {
+            let patient_id = patient_id.clone();
             let sealed = self
                 .store
                 .patient_identity(&patient_id)
@@ -364,8 +372,10 @@ impl Catalog {
         }
         release::build::check_person_policy(req.policy)?;
         let at = Utc::now();
-        let summaries = self.consented_summaries(req.purpose, at).await?;
-        if summaries.is_empty() {
+        // The consent snapshot: who is in, with which scope. Summaries are then read in chunks,
+        // twice (see `release::build::Builder`), so memory stays bounded by a chunk.
+        let patients = self.consented_patients(req.purpose, at).await?;
+        if patients.is_empty() {
             return Err(CatalogError::invalid(format!(
                 "no patient's consent covers `{}` now: nothing to release",
                 req.purpose
@@ -386,7 +396,6 @@ impl Catalog {
             })?;
         }
         let key = self.keyring.release_family_key(family);
-        let tables = release::omop_tables(&summaries, &|id| release::family_pseudonym(&key, id));
         let spec = release::build::BuildSpec {
             family,
             version: version as u32,
@@ -398,7 +407,16 @@ impl Catalog {
             family_dir: &family_dir,
             patients_considered: considered,
         };
-        let manifest = release::build::build_files(tables, &spec)?;
+        const CHUNK: usize = 2_000;
+        let mut builder = release::build::Builder::new(&spec)?;
+        for chunk in patients.chunks(CHUNK) {
+            builder.scan(&self.summaries_of(chunk).await?);
+        }
+        builder.start_writing()?;
+        for chunk in patients.chunks(CHUNK) {
+            builder.write(&self.summaries_of(chunk).await?)?;
+        }
+        let manifest = builder.finish()?;
         let row = ReleaseRow {
             family: family.to_string(),
             version,
@@ -412,7 +430,7 @@ impl Catalog {
                 .map_err(|e| CatalogError::internal(format!("manifest: {e}")))?,
             retired_at: None,
         };
-        let contributors: Vec<String> = summaries.iter().map(|s| s.patient_id.clone()).collect();
+        let contributors: Vec<String> = patients.into_iter().map(|(id, _)| id).collect();
         self.store.insert_release(&row, &contributors).await?;
         Ok((row, manifest))
     }

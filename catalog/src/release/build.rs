@@ -25,6 +25,7 @@ use tessera_deid::safe_harbor;
 
 use super::{Column, Table};
 use crate::error::{CatalogError, Result};
+use crate::model::PatientSummary;
 
 /// What a build needs besides the tables.
 #[derive(Debug)]
@@ -196,130 +197,189 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(digest::digest(&digest::SHA256, &bytes)))
 }
 
-/// Builds and writes one release version; returns its manifest. Nothing is visible under
-/// `v<version>` unless every file was written.
-pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest> {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, &spec.family_key);
-    let k = spec.policy.privacy.k as usize;
-    let dates = dates_of(spec.policy);
-    let mut rare: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    let mut frames: Vec<(String, DataFrame)> = Vec::new();
-    let mut person_report = serde_json::Value::Null;
-    let mut included = 0;
-    let mut pooled = 0usize;
-    for mut t in tables {
-        if t.name == "person" {
-            included = t.rows();
-            // Safe Harbor: ages over 89 and every date element indicating them go into one
-            // category. With dates cut to year or month, birth years more than 89 years before
-            // the build year become that threshold year, read "this year or earlier".
-            if matches!(dates, Dates::Year | Dates::Month) {
-                let threshold = spec.consent_at.year() - 90;
-                for (name, col) in t.columns.iter_mut() {
-                    if let (&mut "birth_date", Column::Text(values)) = (name, col) {
-                        for v in values.iter_mut().flatten() {
-                            let year: Option<i32> = v.get(..4).and_then(|y| y.parse().ok());
-                            if year.is_some_and(|y| y <= threshold) {
-                                *v = threshold.to_string();
-                                pooled += 1;
-                            }
-                        }
-                    }
-                }
-            }
-            let df = t.to_frame()?;
-            let outcome = frame::anonymize_with(
-                &df,
-                spec.policy,
-                Some(&spec.family_key),
-                &Options::default(),
-            )
-            .map_err(|e| CatalogError::invalid(format!("de-identifying the person table: {e}")))?;
-            person_report =
-                serde_json::to_value(&outcome.report).map_err(|e| err(format!("report: {e}")))?;
-            frames.push((t.name.to_string(), outcome.frame));
-            continue;
+/// Whether a column of an event table holds codes that count as quasi-identifiers.
+fn is_code(column: &str) -> bool {
+    column != "person_id"
+        && (column.ends_with("_source_value")
+            || matches!(column, "gene" | "hgvs" | "vcf" | "onset"))
+}
+
+/// One event table being written.
+struct Output {
+    table: &'static str,
+    path: PathBuf,
+    writer: polars::io::parquet::write::BatchedWriter<std::fs::File>,
+    rows: usize,
+    columns: Vec<ColumnEntry>,
+}
+
+/// Builds one release version in two passes over the summaries, so that a large release never
+/// holds more than one chunk of patients' events in memory:
+/// 1. [`Builder::scan`] every chunk: person rows, and which patients hold each code;
+/// 2. [`Builder::start_writing`]: the person table through the policy, rare codes decided;
+/// 3. [`Builder::write`] every chunk again: event tables transformed and appended;
+/// 4. [`Builder::finish`]: files synced and hashed, the manifest, the rename into place.
+///
+/// Nothing is visible under `v<version>` unless every step succeeded.
+pub struct Builder<'a> {
+    spec: &'a BuildSpec<'a>,
+    key: hmac::Key,
+    dates: Dates,
+    partial: PathBuf,
+    final_dir: PathBuf,
+    person: Option<Table>,
+    /// Internal index of each person id, for the holder sets.
+    index: HashMap<String, u32>,
+    holders: HashMap<(&'static str, &'static str), HashMap<String, HashSet<u32>>>,
+    rare: HashMap<(&'static str, &'static str), HashSet<String>>,
+    outputs: Vec<Output>,
+    files: Vec<FileEntry>,
+    person_report: serde_json::Value,
+    included: usize,
+    pooled: usize,
+}
+
+impl std::fmt::Debug for Builder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("family", &self.spec.family)
+            .field("version", &self.spec.version)
+            .field("included", &self.included)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A build that fails (or is dropped before [`Builder::finish`]) removes its `.partial` folder;
+/// after `finish` the folder has been renamed and there is nothing to remove. A killed process
+/// leaves the folder, which is never listed and which the next build replaces.
+impl Drop for Builder<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.partial);
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Prepares the `.partial` folder; refuses a version that already exists.
+    pub fn new(spec: &'a BuildSpec<'a>) -> Result<Builder<'a>> {
+        let final_dir = version_dir(spec.family_dir, spec.version);
+        if final_dir.exists() {
+            return Err(CatalogError::invalid(format!(
+                "{} already exists: releases are immutable; build the next version",
+                final_dir.display()
+            )));
         }
-        // Patients per value of each code column; values held by fewer than k are suppressed.
-        let ids: Vec<Option<String>> = match t.column("person_id") {
-            Some(Column::Text(v)) => v.clone(),
-            _ => Vec::new(),
-        };
-        for (name, col) in t.columns.iter_mut() {
-            let is_code = name.ends_with("_source_value")
-                || matches!(*name, "gene" | "hgvs" | "vcf" | "onset");
-            let Column::Text(values) = col else { continue };
-            if is_code && *name != "person_id" {
-                let mut holders: HashMap<&str, HashSet<&str>> = HashMap::new();
-                for (v, p) in values.iter().zip(&ids) {
-                    if let (Some(v), Some(p)) = (v, p) {
-                        holders.entry(v.as_str()).or_default().insert(p.as_str());
-                    }
-                }
-                let rare_values: HashSet<String> = holders
-                    .into_iter()
-                    .filter(|(_, ps)| ps.len() < k)
-                    .map(|(v, _)| v.to_string())
-                    .collect();
-                if !rare_values.is_empty() {
-                    rare.entry(t.name.to_string())
-                        .or_default()
-                        .insert(name.to_string(), rare_values.len());
-                    for v in values.iter_mut().flatten() {
-                        if rare_values.contains(v) {
-                            *v = "*".into();
-                        }
-                    }
-                }
-            }
-            if name.ends_with("_date") {
-                for (v, p) in values.iter_mut().zip(&ids) {
-                    if let Some(text) = v.as_mut() {
-                        *text = match dates {
-                            Dates::Keep => text.clone(),
-                            Dates::Year => text.chars().take(4).collect(),
-                            Dates::Month => text.chars().take(7).collect(),
-                            Dates::Shift(window) => {
-                                match (NaiveDate::parse_from_str(text, "%Y-%m-%d"), p) {
-                                    (Ok(d), Some(p)) => (d + Duration::days(
-                                        safe_harbor::date_shift_days(&key, p, window),
-                                    ))
-                                    .to_string(),
-                                    // A partial date cannot be shifted: keep its year only.
-                                    _ => text.chars().take(4).collect(),
-                                }
-                            }
-                        };
-                    }
-                }
-            }
+        let partial = spec.family_dir.join(format!("v{}.partial", spec.version));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| {
+                err(format!(
+                    "removing an earlier failed build {}: {e}",
+                    partial.display()
+                ))
+            })?;
         }
-        frames.push((t.name.to_string(), t.to_frame()?));
+        std::fs::create_dir_all(&partial)
+            .map_err(|e| err(format!("creating {}: {e}", partial.display())))?;
+        Ok(Builder {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &spec.family_key),
+            dates: dates_of(spec.policy),
+            spec,
+            partial,
+            final_dir,
+            person: None,
+            index: HashMap::new(),
+            holders: HashMap::new(),
+            rare: HashMap::new(),
+            outputs: Vec::new(),
+            files: Vec::new(),
+            person_report: serde_json::Value::Null,
+            included: 0,
+            pooled: 0,
+        })
     }
 
-    // Write into a partial folder, then rename.
-    let final_dir = spec.family_dir.join(format!("v{}", spec.version));
-    if final_dir.exists() {
-        return Err(CatalogError::invalid(format!(
-            "{} already exists: releases are immutable; build the next version",
-            final_dir.display()
-        )));
+    fn tables(&self, chunk: &[PatientSummary]) -> Vec<Table> {
+        let key = self.spec.family_key;
+        super::omop_tables(chunk, &|id| super::family_pseudonym(&key, id))
     }
-    let partial = spec.family_dir.join(format!("v{}.partial", spec.version));
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| {
-            err(format!(
-                "removing an earlier failed build {}: {e}",
-                partial.display()
-            ))
-        })?;
+
+    /// Pass 1 over a chunk of patients.
+    pub fn scan(&mut self, chunk: &[PatientSummary]) {
+        for t in self.tables(chunk) {
+            if t.name == "person" {
+                match self.person.as_mut() {
+                    None => self.person = Some(t),
+                    Some(p) => p.append(t),
+                }
+                continue;
+            }
+            let ids: Vec<Option<String>> = match t.column("person_id") {
+                Some(Column::Text(v)) => v.clone(),
+                _ => Vec::new(),
+            };
+            for (name, col) in &t.columns {
+                let Column::Text(values) = col else { continue };
+                if !is_code(name) {
+                    continue;
+                }
+                let holders = self.holders.entry((t.name, *name)).or_default();
+                for (v, p) in values.iter().zip(&ids) {
+                    if let (Some(v), Some(p)) = (v, p) {
+                        let next = self.index.len() as u32;
+                        let i = *self.index.entry(p.clone()).or_insert(next);
+                        holders.entry(v.clone()).or_default().insert(i);
+                    }
+                }
+            }
+        }
     }
-    std::fs::create_dir_all(&partial)
-        .map_err(|e| err(format!("creating {}: {e}", partial.display())))?;
-    let mut files = Vec::new();
-    for (name, mut df) in frames {
-        let file = format!("{name}.parquet");
-        let path = partial.join(&file);
+
+    /// After the scan: decides the rare codes and writes the de-identified person table.
+    pub fn start_writing(&mut self) -> Result<()> {
+        let k = self.spec.policy.privacy.k as usize;
+        for (key, holders) in std::mem::take(&mut self.holders) {
+            let rare: HashSet<String> = holders
+                .into_iter()
+                .filter(|(_, ps)| ps.len() < k)
+                .map(|(v, _)| v)
+                .collect();
+            if !rare.is_empty() {
+                self.rare.insert(key, rare);
+            }
+        }
+        self.index = HashMap::new();
+        let mut person = self
+            .person
+            .take()
+            .ok_or_else(|| CatalogError::invalid("no patients to release"))?;
+        self.included = person.rows();
+        // Safe Harbor: ages over 89 and every date element indicating them go into one
+        // category. With dates cut to year or month, birth years more than 89 years before the
+        // build year become that threshold year, read "this year or earlier".
+        if matches!(self.dates, Dates::Year | Dates::Month) {
+            let threshold = self.spec.consent_at.year() - 90;
+            for (name, col) in person.columns.iter_mut() {
+                if let (&mut "birth_date", Column::Text(values)) = (name, col) {
+                    for v in values.iter_mut().flatten() {
+                        let year: Option<i32> = v.get(..4).and_then(|y| y.parse().ok());
+                        if year.is_some_and(|y| y <= threshold) {
+                            *v = threshold.to_string();
+                            self.pooled += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let outcome = frame::anonymize_with(
+            &person.to_frame()?,
+            self.spec.policy,
+            Some(&self.spec.family_key),
+            &Options::default(),
+        )
+        .map_err(|e| CatalogError::invalid(format!("de-identifying the person table: {e}")))?;
+        self.person_report =
+            serde_json::to_value(&outcome.report).map_err(|e| err(format!("report: {e}")))?;
+        let mut df = outcome.frame;
+        let path = self.partial.join("person.parquet");
         let f = std::fs::File::create(&path)
             .map_err(|e| err(format!("creating {}: {e}", path.display())))?;
         ParquetWriter::new(&f)
@@ -328,79 +388,196 @@ pub fn build_files(tables: Vec<Table>, spec: &BuildSpec<'_>) -> Result<Manifest>
             .map_err(|_| err(format!("writing {}", path.display())))?;
         f.sync_all()
             .map_err(|e| err(format!("syncing {}: {e}", path.display())))?;
-        let columns = df
-            .columns()
-            .iter()
-            .map(|c| ColumnEntry {
-                name: c.name().to_string(),
-                r#type: c.dtype().to_string(),
-                description: describe(c.name().as_str()).to_string(),
-            })
-            .collect();
-        files.push(FileEntry {
-            table: name,
+        self.files.push(FileEntry {
+            table: "person".into(),
+            file: "person.parquet".into(),
             rows: df.height(),
             sha256: sha256_file(&path)?,
-            file,
-            columns,
+            columns: column_entries(&df),
         });
+        Ok(())
     }
-    let date_handling = match dates {
-        Dates::Keep => "dates kept (the policy gives birth_date no transform)".to_string(),
-        Dates::Year => "every date cut to its year".into(),
-        Dates::Month => "every date cut to year and month".into(),
-        Dates::Shift(w) => {
-            format!("every date of a patient shifted by the same keyed number of days within ±{w}")
+
+    /// Pass 2 over the same chunk of patients: event tables transformed and appended.
+    pub fn write(&mut self, chunk: &[PatientSummary]) -> Result<()> {
+        for mut t in self.tables(chunk) {
+            if t.name == "person" {
+                continue;
+            }
+            let ids: Vec<Option<String>> = match t.column("person_id") {
+                Some(Column::Text(v)) => v.clone(),
+                _ => Vec::new(),
+            };
+            for (name, col) in t.columns.iter_mut() {
+                let Column::Text(values) = col else { continue };
+                if let Some(rare) = self.rare.get(&(t.name, *name)) {
+                    for v in values.iter_mut().flatten() {
+                        if rare.contains(v) {
+                            *v = "*".into();
+                        }
+                    }
+                }
+                if name.ends_with("_date") {
+                    for (v, p) in values.iter_mut().zip(&ids) {
+                        if let Some(text) = v.as_mut() {
+                            *text = self.date(text, p.as_deref());
+                        }
+                    }
+                }
+            }
+            let df = t.to_frame()?;
+            let out = match self.outputs.iter_mut().position(|o| o.table == t.name) {
+                Some(i) => &mut self.outputs[i],
+                None => {
+                    let path = self.partial.join(format!("{}.parquet", t.name));
+                    let f = std::fs::File::create(&path)
+                        .map_err(|e| err(format!("creating {}: {e}", path.display())))?;
+                    let writer = ParquetWriter::new(f)
+                        .with_compression(ParquetCompression::Zstd(None))
+                        .batched(df.schema())
+                        .map_err(|_| err(format!("writing {}", path.display())))?;
+                    self.outputs.push(Output {
+                        table: t.name,
+                        path,
+                        writer,
+                        rows: 0,
+                        columns: column_entries(&df),
+                    });
+                    self.outputs.last_mut().ok_or_else(|| err("no output"))?
+                }
+            };
+            if df.height() > 0 {
+                out.writer
+                    .write_batch(&df)
+                    .map_err(|_| err(format!("writing {}", out.path.display())))?;
+                out.rows += df.height();
+            }
         }
-    };
-    let manifest = Manifest {
-        family: spec.family.to_string(),
-        version: spec.version,
-        purpose: spec.purpose.to_string(),
-        built_at: Utc::now().to_rfc3339(),
-        consent_snapshot_at: spec.consent_at.to_rfc3339(),
-        policy_sha256: hex::encode(digest::digest(&digest::SHA256, spec.policy_text.as_bytes())),
-        patients_considered: spec.patients_considered,
-        patients_included: included,
-        patients_excluded: [(
-            "no consent in force for the purpose".to_string(),
-            spec.patients_considered.saturating_sub(included),
-        )]
-        .into_iter()
-        .collect(),
-        files,
-        person_deid: person_report,
-        rare_codes_suppressed: rare,
-        safe_harbor: checklist(
-            spec.policy,
-            &match dates {
-                Dates::Year | Dates::Month => format!(
-                    "{date_handling}; birth years of patients 90 or older pooled into {} (\"{} or earlier\"): {pooled} patients",
-                    spec.consent_at.year() - 90,
-                    spec.consent_at.year() - 90
-                ),
-                Dates::Shift(_) => format!(
-                    "{date_handling} (Expert Determination: ages over 89 are not pooled; the birth date is generalized as k-anonymity needs)"
-                ),
-                Dates::Keep => format!("{date_handling}: NOT Safe Harbor"),
+        Ok(())
+    }
+
+    fn date(&self, text: &str, person: Option<&str>) -> String {
+        match self.dates {
+            Dates::Keep => text.to_string(),
+            Dates::Year => text.chars().take(4).collect(),
+            Dates::Month => text.chars().take(7).collect(),
+            Dates::Shift(window) => match (NaiveDate::parse_from_str(text, "%Y-%m-%d"), person) {
+                (Ok(d), Some(p)) => {
+                    (d + Duration::days(safe_harbor::date_shift_days(&self.key, p, window)))
+                        .to_string()
+                }
+                // A partial date cannot be shifted: keep its year only.
+                _ => text.chars().take(4).collect(),
             },
-        ),
-        birth_years_pooled: pooled,
-        date_handling,
-    };
-    let manifest_path = partial.join("manifest.json");
-    let mut f = std::fs::File::create(&manifest_path)
-        .map_err(|e| err(format!("creating {}: {e}", manifest_path.display())))?;
-    f.write_all(
-        serde_json::to_string_pretty(&manifest)
-            .map_err(|e| err(format!("manifest: {e}")))?
-            .as_bytes(),
-    )
-    .and_then(|_| f.sync_all())
-    .map_err(|e| err(format!("writing {}: {e}", manifest_path.display())))?;
-    std::fs::rename(&partial, &final_dir)
-        .map_err(|e| err(format!("publishing {}: {e}", final_dir.display())))?;
-    Ok(manifest)
+        }
+    }
+
+    /// Closes the files, writes the manifest and renames the version into place.
+    pub fn finish(mut self) -> Result<Manifest> {
+        for out in std::mem::take(&mut self.outputs) {
+            out.writer
+                .finish()
+                .map_err(|_| err(format!("writing {}", out.path.display())))?;
+            std::fs::File::open(&out.path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| err(format!("syncing {}: {e}", out.path.display())))?;
+            self.files.push(FileEntry {
+                table: out.table.to_string(),
+                file: format!("{}.parquet", out.table),
+                rows: out.rows,
+                sha256: sha256_file(&out.path)?,
+                columns: out.columns,
+            });
+        }
+        let spec = self.spec;
+        let (dates, pooled, included) = (&self.dates, self.pooled, self.included);
+        let date_handling = match dates {
+            Dates::Keep => "dates kept (the policy gives birth_date no transform)".to_string(),
+            Dates::Year => "every date cut to its year".into(),
+            Dates::Month => "every date cut to year and month".into(),
+            Dates::Shift(w) => format!(
+                "every date of a patient shifted by the same keyed number of days within ±{w}"
+            ),
+        };
+        let mut rare: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        for ((table, column), values) in &self.rare {
+            rare.entry(table.to_string())
+                .or_default()
+                .insert(column.to_string(), values.len());
+        }
+        let manifest = Manifest {
+            family: spec.family.to_string(),
+            version: spec.version,
+            purpose: spec.purpose.to_string(),
+            built_at: Utc::now().to_rfc3339(),
+            consent_snapshot_at: spec.consent_at.to_rfc3339(),
+            policy_sha256: hex::encode(digest::digest(
+                &digest::SHA256,
+                spec.policy_text.as_bytes(),
+            )),
+            patients_considered: spec.patients_considered,
+            patients_included: included,
+            patients_excluded: [(
+                "no consent in force for the purpose".to_string(),
+                spec.patients_considered.saturating_sub(included),
+            )]
+            .into_iter()
+            .collect(),
+            files: std::mem::take(&mut self.files),
+            person_deid: std::mem::take(&mut self.person_report),
+            rare_codes_suppressed: rare,
+            safe_harbor: checklist(
+                spec.policy,
+                &match dates {
+                    Dates::Year | Dates::Month => format!(
+                        "{date_handling}; birth years of patients 90 or older pooled into {} (\"{} or earlier\"): {pooled} patients",
+                        spec.consent_at.year() - 90,
+                        spec.consent_at.year() - 90
+                    ),
+                    Dates::Shift(_) => format!(
+                        "{date_handling} (Expert Determination: ages over 89 are not pooled; the birth date is generalized as k-anonymity needs)"
+                    ),
+                    Dates::Keep => format!("{date_handling}: NOT Safe Harbor"),
+                },
+            ),
+            birth_years_pooled: pooled,
+            date_handling,
+        };
+        let manifest_path = self.partial.join("manifest.json");
+        let mut f = std::fs::File::create(&manifest_path)
+            .map_err(|e| err(format!("creating {}: {e}", manifest_path.display())))?;
+        f.write_all(
+            serde_json::to_string_pretty(&manifest)
+                .map_err(|e| err(format!("manifest: {e}")))?
+                .as_bytes(),
+        )
+        .and_then(|_| f.sync_all())
+        .map_err(|e| err(format!("writing {}: {e}", manifest_path.display())))?;
+        std::fs::rename(&self.partial, &self.final_dir)
+            .map_err(|e| err(format!("publishing {}: {e}", self.final_dir.display())))?;
+        Ok(manifest)
+    }
+}
+
+fn column_entries(df: &DataFrame) -> Vec<ColumnEntry> {
+    df.columns()
+        .iter()
+        .map(|c| ColumnEntry {
+            name: c.name().to_string(),
+            r#type: c.dtype().to_string(),
+            description: describe(c.name().as_str()).to_string(),
+        })
+        .collect()
+}
+
+/// Builds and writes one release version from summaries held in memory (both passes over the
+/// same slice); returns its manifest.
+pub fn build_files(summaries: &[PatientSummary], spec: &BuildSpec<'_>) -> Result<Manifest> {
+    let mut b = Builder::new(spec)?;
+    b.scan(summaries);
+    b.start_writing()?;
+    b.write(summaries)?;
+    b.finish()
 }
 
 /// Where a version lives.
