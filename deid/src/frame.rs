@@ -31,6 +31,11 @@ pub struct Report {
     pub method: String,
     pub k: u32,
     pub k_achieved: u64,
+    /// The l-diversity model asked for, which every released class satisfies (classes that do
+    /// not are suppressed), e.g. `distinct l = 2 on diagnosis`.
+    pub l_diversity: Option<String>,
+    /// The t-closeness model asked for, which every released class satisfies.
+    pub t_closeness: Option<String>,
     /// Chosen level per quasi-identifier.
     pub levels: BTreeMap<String, usize>,
     /// Every metric's value at the chosen levels.
@@ -680,6 +685,15 @@ pub fn anonymize_with(
         method: method.name().to_string(),
         k: privacy.k,
         k_achieved: core.min,
+        l_diversity: policy.privacy.l_diversity.as_ref().map(|l| {
+            let c = l.c.map(|c| format!(", c = {c}")).unwrap_or_default();
+            format!("{} l = {}{c} on {}", l.kind, l.l, l.attribute)
+        }),
+        t_closeness: policy
+            .privacy
+            .t_closeness
+            .as_ref()
+            .map(|t| format!("{} distance t = {} on {}", t.distance, t.t, t.attribute)),
         levels: qis
             .iter()
             .zip(&core.levels)

@@ -177,6 +177,7 @@ role = "sensitive"
     let policy_path = t.dir.path().join("persons.toml");
     std::fs::write(&policy_path, policy).expect("policy");
     let out = t.dir.path().join("persons-deid.csv");
+    let report_path = t.dir.path().join("persons-report.json");
     let result = t
         .command()
         .env("TESSERA_TEST_PSEUDONYM_KEY", "ab".repeat(32))
@@ -188,6 +189,8 @@ role = "sensitive"
             input.to_str().expect("i"),
             "--output",
             out.to_str().expect("o"),
+            "--report",
+            report_path.to_str().expect("r"),
         ])
         .output()
         .expect("run");
@@ -197,6 +200,11 @@ role = "sensitive"
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report"))
+            .expect("report JSON");
+    assert_eq!(report["l_diversity"], "distinct l = 2 on marital_status");
+    assert!(report["t_closeness"].is_null());
     let released = std::fs::read_to_string(&out).expect("out");
     assert!(
         !released.lines().next().unwrap_or("").contains("name"),
