@@ -1,1 +1,16 @@
-//! placeholder
+//! `tessera-licensing`: data-use agreements (licenses), their signed terms, credentials, the one
+//! authorization decision every request goes through, and the hash-chained audit log.
+//!
+//! Landed (issue 5, first layer): the license model and lifecycle, canonical terms with Ed25519
+//! signatures and countersignatures, the pure authorization decision with reason codes, and the
+//! audit chain with its verifier. Still to come: storage in SQL, API keys, the HTTP API.
+//!
+//! Must not: plan queries, or know Flight or HTTP.
+
+pub mod audit;
+pub mod decision;
+pub mod model;
+pub mod terms;
+
+pub use decision::{Credential, Decision, Principal, Reason, Request, Usage, decide};
+pub use model::{AccessMode, ColumnGrant, License, LicenseStatus, Money, VersionPin};

@@ -1,0 +1,172 @@
+//! Licenses (data-use agreements) and what they grant.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An amount of money: integer minor units (cents) and an ISO 4217 currency. Never a float.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    pub minor: i64,
+    pub currency: String,
+}
+
+/// Where a license is in its life. Only `Active` within its term grants anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseStatus {
+    Draft,
+    Signed,
+    Active,
+    Suspended,
+    Expired,
+    Terminated,
+}
+
+impl LicenseStatus {
+    /// Whether the lifecycle allows going from `self` to `to`: draft → signed → active ⇄
+    /// suspended → expired / terminated; termination at once from any live state.
+    pub fn can_become(self, to: LicenseStatus) -> bool {
+        use LicenseStatus::*;
+        matches!(
+            (self, to),
+            (Draft, Signed)
+                | (Signed, Active)
+                | (Active, Suspended)
+                | (Suspended, Active)
+                | (Active | Suspended, Expired)
+                | (Draft | Signed | Active | Suspended, Terminated)
+        )
+    }
+}
+
+/// What results a license may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessMode {
+    /// Aggregates only, with small cells suppressed.
+    AggregateOnly,
+    /// Row-level extracts of the licensed columns.
+    RowLevel,
+}
+
+/// Which version of a release family a license covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionPin {
+    Latest,
+    Pinned(u32),
+}
+
+/// The columns of one table a license may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnGrant {
+    All,
+    Only(Vec<String>),
+}
+
+impl ColumnGrant {
+    pub fn allows(&self, column: &str) -> bool {
+        match self {
+            ColumnGrant::All => true,
+            ColumnGrant::Only(c) => c.iter().any(|x| x == column),
+        }
+    }
+}
+
+/// Output rules the query service applies to every result under the license.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRules {
+    /// Cells describing fewer persons are suppressed (CMS: 11).
+    pub min_cell_size: u32,
+    /// Counts are rounded to a multiple of this, when set.
+    pub rounding_base: Option<u32>,
+    pub max_rows: Option<u64>,
+}
+
+impl Default for OutputRules {
+    fn default() -> Self {
+        OutputRules {
+            min_cell_size: 11,
+            rounding_base: None,
+            max_rows: None,
+        }
+    }
+}
+
+/// Rate limit and quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub queries_per_minute: u32,
+    pub queries_per_day: u64,
+    pub rows_per_day: u64,
+    pub queries_per_month: u64,
+    pub rows_per_month: u64,
+}
+
+/// What the licensee pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fees {
+    pub flat: Option<Money>,
+    pub per_contributing_patient: Option<Money>,
+    /// The share returned to patients, in basis points (5000 = 50%).
+    pub patient_share_bps: u32,
+}
+
+/// A data-use agreement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct License {
+    pub id: String,
+    pub organization: String,
+    /// Release family → the version covered.
+    pub releases: BTreeMap<String, VersionPin>,
+    /// Table → the columns covered.
+    pub tables: BTreeMap<String, ColumnGrant>,
+    /// One of the consent purposes; only patients consenting to it are visible.
+    pub purpose: String,
+    pub mode: AccessMode,
+    pub output: OutputRules,
+    pub quota: Quota,
+    pub term_start: DateTime<Utc>,
+    pub term_end: DateTime<Utc>,
+    pub fees: Fees,
+    /// The clauses, in order.
+    pub clauses: Vec<String>,
+    pub status: LicenseStatus,
+}
+
+/// The standard clauses of a Tessera data-use agreement.
+pub fn standard_clauses() -> Vec<String> {
+    [
+        "Permitted use: the purpose named in this agreement, and no other.",
+        "The licensee shall not re-identify, or attempt to re-identify, any individual, nor contact any individual whose data is in a release.",
+        "The licensee shall not link the data with other data except as approved in writing.",
+        "No onward transfer: the data and results describing fewer persons than the minimum cell size stay with the licensee.",
+        "The licensee keeps administrative, physical and technical safeguards appropriate to health data.",
+        "The licensee reports any breach or suspected re-identification within 72 hours.",
+        "Tessera may audit the licensee's use of the data.",
+        "At the end of the term the licensee destroys all copies of row-level data and certifies the destruction.",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LicenseStatus::*;
+
+    #[test]
+    fn lifecycle() {
+        assert!(Draft.can_become(Signed));
+        assert!(Signed.can_become(Active));
+        assert!(Active.can_become(Suspended));
+        assert!(Suspended.can_become(Active));
+        assert!(Active.can_become(Terminated));
+        assert!(!Draft.can_become(Active), "unsigned terms never activate");
+        assert!(!Expired.can_become(Active));
+        assert!(!Terminated.can_become(Active));
+    }
+}
