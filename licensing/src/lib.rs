@@ -2,13 +2,15 @@
 //! authorization decision every request goes through, and the hash-chained audit log.
 //!
 //! Landed (issue 5, first layer): the license model and lifecycle, canonical terms with Ed25519
-//! signatures and countersignatures, the pure authorization decision with reason codes, and the
-//! audit chain with its verifier. Still to come: storage in SQL, API keys, the HTTP API.
+//! signatures and countersignatures, API keys (shown once, stored as a keyed hash), the pure authorization decision
+//! with reason codes, and the audit chain with its verifier. Still to come: storage in SQL,
+//! the CLI twins and the HTTP API.
 //!
 //! Must not: plan queries, or know Flight or HTTP.
 
 pub mod audit;
 pub mod decision;
+pub mod keys;
 pub mod model;
 pub mod terms;
 
