@@ -50,6 +50,9 @@ enum Command {
     /// De-identify a CSV or Parquet table under a policy (k-anonymity, l-diversity,
     /// t-closeness, Safe Harbor transforms) and report the loss and risk.
     Deid(commands::deid::DeidArgs),
+    /// Verify the audit log's hash chain.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
     /// Build, list, show and retire research releases.
     #[command(subcommand)]
     Release(commands::release::ReleaseCommand),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             Command::Stats(a) => commands::patients::stats(g, a).await,
             Command::Deid(a) => commands::deid::run(g, a).await,
             Command::Release(c) => commands::release::run(g, c).await,
+            Command::Audit(c) => commands::audit::run(g, c).await,
         }
     });
     match result {

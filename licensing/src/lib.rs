@@ -3,8 +3,8 @@
 //!
 //! Landed (issue 5, first layer): the license model and lifecycle, canonical terms with Ed25519
 //! signatures and countersignatures, API keys (shown once, stored as a keyed hash), the pure authorization decision
-//! with reason codes, and the audit chain with its verifier. Still to come: storage in SQL,
-//! the CLI twins and the HTTP API.
+//! with reason codes, and the audit chain with its verifier. The audit log is stored (`store`) and checked by `tessera audit verify`. Still to
+//! come: storage of organizations, licenses and keys, the CLI twins and the HTTP API.
 //!
 //! Must not: plan queries, or know Flight or HTTP.
 
@@ -12,6 +12,7 @@ pub mod audit;
 pub mod decision;
 pub mod keys;
 pub mod model;
+pub mod store;
 pub mod terms;
 
 pub use decision::{Credential, Decision, Principal, Reason, Request, Usage, decide};

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each parses its arguments, calls the crates, and prints.
 
+pub mod audit;
 pub mod consent;
 pub mod deid;
 pub mod demo;

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod audit;
 mod broken_input;
 mod consent;
 mod corpus;
