@@ -3,8 +3,8 @@
 //!
 //! Landed (issue 5, first layer): the license model and lifecycle, canonical terms with Ed25519
 //! signatures and countersignatures, API keys (shown once, stored as a keyed hash), the pure authorization decision
-//! with reason codes, and the audit chain with its verifier. The audit log is stored (`store`) and checked by `tessera audit verify`. Still to
-//! come: storage of organizations, licenses and keys, the CLI twins and the HTTP API.
+//! with reason codes, and the audit chain with its verifier. Organizations, licenses, signatures, keys and the audit log are stored (`store`);
+//! `tessera audit verify` checks the chain. Still to come: the CLI twins and the HTTP API.
 //!
 //! Must not: plan queries, or know Flight or HTTP.
 

@@ -8,22 +8,46 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use crate::audit::{self, ChainError, Entry, Event};
+use chrono::{DateTime, Utc};
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "audit", include_str!("../migrations/0001_audit.sql"))];
+use crate::audit::{self, ChainError, Entry, Event};
+use crate::decision::{Credential, Principal};
+use crate::keys;
+use crate::model::{License, LicenseStatus};
+use crate::terms::{self, SignedTerms, TermsError};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "audit", include_str!("../migrations/0001_audit.sql")),
+    (
+        2,
+        "licenses",
+        include_str!("../migrations/0002_licenses.sql"),
+    ),
+];
 
 /// A storage error: what failed, in words that say what to check.
 #[derive(Debug, thiserror::Error)]
-#[error("licensing store: {what}: {source}")]
-pub struct StoreError {
-    what: &'static str,
-    #[source]
-    source: sqlx::Error,
+pub enum StoreError {
+    #[error("licensing store: {what}: {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A request the data does not allow (unknown id, a lifecycle step out of order).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError { what, source }
+    move |source| StoreError::Sql { what, source }
+}
+
+fn status_text(s: LicenseStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The licensing store.
@@ -185,6 +209,243 @@ impl LicensingStore {
     }
 }
 
+impl LicensingStore {
+    /// Registers an organization with its signatory's Ed25519 public key (hex).
+    pub async fn add_organization(
+        &self,
+        id: &str,
+        name: &str,
+        public_key: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO organizations (id, name, public_key, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(public_key)
+        .bind(Utc::now().to_rfc3339())
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("adding an organization"))?;
+        Ok(())
+    }
+
+    async fn organization_key(&self, id: &str) -> Result<String, StoreError> {
+        sqlx::query_scalar::<_, String>("SELECT public_key FROM organizations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading an organization"))?
+            .ok_or_else(|| StoreError::Invalid(format!("no organization `{id}`: add it first")))
+    }
+
+    /// Stores a new license as a draft.
+    pub async fn create_license(&self, license: &License) -> Result<(), StoreError> {
+        self.organization_key(&license.organization).await?;
+        let mut draft = license.clone();
+        draft.status = LicenseStatus::Draft;
+        let body = serde_json::to_string(&draft)
+            .map_err(|e| StoreError::Invalid(format!("license: {e}")))?;
+        sqlx::query("INSERT INTO licenses (id, organization, status, body, signed, updated_at) VALUES ($1, $2, $3, $4, NULL, $5)")
+            .bind(&draft.id)
+            .bind(&draft.organization)
+            .bind(status_text(LicenseStatus::Draft))
+            .bind(body)
+            .bind(Utc::now().to_rfc3339())
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("creating a license"))?;
+        Ok(())
+    }
+
+    /// A license and its signatures.
+    pub async fn license(&self, id: &str) -> Result<(License, Option<SignedTerms>), StoreError> {
+        let row = sqlx::query("SELECT status, body, signed FROM licenses WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading a license"))?
+            .ok_or_else(|| StoreError::Invalid(format!("no license `{id}`")))?;
+        let body: String = row.try_get("body").map_err(ctx("reading a license"))?;
+        let signed: Option<String> = row.try_get("signed").map_err(ctx("reading a license"))?;
+        let status: String = row.try_get("status").map_err(ctx("reading a license"))?;
+        let mut license: License = serde_json::from_str(&body).map_err(|e| {
+            StoreError::Invalid(format!("stored license `{id}` does not parse: {e}"))
+        })?;
+        license.status = serde_json::from_value(serde_json::Value::String(status))
+            .map_err(|e| StoreError::Invalid(format!("stored license status: {e}")))?;
+        let signed = signed
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| StoreError::Invalid(format!("stored signatures do not parse: {e}")))?;
+        Ok((license, signed))
+    }
+
+    /// Records the signed and countersigned terms; the license becomes `signed`. The signatures
+    /// must verify against the stored terms and the organization's registered key.
+    pub async fn sign_license(
+        &self,
+        id: &str,
+        signed: &SignedTerms,
+        platform_key: &str,
+    ) -> Result<(), StoreError> {
+        let (license, _) = self.license(id).await?;
+        let org_key = self.organization_key(&license.organization).await?;
+        terms::verify(&license, signed, &org_key, platform_key)
+            .map_err(|e| StoreError::Invalid(format!("license `{id}`: {e}")))?;
+        self.transition(&license, LicenseStatus::Signed).await?;
+        sqlx::query("UPDATE licenses SET signed = $1 WHERE id = $2")
+            .bind(serde_json::to_string(signed).map_err(|e| StoreError::Invalid(e.to_string()))?)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("recording signatures"))?;
+        Ok(())
+    }
+
+    /// Moves a license along its lifecycle (activate, suspend, resume, expire, terminate).
+    pub async fn set_status(&self, id: &str, to: LicenseStatus) -> Result<(), StoreError> {
+        let (license, signed) = self.license(id).await?;
+        if to == LicenseStatus::Active && signed.is_none() {
+            return Err(StoreError::Invalid(format!(
+                "license `{id}` is not signed: it cannot become active"
+            )));
+        }
+        self.transition(&license, to).await
+    }
+
+    async fn transition(&self, license: &License, to: LicenseStatus) -> Result<(), StoreError> {
+        if !license.status.can_become(to) {
+            return Err(StoreError::Invalid(format!(
+                "license `{}` is {} and cannot become {}",
+                license.id,
+                status_text(license.status),
+                status_text(to)
+            )));
+        }
+        sqlx::query("UPDATE licenses SET status = $1, updated_at = $2 WHERE id = $3")
+            .bind(status_text(to))
+            .bind(Utc::now().to_rfc3339())
+            .bind(&license.id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("changing a license's status"))?;
+        Ok(())
+    }
+
+    /// Checks a license's stored terms against its signatures and the registered keys.
+    pub async fn verify_license(
+        &self,
+        id: &str,
+        platform_key: &str,
+    ) -> Result<Result<(), TermsError>, StoreError> {
+        let (license, signed) = self.license(id).await?;
+        let Some(signed) = signed else {
+            return Err(StoreError::Invalid(format!(
+                "license `{id}` has no signatures"
+            )));
+        };
+        let org_key = self.organization_key(&license.organization).await?;
+        Ok(terms::verify(&license, &signed, &org_key, platform_key))
+    }
+
+    /// Issues a key; returns the text to show once and the key's id.
+    pub async fn issue_key(
+        &self,
+        principal: &Principal,
+        expires_at: Option<DateTime<Utc>>,
+        pepper: &[u8],
+    ) -> Result<(String, String), StoreError> {
+        let (text, stored) =
+            keys::generate(pepper).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let (kind, org, licenses) = match principal {
+            Principal::Admin => ("admin", None, Vec::new()),
+            Principal::Analyst {
+                organization,
+                licenses,
+            } => ("analyst", Some(organization.clone()), licenses.clone()),
+        };
+        sqlx::query("INSERT INTO api_keys (id, principal, organization, licenses, secret_hmac, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)")
+            .bind(&stored.id)
+            .bind(kind)
+            .bind(org)
+            .bind(serde_json::to_string(&licenses).unwrap_or_else(|_| "[]".into()))
+            .bind(&stored.secret_hmac)
+            .bind(Utc::now().to_rfc3339())
+            .bind(expires_at.map(|t| t.to_rfc3339()))
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("issuing a key"))?;
+        Ok((text, stored.id))
+    }
+
+    /// Revokes a key at once.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(Utc::now().to_rfc3339())
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(ctx("revoking a key"))?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Invalid(format!("no live key `{id}`")));
+        }
+        Ok(())
+    }
+
+    /// The credential a presented key stands for, or `None` when it is malformed, unknown or
+    /// its secret does not match (expiry and revocation are for [`crate::decide`] to judge).
+    pub async fn credential(
+        &self,
+        presented: &str,
+        pepper: &[u8],
+    ) -> Result<Option<Credential>, StoreError> {
+        let Ok((id, secret)) = keys::parse(presented) else {
+            return Ok(None);
+        };
+        let Some(row) = sqlx::query("SELECT principal, organization, licenses, secret_hmac, expires_at, revoked_at FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading a key"))?
+        else {
+            return Ok(None);
+        };
+        let c = "reading a key";
+        let stored = keys::StoredKey {
+            id: id.to_string(),
+            secret_hmac: row.try_get("secret_hmac").map_err(ctx(c))?,
+        };
+        if !keys::matches(pepper, &stored, secret) {
+            return Ok(None);
+        }
+        let time = |v: Option<String>| {
+            v.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let kind: String = row.try_get("principal").map_err(ctx(c))?;
+        let principal = if kind == "admin" {
+            Principal::Admin
+        } else {
+            let licenses: String = row.try_get("licenses").map_err(ctx(c))?;
+            Principal::Analyst {
+                organization: row
+                    .try_get::<Option<String>, _>("organization")
+                    .map_err(ctx(c))?
+                    .unwrap_or_default(),
+                licenses: serde_json::from_str(&licenses).unwrap_or_default(),
+            }
+        };
+        Ok(Some(Credential {
+            id: id.to_string(),
+            principal,
+            expires_at: time(row.try_get("expires_at").map_err(ctx(c))?),
+            revoked_at: time(row.try_get("revoked_at").map_err(ctx(c))?),
+        }))
+    }
+}
+
 const COLUMNS: &str = "seq, at, principal, license, action, resource, decision, query_sha256, result_rows, persons, prev_hash, hash";
 
 fn entry_from(r: &AnyRow) -> Result<Entry, StoreError> {
@@ -222,4 +483,175 @@ fn entry_from(r: &AnyRow) -> Result<Entry, StoreError> {
             .map_err(ctx("reading an audit entry"))?,
         hash: r.try_get("hash").map_err(ctx("reading an audit entry"))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Decision, Reason, Request, Usage, decide};
+    use crate::model::*;
+    use ring::signature::Ed25519KeyPair;
+
+    fn pair() -> (Ed25519KeyPair, String) {
+        let (pkcs8, public) = terms::generate_key().expect("key");
+        (Ed25519KeyPair::from_pkcs8(&pkcs8).expect("pair"), public)
+    }
+
+    /// Organization, draft, signatures, activation, a key, an allowed query, tampered terms
+    /// refused by verification, revocation refused by the decision.
+    #[tokio::test]
+    async fn a_license_from_draft_to_revoked_key() {
+        let dir = tempfile::tempdir().expect("temp");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
+        let store = LicensingStore::connect(&url).await.expect("store");
+        let (org, org_pub) = pair();
+        let (platform, platform_pub) = pair();
+        store
+            .add_organization("acme", "Acme Pharma", &org_pub)
+            .await
+            .expect("org");
+        let now = Utc::now();
+        let license = License {
+            id: "lic-1".into(),
+            organization: "acme".into(),
+            releases: [("nh".to_string(), VersionPin::Latest)]
+                .into_iter()
+                .collect(),
+            tables: [("person".to_string(), ColumnGrant::All)]
+                .into_iter()
+                .collect(),
+            purpose: "research.natural_history".into(),
+            mode: AccessMode::AggregateOnly,
+            output: OutputRules::default(),
+            quota: Quota {
+                queries_per_minute: 5,
+                queries_per_day: 10,
+                rows_per_day: 1000,
+                queries_per_month: 100,
+                rows_per_month: 10_000,
+            },
+            term_start: now - chrono::Duration::days(1),
+            term_end: now + chrono::Duration::days(364),
+            fees: Fees {
+                flat: Some(Money {
+                    minor: 250_000,
+                    currency: "USD".into(),
+                }),
+                per_contributing_patient: None,
+                patient_share_bps: 5000,
+            },
+            clauses: standard_clauses(),
+            status: LicenseStatus::Active, // ignored: a new license is a draft
+        };
+        store.create_license(&license).await.expect("draft");
+        let (stored, _) = store.license("lic-1").await.expect("read");
+        assert_eq!(stored.status, LicenseStatus::Draft);
+        let activate = store.set_status("lic-1", LicenseStatus::Active).await;
+        assert!(activate.is_err(), "an unsigned license never activates");
+        let mut signed = terms::sign(&stored, &org);
+        terms::countersign(&mut signed, &platform);
+        store
+            .sign_license("lic-1", &signed, &platform_pub)
+            .await
+            .expect("sign");
+        store
+            .set_status("lic-1", LicenseStatus::Active)
+            .await
+            .expect("activate");
+        assert_eq!(
+            store
+                .verify_license("lic-1", &platform_pub)
+                .await
+                .expect("verify"),
+            Ok(())
+        );
+
+        let pepper = b"pepper";
+        let (text, key_id) = store
+            .issue_key(
+                &Principal::Analyst {
+                    organization: "acme".into(),
+                    licenses: vec!["lic-1".into()],
+                },
+                None,
+                pepper,
+            )
+            .await
+            .expect("key");
+        let credential = store
+            .credential(&text, pepper)
+            .await
+            .expect("lookup")
+            .expect("known key");
+        let (active, _) = store.license("lic-1").await.expect("read");
+        let request = Request::RunQuery {
+            license: "lic-1".into(),
+            family: "nh".into(),
+            version: 1,
+            latest_version: 1,
+            tables: vec![("person".into(), vec!["person_id".into()])],
+            row_level: false,
+        };
+        assert_eq!(
+            decide(
+                &request,
+                Some(&credential),
+                Some(&active),
+                &Usage::default(),
+                Utc::now()
+            ),
+            Decision::Allow
+        );
+        assert!(
+            store
+                .credential(
+                    &text.replace(&text[30..31], if &text[30..31] == "a" { "b" } else { "a" }),
+                    pepper
+                )
+                .await
+                .expect("lookup")
+                .is_none()
+        );
+
+        // Terms edited in the database after signing: verification fails.
+        sqlx::query("UPDATE licenses SET body = replace(body, '\"patient_share_bps\":5000', '\"patient_share_bps\":100') WHERE id = 'lic-1'")
+            .execute(&store.pool)
+            .await
+            .expect("tamper");
+        assert_eq!(
+            store
+                .verify_license("lic-1", &platform_pub)
+                .await
+                .expect("verify"),
+            Err(TermsError::TermsChanged)
+        );
+
+        store.revoke_key(&key_id).await.expect("revoke");
+        let revoked = store
+            .credential(&text, pepper)
+            .await
+            .expect("lookup")
+            .expect("still known");
+        assert_eq!(
+            decide(
+                &request,
+                Some(&revoked),
+                Some(&active),
+                &Usage::default(),
+                Utc::now() + chrono::Duration::seconds(1)
+            ),
+            Decision::Deny(Reason::CredentialRevoked)
+        );
+        store
+            .set_status("lic-1", LicenseStatus::Terminated)
+            .await
+            .expect("terminate");
+        assert!(
+            store
+                .set_status("lic-1", LicenseStatus::Active)
+                .await
+                .is_err(),
+            "terminated is final"
+        );
+    }
 }
