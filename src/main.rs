@@ -50,6 +50,15 @@ enum Command {
     /// De-identify a CSV or Parquet table under a policy (k-anonymity, l-diversity,
     /// t-closeness, Safe Harbor transforms) and report the loss and risk.
     Deid(commands::deid::DeidArgs),
+    /// Organizations and their signatories' keys.
+    #[command(subcommand)]
+    Org(commands::license::OrgCommand),
+    /// Data-use agreements: create, sign, change status, verify, show.
+    #[command(subcommand)]
+    License(commands::license::LicenseCommand),
+    /// API keys for analysts and operators.
+    #[command(subcommand)]
+    Key(commands::license::KeyCommand),
     /// Verify the audit log's hash chain.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
@@ -96,6 +105,9 @@ fn main() -> ExitCode {
             Command::Deid(a) => commands::deid::run(g, a).await,
             Command::Release(c) => commands::release::run(g, c).await,
             Command::Audit(c) => commands::audit::run(g, c).await,
+            Command::Org(c) => commands::license::org(g, c).await,
+            Command::License(c) => commands::license::license(g, c).await,
+            Command::Key(c) => commands::license::key(g, c).await,
         }
     });
     match result {

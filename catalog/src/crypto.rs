@@ -50,6 +50,8 @@ pub struct Keyring {
     index_key: hmac::Key,
     /// Root of the release families' pseudonym keys.
     family_root: hmac::Key,
+    /// Root of the secrets other components derive (API-key pepper, platform signing seed).
+    app_root: hmac::Key,
     rng: SystemRandom,
 }
 
@@ -103,6 +105,7 @@ impl Keyring {
             previous: previous.iter().map(data_key).collect(),
             index_key: hmac::Key::new(hmac::HMAC_SHA256, &index),
             family_root: hmac::Key::new(hmac::HMAC_SHA256, &derive(master, b"release-family")),
+            app_root: hmac::Key::new(hmac::HMAC_SHA256, &derive(master, b"application")),
             rng: SystemRandom::new(),
         }
     }
@@ -234,6 +237,16 @@ impl Keyring {
     /// and per-patient date shifts.
     pub fn release_family_key(&self, family: &str) -> [u8; 32] {
         let tag = hmac::sign(&self.family_root, family.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// A 256-bit secret for another component, derived from the current master key and named
+    /// by its purpose (`api-key-pepper`, `platform-signing-seed`): nothing extra to store, and
+    /// unrelated to the keys that seal data.
+    pub fn application_secret(&self, purpose: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.app_root, purpose.as_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         out

@@ -108,6 +108,14 @@ pub fn verify(
     Ok(())
 }
 
+/// The platform's signing key from a 32-byte seed (derived from the master key by the binary).
+pub fn platform_key(seed: &[u8; 32]) -> Result<(Ed25519KeyPair, String), ring::error::KeyRejected> {
+    use ring::signature::KeyPair;
+    let pair = Ed25519KeyPair::from_seed_unchecked(seed)?;
+    let public = hex::encode(pair.public_key().as_ref());
+    Ok((pair, public))
+}
+
 /// A new Ed25519 key pair (PKCS#8 bytes, to be stored by the caller) and its public key (hex).
 pub fn generate_key() -> Result<(Vec<u8>, String), ring::error::Unspecified> {
     use ring::signature::KeyPair;

@@ -5,6 +5,7 @@ pub mod consent;
 pub mod deid;
 pub mod demo;
 pub mod ingest;
+pub mod license;
 pub mod patients;
 pub mod quarantine;
 pub mod release;
