@@ -135,7 +135,11 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
         })
         .await;
     match built {
-        Ok((row, manifest)) => super::release::print_summary(&row.path, &manifest),
+        Ok((row, manifest)) => {
+            super::release::print_summary(&row.path, &manifest);
+            let tables: Vec<String> = manifest.files.iter().map(|f| f.table.clone()).collect();
+            demo_licenses(g, &tables).await?;
+        }
         // The shipped fixtures hold fewer patients than the policy's k: say so, and go on.
         Err(e) if e.is_user_error() => say!("no demo release: {e}"),
         Err(e) => return Err(e.into()),
@@ -151,4 +155,128 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(crate::EXIT_QUARANTINED)
     })
+}
+
+/// Two demo organizations, one aggregate-only and one row-level license over every table of the
+/// demo release, signed, countersigned and active, and an API key for each, written with the
+/// license ids to `DATA_DIR/demo.json` (mode 0600). Already present from an earlier demo run:
+/// left as they are.
+async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
+    use tessera_licensing::decision::Principal;
+    use tessera_licensing::model::*;
+    use tessera_licensing::store::LicensingStore;
+    use tessera_licensing::terms;
+
+    let path = g.data_dir.join("demo.json");
+    if path.exists() {
+        say!(
+            "demo licenses and keys: see {} (from an earlier run)",
+            path.display()
+        );
+        return Ok(());
+    }
+    let keyring = g.keyring(false)?;
+    let store = LicensingStore::connect(&g.database_url()).await?;
+    let (platform, platform_public) =
+        terms::platform_key(&keyring.application_secret("platform-signing-seed"))
+            .map_err(|e| anyhow::anyhow!("platform key: {e}"))?;
+    let pepper = keyring.application_secret("api-key-pepper");
+    let now = Utc::now();
+    let mut entries = Vec::new();
+    for (org, mode) in [
+        ("demo-aggregate", AccessMode::AggregateOnly),
+        ("demo-rowlevel", AccessMode::RowLevel),
+    ] {
+        let (pkcs8, public) =
+            terms::generate_key().map_err(|_| anyhow::anyhow!("cannot make a signing key"))?;
+        let signatory = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8)
+            .map_err(|_| anyhow::anyhow!("cannot read the signing key"))?;
+        store.add_organization(org, org, &public).await?;
+        let license = License {
+            id: format!("{org}-license"),
+            organization: org.to_string(),
+            releases: [("demo-natural-history".to_string(), VersionPin::Latest)]
+                .into_iter()
+                .collect(),
+            tables: tables
+                .iter()
+                .map(|t| (t.clone(), ColumnGrant::All))
+                .collect(),
+            purpose: KNOWN_PURPOSES[0].to_string(),
+            mode,
+            output: OutputRules::default(),
+            quota: Quota {
+                queries_per_minute: 60,
+                queries_per_day: 5_000,
+                rows_per_day: 50_000_000,
+                queries_per_month: 100_000,
+                rows_per_month: 500_000_000,
+            },
+            term_start: now - chrono::Duration::days(1),
+            term_end: now + chrono::Duration::days(365),
+            fees: Fees {
+                flat: Some(Money {
+                    minor: 1_000_000,
+                    currency: "USD".into(),
+                }),
+                per_contributing_patient: Some(Money {
+                    minor: 100,
+                    currency: "USD".into(),
+                }),
+                patient_share_bps: 5000,
+            },
+            clauses: standard_clauses(),
+            status: LicenseStatus::Draft,
+        };
+        store.create_license(&license).await?;
+        let mut signed = terms::sign(&license, &signatory);
+        terms::countersign(&mut signed, &platform);
+        store
+            .sign_license(&license.id, &signed, &platform_public)
+            .await?;
+        store.set_status(&license.id, LicenseStatus::Active).await?;
+        let (key, key_id) = store
+            .issue_key(
+                &Principal::Analyst {
+                    organization: org.to_string(),
+                    licenses: vec![license.id.clone()],
+                },
+                Some(now + chrono::Duration::days(90)),
+                &pepper,
+            )
+            .await?;
+        entries.push(serde_json::json!({
+            "organization": org,
+            "license": license.id,
+            "mode": mode,
+            "key_id": key_id,
+            "api_key": key,
+        }));
+    }
+    store.close().await;
+    let doc = serde_json::json!({
+        "organizations": entries,
+        "services": {"note": "the HTTP API and the Flight SQL service are not built yet"},
+    });
+    write_private(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    say!(
+        "two demo organizations with an aggregate-only and a row-level license; their API keys are in {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }

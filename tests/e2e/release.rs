@@ -617,6 +617,31 @@ fn the_demo_builds_a_release() {
     ))
     .expect("manifest");
     assert_eq!(manifest["safe_harbor"].as_array().map(Vec::len), Some(18));
+
+    // Two demo organizations with active licenses and working keys, in demo.json (0600).
+    let demo_json = t.data_dir().join("demo.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&demo_json)
+            .expect("demo.json")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let demo: Value =
+        serde_json::from_str(&std::fs::read_to_string(&demo_json).expect("demo.json"))
+            .expect("json");
+    let orgs = demo["organizations"].as_array().expect("organizations");
+    assert_eq!(orgs.len(), 2);
+    let modes: Vec<&str> = orgs.iter().filter_map(|o| o["mode"].as_str()).collect();
+    assert_eq!(modes, ["aggregate_only", "row_level"]);
+    for o in orgs {
+        let license = o["license"].as_str().expect("license");
+        let out = t.expect(&["license", "verify", "--id", license], 0);
+        assert!(out.contains("both signatures verify"), "{out}");
+        assert!(o["api_key"].as_str().is_some_and(|k| k.starts_with("tsk_")));
+    }
     assert!(
         manifest["person_deid"]["k_achieved"]
             .as_u64()
