@@ -34,20 +34,43 @@ pub fn family_pseudonym(family_key: &[u8; 32], patient_id: &str) -> String {
     hex::encode(&ring::hmac::sign(&key, patient_id.as_bytes()).as_ref()[..16])
 }
 
-/// One table as named columns of optional text or numbers, in a fixed order.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// One table as named columns of optional text or numbers, in a fixed order. Identified data
+/// (full dates, ZIP codes) until the release build transforms it: `Debug` shows only the shape.
+#[derive(Clone, Default, PartialEq)]
 pub struct Table {
     pub name: &'static str,
     pub columns: Vec<(&'static str, Column)>,
 }
 
-/// A column's values.
-#[derive(Debug, Clone, PartialEq)]
+/// A column's values (`Debug` shows only the kind and length).
+#[derive(Clone, PartialEq)]
 pub enum Column {
     Text(Vec<Option<String>>),
     Number(Vec<Option<f64>>),
     Integer(Vec<Option<i64>>),
     Boolean(Vec<Option<bool>>),
+}
+
+impl std::fmt::Debug for Column {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Column::Text(_) => "Text",
+            Column::Number(_) => "Number",
+            Column::Integer(_) => "Integer",
+            Column::Boolean(_) => "Boolean",
+        };
+        write!(f, "{kind}(<{} values>)", self.len())
+    }
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.name)
+            .field("rows", &self.rows())
+            .field("columns", &self.columns)
+            .finish()
+    }
 }
 
 impl Column {
@@ -606,6 +629,17 @@ mod tests {
                 _ => Vec::new(),
             })
             .collect()
+    }
+
+    #[test]
+    fn debug_shows_shape_not_values() {
+        let t = Table {
+            name: "person",
+            columns: vec![("zip", Column::Text(vec![Some("02139".into())]))],
+        };
+        let shown = format!("{t:?}");
+        assert!(shown.contains("Text(<1 values>)"), "{shown}");
+        assert!(!shown.contains("02139"));
     }
 
     #[tokio::test]

@@ -646,7 +646,7 @@ pub fn anonymize_with(
             .iter()
             .find(|c| &c.name == name)
             .ok_or_else(|| DeidError::Internal("unlisted".into()))?;
-        roles.insert(name.clone(), format!("{:?}", c.role).to_lowercase());
+        roles.insert(name.clone(), c.role.name().to_string());
         let column: Column = match c.role {
             Role::Identifier => continue,
             Role::Pseudonym => {

@@ -109,6 +109,11 @@ pub type Class = (Vec<u32>, u64, Vec<(u32, u64)>);
 
 /// The classes of the table generalized to `levels`.
 pub fn classes(data: &Dataset, levels: &[usize]) -> Vec<Class> {
+    grouped(data, levels).1
+}
+
+/// The classes at `levels`, and each distinct tuple's class (in [`Dataset::tuples`] order).
+fn grouped(data: &Dataset, levels: &[usize]) -> (Vec<usize>, Vec<Class>) {
     let qis = data.quasi_identifiers();
     let maps: Vec<&[u32]> = qis
         .iter()
@@ -118,17 +123,16 @@ pub fn classes(data: &Dataset, levels: &[usize]) -> Vec<Class> {
     let codes = data.sensitive_codes();
     let mut index: foldhash::HashMap<Vec<u32>, usize> = foldhash::HashMap::default();
     let mut out: Vec<(Vec<u32>, u64, HashMap<u32, u64>)> = Vec::new();
+    let mut class_of = Vec::with_capacity(data.distinct());
+    let mut key = Vec::with_capacity(qis.len());
     for (i, (tuple, count)) in data.tuples().enumerate() {
-        let key: Vec<u32> = tuple
-            .iter()
-            .enumerate()
-            .map(|(j, &c)| maps[j][c as usize])
-            .collect();
+        key.clear();
+        key.extend(tuple.iter().enumerate().map(|(j, &c)| maps[j][c as usize]));
         let slot = match index.get(&key) {
             Some(&slot) => slot,
             None => {
                 index.insert(key.clone(), out.len());
-                out.push((key, 0, HashMap::new()));
+                out.push((key.clone(), 0, HashMap::new()));
                 out.len() - 1
             }
         };
@@ -136,58 +140,26 @@ pub fn classes(data: &Dataset, levels: &[usize]) -> Vec<Class> {
         if let Some(&code) = codes.get(i) {
             *out[slot].2.entry(code).or_insert(0) += count as u64;
         }
+        class_of.push(slot);
     }
-    out.into_iter()
+    let classes = out
+        .into_iter()
         .map(|(k, n, h)| {
             let mut hist: Vec<(u32, u64)> = h.into_iter().collect();
             hist.sort_unstable();
             (k, n, hist)
         })
-        .collect()
+        .collect();
+    (class_of, classes)
 }
 
 /// Per distinct tuple (in [`Dataset::tuples`] order), whether its class at `levels` is released
 /// (satisfies the privacy models) rather than suppressed.
 pub fn released_tuples(data: &Dataset, levels: &[usize], privacy: Privacy) -> Vec<bool> {
-    let qis = data.quasi_identifiers();
-    let codes = data.sensitive_codes();
-    let mut index: foldhash::HashMap<Vec<u32>, usize> = foldhash::HashMap::default();
-    let mut class_of = Vec::with_capacity(data.distinct());
-    let mut sizes: Vec<u64> = Vec::new();
-    let mut hists: Vec<HashMap<u32, u64>> = Vec::new();
-    let mut key = Vec::with_capacity(qis.len());
-    for (i, (tuple, count)) in data.tuples().enumerate() {
-        key.clear();
-        key.extend(
-            tuple
-                .iter()
-                .zip(qis)
-                .zip(levels)
-                .map(|((&c, q), &l)| q.hierarchy.generalize(c, l)),
-        );
-        let slot = match index.get(&key) {
-            Some(&s) => s,
-            None => {
-                index.insert(key.clone(), sizes.len());
-                sizes.push(0);
-                hists.push(HashMap::new());
-                sizes.len() - 1
-            }
-        };
-        sizes[slot] += count as u64;
-        if let Some(&s) = codes.get(i) {
-            *hists[slot].entry(s).or_insert(0) += count as u64;
-        }
-        class_of.push(slot);
-    }
-    let ok: Vec<bool> = sizes
+    let (class_of, classes) = grouped(data, levels);
+    let ok: Vec<bool> = classes
         .iter()
-        .zip(hists)
-        .map(|(&n, h)| {
-            let mut hist: Vec<(u32, u64)> = h.into_iter().collect();
-            hist.sort_unstable();
-            privacy.class_ok(n, &hist, data.sensitive())
-        })
+        .map(|(_, n, hist)| privacy.class_ok(*n, hist, data.sensitive()))
         .collect();
     class_of.into_iter().map(|c| ok[c]).collect()
 }

@@ -144,6 +144,19 @@ pub enum Role {
     Insensitive,
 }
 
+impl Role {
+    /// The role as the policy file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Identifier => "identifier",
+            Role::Pseudonym => "pseudonym",
+            Role::QuasiIdentifier => "quasi_identifier",
+            Role::Sensitive => "sensitive",
+            Role::Insensitive => "insensitive",
+        }
+    }
+}
+
 /// A hierarchy: a CSV file (ARX format), or a generator.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]

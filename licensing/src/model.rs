@@ -154,6 +154,49 @@ pub fn standard_clauses() -> Vec<String> {
     .collect()
 }
 
+/// An active license of `acme` around `now`, for the crate's tests.
+#[cfg(test)]
+pub(crate) fn sample_license(now: DateTime<Utc>) -> License {
+    License {
+        id: "lic-1".into(),
+        organization: "acme".into(),
+        releases: [("nh".to_string(), VersionPin::Latest)]
+            .into_iter()
+            .collect(),
+        tables: [
+            ("person".to_string(), ColumnGrant::All),
+            (
+                "measurement".to_string(),
+                ColumnGrant::Only(vec!["person_id".into(), "value_as_number".into()]),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        purpose: "research.natural_history".into(),
+        mode: AccessMode::AggregateOnly,
+        output: OutputRules::default(),
+        quota: Quota {
+            queries_per_minute: 10,
+            queries_per_day: 100,
+            rows_per_day: 1_000_000,
+            queries_per_month: 1000,
+            rows_per_month: 10_000_000,
+        },
+        term_start: now - chrono::Duration::days(30),
+        term_end: now + chrono::Duration::days(335),
+        fees: Fees {
+            flat: Some(Money {
+                minor: 500_000,
+                currency: "USD".into(),
+            }),
+            per_contributing_patient: None,
+            patient_share_bps: 5000,
+        },
+        clauses: standard_clauses(),
+        status: LicenseStatus::Active,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::LicenseStatus::*;

@@ -511,38 +511,8 @@ mod tests {
             .await
             .expect("org");
         let now = Utc::now();
-        let license = License {
-            id: "lic-1".into(),
-            organization: "acme".into(),
-            releases: [("nh".to_string(), VersionPin::Latest)]
-                .into_iter()
-                .collect(),
-            tables: [("person".to_string(), ColumnGrant::All)]
-                .into_iter()
-                .collect(),
-            purpose: "research.natural_history".into(),
-            mode: AccessMode::AggregateOnly,
-            output: OutputRules::default(),
-            quota: Quota {
-                queries_per_minute: 5,
-                queries_per_day: 10,
-                rows_per_day: 1000,
-                queries_per_month: 100,
-                rows_per_month: 10_000,
-            },
-            term_start: now - chrono::Duration::days(1),
-            term_end: now + chrono::Duration::days(364),
-            fees: Fees {
-                flat: Some(Money {
-                    minor: 250_000,
-                    currency: "USD".into(),
-                }),
-                per_contributing_patient: None,
-                patient_share_bps: 5000,
-            },
-            clauses: standard_clauses(),
-            status: LicenseStatus::Active, // ignored: a new license is a draft
-        };
+        // Active in the fixture: ignored, a new license is a draft.
+        let license = sample_license(now);
         store.create_license(&license).await.expect("draft");
         let (stored, _) = store.license("lic-1").await.expect("read");
         assert_eq!(stored.status, LicenseStatus::Draft);

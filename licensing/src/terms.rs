@@ -135,44 +135,13 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn license() -> License {
-        License {
-            id: "lic-1".into(),
-            organization: "acme".into(),
-            releases: [("nh".to_string(), VersionPin::Latest)]
-                .into_iter()
-                .collect(),
-            tables: [("person".to_string(), ColumnGrant::All)]
-                .into_iter()
-                .collect(),
-            purpose: "research.natural_history".into(),
-            mode: AccessMode::AggregateOnly,
-            output: OutputRules::default(),
-            quota: Quota {
-                queries_per_minute: 10,
-                queries_per_day: 100,
-                rows_per_day: 1000,
-                queries_per_month: 1000,
-                rows_per_month: 10_000,
-            },
-            term_start: Utc
-                .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        let mut l = sample_license(
+            Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0)
                 .single()
                 .expect("t"),
-            term_end: Utc
-                .with_ymd_and_hms(2027, 1, 1, 0, 0, 0)
-                .single()
-                .expect("t"),
-            fees: Fees {
-                flat: Some(Money {
-                    minor: 10_000,
-                    currency: "USD".into(),
-                }),
-                per_contributing_patient: None,
-                patient_share_bps: 5000,
-            },
-            clauses: standard_clauses(),
-            status: LicenseStatus::Draft,
-        }
+        );
+        l.status = LicenseStatus::Draft;
+        l
     }
 
     fn pair() -> (Ed25519KeyPair, String) {

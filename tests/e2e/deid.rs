@@ -43,7 +43,6 @@ pub(crate) fn pycanon(
 #[test]
 fn adult_release_is_k_anonymous_by_pycanon() {
     let t = Tessera::new();
-    let adult = shared().join("adult");
     let qis = [
         "sex",
         "age",
@@ -55,34 +54,7 @@ fn adult_release_is_k_anonymous_by_pycanon() {
         "occupation",
         "salary-class",
     ];
-    let mut policy =
-        String::from("[privacy]\nk = 5\nsuppression_limit = 0.04\nmetric = \"nu_entropy\"\n");
-    for q in qis {
-        policy.push_str(&format!(
-            "\n[[column]]\nname = \"{q}\"\nrole = \"quasi_identifier\"\nhierarchy = \"{}\"\n",
-            adult.join(format!("adult_hierarchy_{q}.csv")).display()
-        ));
-    }
-    let policy_path = t.dir.path().join("adult.toml");
-    std::fs::write(&policy_path, policy).expect("policy");
-    let out = t.dir.path().join("adult-k5.csv");
-    let report = t.dir.path().join("report.json");
-    t.expect(
-        &[
-            "deid",
-            "--policy",
-            policy_path.to_str().expect("p"),
-            "--input",
-            adult.join("adult.csv").to_str().expect("i"),
-            "--output",
-            out.to_str().expect("o"),
-            "--report",
-            report.to_str().expect("r"),
-        ],
-        0,
-    );
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let (out, r) = adult_run(&t, "adult-k5", &qis, 5, 0.04, &[]);
     assert_eq!(r["k_achieved"], 5);
     assert_eq!(r["suppressed_records"], 906);
     assert_eq!(r["levels"]["education"], 3);
@@ -227,12 +199,21 @@ role = "sensitive"
     assert!(checked["l"].as_i64().is_some_and(|l| l >= 2), "{checked}");
 }
 
-/// Writes an Adult policy over `qis` (the other columns insensitive) and runs `tessera deid`
-/// with `extra` arguments; returns the output path and the report.
-fn adult_run(t: &Tessera, tag: &str, qis: &[&str], k: u32, extra: &[&str]) -> (PathBuf, Value) {
+/// Writes an Adult policy over `qis` (the other columns insensitive) with `k` and the
+/// suppression limit, and runs `tessera deid` with `extra` arguments; returns the output path
+/// (`<tag>.csv`) and the report.
+fn adult_run(
+    t: &Tessera,
+    tag: &str,
+    qis: &[&str],
+    k: u32,
+    suppression: f64,
+    extra: &[&str],
+) -> (PathBuf, Value) {
     let adult = shared().join("adult");
-    let mut policy =
-        format!("[privacy]\nk = {k}\nsuppression_limit = 0.0\nmetric = \"nu_entropy\"\n");
+    let mut policy = format!(
+        "[privacy]\nk = {k}\nsuppression_limit = {suppression:?}\nmetric = \"nu_entropy\"\n"
+    );
     for c in [
         "sex",
         "age",
@@ -302,6 +283,7 @@ fn mondrian_release_is_k_anonymous_and_keeps_more_than_full_domain() {
         "mondrian",
         &qis,
         5,
+        0.0,
         &[
             "--method",
             "mondrian",
@@ -336,6 +318,7 @@ fn mondrian_release_is_k_anonymous_and_keeps_more_than_full_domain() {
         "optimal",
         &qis,
         5,
+        0.0,
         &["--population", population.to_str().expect("p")],
     );
     assert_eq!(o["method"], "optimal");
@@ -345,7 +328,7 @@ fn mondrian_release_is_k_anonymous_and_keeps_more_than_full_domain() {
         "{risk}"
     );
     assert!(close(&risk["marketer"], &risk["prosecutor_avg"]), "{risk}");
-    let (_, plain) = adult_run(&t, "plain", &qis, 5, &[]);
+    let (_, plain) = adult_run(&t, "plain", &qis, 5, 0.0, &[]);
     assert!(
         plain["risk"]["journalist_max"].is_null(),
         "no population, no journalist risk"

@@ -27,8 +27,7 @@ use super::{Column, Table};
 use crate::error::{CatalogError, Result};
 use crate::model::PatientSummary;
 
-/// What a build needs besides the tables.
-#[derive(Debug)]
+/// What a build needs besides the summaries. `Debug` leaves out the family key.
 pub struct BuildSpec<'a> {
     pub family: &'a str,
     pub version: u32,
@@ -41,6 +40,17 @@ pub struct BuildSpec<'a> {
     /// The family's folder; the version is written to `v<version>` inside it.
     pub family_dir: &'a Path,
     pub patients_considered: usize,
+}
+
+impl std::fmt::Debug for BuildSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildSpec")
+            .field("family", &self.family)
+            .field("version", &self.version)
+            .field("purpose", &self.purpose)
+            .field("family_dir", &self.family_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One file of a release.
