@@ -201,10 +201,21 @@ fn dates_of(policy: &Policy) -> Dates {
     }
 }
 
+/// SHA-256 of a written file, read back in 1 MiB pieces (release files can be large).
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| err(format!("reading back {}: {e}", path.display())))?;
-    Ok(hex::encode(digest::digest(&digest::SHA256, &bytes)))
+    use std::io::Read;
+    let fail = |e: std::io::Error| err(format!("reading back {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(fail)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex::encode(ctx.finish().as_ref()))
 }
 
 /// Whether a column of an event table holds codes that count as quasi-identifiers.
