@@ -11,6 +11,8 @@ use tessera_catalog::Keyring;
 pub const DEFAULT_DATA_DIR: &str = "./tessera-data";
 pub const KEY_FILE_NAME: &str = "master.key";
 pub const DATABASE_FILE_NAME: &str = "tessera.db";
+/// Where `tessera serve` puts the HTTP API unless told otherwise.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
@@ -142,4 +144,30 @@ fn check_key_permissions(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes a new file only its owner can read; refuses to overwrite one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Replaces a file with new contents, owner-only, atomically (a private temporary file renamed
+/// over it).
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
 }

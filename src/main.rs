@@ -65,6 +65,8 @@ enum Command {
     /// Build, list, show and retire research releases.
     #[command(subcommand)]
     Release(commands::release::ReleaseCommand),
+    /// Serve the HTTP API until SIGTERM or Ctrl-C.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn init_tracing(global: &GlobalArgs) {
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
             Command::Org(c) => commands::license::org(g, c).await,
             Command::License(c) => commands::license::license(g, c).await,
             Command::Key(c) => commands::license::key(g, c).await,
+            Command::Serve(a) => commands::serve::run(g, a).await,
         }
     });
     match result {

@@ -451,6 +451,20 @@ impl Catalog {
             })
     }
 
+    /// Counts a cohort in a release version (see [`release::cohort`]); the Parquet reads run
+    /// on the blocking pool.
+    pub async fn cohort_count(
+        &self,
+        row: &ReleaseRow,
+        query: release::cohort::CohortQuery,
+    ) -> Result<release::cohort::CohortCounts> {
+        let manifest = row.parsed_manifest()?;
+        let dir = std::path::PathBuf::from(&row.path);
+        tokio::task::spawn_blocking(move || release::cohort::count(&dir, &manifest, &query))
+            .await
+            .map_err(|e| CatalogError::internal(format!("cohort count task: {e}")))?
+    }
+
     /// The internal ids of the patients whose data a version holds.
     pub async fn release_contributors(&self, family: &str, version: i64) -> Result<Vec<String>> {
         self.store.release_contributors(family, version).await

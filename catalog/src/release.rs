@@ -19,6 +19,7 @@
 //! when either date is missing. Intervals survive date shifting and generalization this way.
 
 pub mod build;
+pub mod cohort;
 
 use std::collections::BTreeMap;
 

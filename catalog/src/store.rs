@@ -525,6 +525,23 @@ pub struct ReleaseRow {
     pub retired_at: Option<String>,
 }
 
+impl ReleaseRow {
+    /// The stored `manifest.json`.
+    pub fn parsed_manifest(&self) -> Result<crate::release::build::Manifest> {
+        serde_json::from_str(&self.manifest).map_err(|e| {
+            CatalogError::internal(format!(
+                "the stored manifest of {} v{} does not parse: {e}",
+                self.family, self.version
+            ))
+        })
+    }
+
+    /// Published and not retired.
+    pub fn is_live(&self) -> bool {
+        self.retired_at.is_none()
+    }
+}
+
 impl Store {
     /// The highest version of a family, 0 when it has none.
     pub async fn last_release_version(&self, family: &str) -> Result<i64> {

@@ -62,6 +62,10 @@ pub enum Request {
         tables: Vec<(String, Vec<String>)>,
         row_level: bool,
     },
+    /// See one license's terms, status, usage and remaining quota.
+    ViewLicense {
+        license: String,
+    },
     Admin(AdminAction),
 }
 
@@ -99,6 +103,50 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for documentation and tests.
+    pub const ALL: [Reason; 17] = [
+        Reason::NoCredential,
+        Reason::CredentialExpired,
+        Reason::CredentialRevoked,
+        Reason::NotAdmin,
+        Reason::AdminCannotQuery,
+        Reason::UnknownLicense,
+        Reason::LicenseNotBoundToCredential,
+        Reason::WrongOrganization,
+        Reason::LicenseNotActive,
+        Reason::OutsideTerm,
+        Reason::ReleaseNotCovered,
+        Reason::VersionNotCovered,
+        Reason::TableNotLicensed,
+        Reason::ColumnNotLicensed,
+        Reason::RowLevelNotAllowed,
+        Reason::RateLimited,
+        Reason::QuotaExceeded,
+    ];
+
+    /// The stable code clients and the audit log see (the serde name).
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::NoCredential => "no_credential",
+            Reason::CredentialExpired => "credential_expired",
+            Reason::CredentialRevoked => "credential_revoked",
+            Reason::NotAdmin => "not_admin",
+            Reason::AdminCannotQuery => "admin_cannot_query",
+            Reason::UnknownLicense => "unknown_license",
+            Reason::LicenseNotBoundToCredential => "license_not_bound_to_credential",
+            Reason::WrongOrganization => "wrong_organization",
+            Reason::LicenseNotActive => "license_not_active",
+            Reason::OutsideTerm => "outside_term",
+            Reason::ReleaseNotCovered => "release_not_covered",
+            Reason::VersionNotCovered => "version_not_covered",
+            Reason::TableNotLicensed => "table_not_licensed",
+            Reason::ColumnNotLicensed => "column_not_licensed",
+            Reason::RowLevelNotAllowed => "row_level_not_allowed",
+            Reason::RateLimited => "rate_limited",
+            Reason::QuotaExceeded => "quota_exceeded",
+        }
+    }
+
     /// What the caller can do about it.
     pub fn message(self) -> &'static str {
         match self {
@@ -170,7 +218,9 @@ fn check(
     }
     let (organization, bound) = match (&c.principal, request) {
         (Principal::Admin, Request::Admin(_)) => return Ok(()),
-        (Principal::Admin, Request::BrowseCatalog) => return Ok(()),
+        (Principal::Admin, Request::BrowseCatalog | Request::ViewLicense { .. }) => {
+            return Ok(());
+        }
         (Principal::Admin, _) => return Err(Reason::AdminCannotQuery),
         (Principal::Analyst { .. }, Request::Admin(_)) => return Err(Reason::NotAdmin),
         (Principal::Analyst { .. }, Request::BrowseCatalog) => return Ok(()),
@@ -213,6 +263,19 @@ fn check(
             tables.clone(),
             *row_level,
         ),
+        Request::ViewLicense { license: id } => {
+            // Its own licenses, in any status: an analyst may see why one no longer grants.
+            let l = license
+                .filter(|l| &l.id == id)
+                .ok_or(Reason::UnknownLicense)?;
+            if &l.organization != organization {
+                return Err(Reason::WrongOrganization);
+            }
+            if !bound.iter().any(|b| b == id) {
+                return Err(Reason::LicenseNotBoundToCredential);
+            }
+            return Ok(());
+        }
         Request::BrowseCatalog | Request::Admin(_) => return Err(Reason::NotAdmin),
     };
     let l = license
@@ -402,7 +465,7 @@ mod tests {
             (
                 "admin reads data",
                 ok.clone(),
-                admin,
+                admin.clone(),
                 Some(license()),
                 Usage::default(),
                 Decision::Deny(AdminCannotQuery),
@@ -430,6 +493,61 @@ mod tests {
                 with(&|l| l.organization = "globex".into()),
                 Usage::default(),
                 Decision::Deny(WrongOrganization),
+            ),
+            (
+                "view own suspended license",
+                Request::ViewLicense {
+                    license: "lic-1".into(),
+                },
+                Some(analyst()),
+                with(&|l| l.status = LicenseStatus::Suspended),
+                Usage::default(),
+                Decision::Allow,
+            ),
+            (
+                "view another organization's license",
+                Request::ViewLicense {
+                    license: "lic-1".into(),
+                },
+                Some(analyst()),
+                with(&|l| l.organization = "globex".into()),
+                Usage::default(),
+                Decision::Deny(WrongOrganization),
+            ),
+            (
+                "view an unknown license",
+                Request::ViewLicense {
+                    license: "lic-9".into(),
+                },
+                Some(analyst()),
+                Some(license()),
+                Usage::default(),
+                Decision::Deny(UnknownLicense),
+            ),
+            (
+                "view a license the key is not bound to",
+                Request::ViewLicense {
+                    license: "lic-1".into(),
+                },
+                cred(&|c| {
+                    c.principal = Principal::Analyst {
+                        organization: "acme".into(),
+                        licenses: vec![],
+                    }
+                }),
+                Some(license()),
+                Usage::default(),
+                Decision::Deny(LicenseNotBoundToCredential),
+            ),
+            (
+                "operator views a license",
+                Request::ViewLicense {
+                    license: "lic-1".into(),
+                },
+                admin.clone(),
+                Some(license()),
+                Usage::default(),
+                Decision::Allow,
             ),
             (
                 "key not bound",
@@ -598,6 +716,15 @@ mod tests {
                 reasons_seen.insert(format!("{r:?}"));
                 assert!(!r.message().is_empty());
             }
+        }
+        for r in Reason::ALL {
+            assert_eq!(
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string)),
+                Some(r.code().to_string()),
+                "code of {r:?}"
+            );
         }
         assert_eq!(
             reasons_seen.len(),

@@ -1,17 +1,22 @@
 //! `tessera-licensing`: data-use agreements (licenses), their signed terms, credentials, the one
 //! authorization decision every request goes through, and the hash-chained audit log.
 //!
-//! Landed (issue 5, first layer): the license model and lifecycle, canonical terms with Ed25519
-//! signatures and countersignatures, API keys (shown once, stored as a keyed hash), the pure authorization decision
-//! with reason codes, and the audit chain with its verifier. Organizations, licenses, signatures, keys and the audit log are stored (`store`);
-//! `tessera audit verify` checks the chain. Still to come: the CLI twins and the HTTP API.
+//! - `model`: licenses, their lifecycle, output rules, quotas and fees;
+//! - `terms`: canonical terms, Ed25519 signatures and the platform's countersignature;
+//! - `keys`: API keys (shown once, stored as a keyed hash);
+//! - `decision`: the pure authorization decision with stable reason codes;
+//! - `gate`: credential lookup, decision, metering and audit around `decision`, for HTTP and Flight;
+//! - `output`: small-cell suppression and rounding of counts;
+//! - `audit`: the hash chain and its verifier; `store`: all of it in SQL.
 //!
 //! Must not: plan queries, or know Flight or HTTP.
 
 pub mod audit;
 pub mod decision;
+pub mod gate;
 pub mod keys;
 pub mod model;
+pub mod output;
 pub mod store;
 pub mod terms;
 

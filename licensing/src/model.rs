@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// An amount of money: integer minor units (cents) and an ISO 4217 currency. Never a float.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     pub minor: i64,
     pub currency: String,
@@ -14,6 +15,7 @@ pub struct Money {
 
 /// Where a license is in its life. Only `Active` within its term grants anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LicenseStatus {
     Draft,
@@ -43,6 +45,7 @@ impl LicenseStatus {
 
 /// What results a license may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AccessMode {
     /// Aggregates only, with small cells suppressed.
@@ -53,6 +56,7 @@ pub enum AccessMode {
 
 /// Which version of a release family a license covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VersionPin {
     Latest,
@@ -61,6 +65,7 @@ pub enum VersionPin {
 
 /// The columns of one table a license may read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ColumnGrant {
     All,
@@ -78,6 +83,7 @@ impl ColumnGrant {
 
 /// Output rules the query service applies to every result under the license.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputRules {
     /// Cells describing fewer persons are suppressed (CMS: 11).
     pub min_cell_size: u32,
@@ -98,6 +104,7 @@ impl Default for OutputRules {
 
 /// Rate limit and quotas.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Quota {
     pub queries_per_minute: u32,
     pub queries_per_day: u64,
@@ -108,6 +115,7 @@ pub struct Quota {
 
 /// What the licensee pays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Fees {
     pub flat: Option<Money>,
     pub per_contributing_patient: Option<Money>,
@@ -117,6 +125,7 @@ pub struct Fees {
 
 /// A data-use agreement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct License {
     pub id: String,
     pub organization: String,
@@ -135,6 +144,68 @@ pub struct License {
     /// The clauses, in order.
     pub clauses: Vec<String>,
     pub status: LicenseStatus,
+}
+
+impl License {
+    /// Checks what the types cannot: a term that ends after it starts, a share of at most
+    /// 100%, non-negative fees in an ISO 4217 currency, a minimum cell size of at least 1,
+    /// something covered, and clauses.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.term_end <= self.term_start {
+            return Err("term_end must be after term_start".into());
+        }
+        if self.fees.patient_share_bps > 10_000 {
+            return Err("fees.patient_share_bps: at most 10000 (100%)".into());
+        }
+        for (name, m) in [
+            ("fees.flat", &self.fees.flat),
+            (
+                "fees.per_contributing_patient",
+                &self.fees.per_contributing_patient,
+            ),
+        ] {
+            if let Some(m) = m {
+                if m.minor < 0 {
+                    return Err(format!("{name}: a non-negative amount in minor units"));
+                }
+                if !(m.currency.len() == 3 && m.currency.chars().all(|c| c.is_ascii_uppercase())) {
+                    return Err(format!("{name}.currency: an ISO 4217 code such as USD"));
+                }
+            }
+        }
+        if self.output.min_cell_size == 0 {
+            return Err("output.min_cell_size: at least 1 (11 is the CMS rule)".into());
+        }
+        if self.output.rounding_base == Some(0) {
+            return Err("output.rounding_base: leave it null, or at least 1".into());
+        }
+        if self.releases.is_empty() || self.tables.is_empty() {
+            return Err("releases and tables: cover at least one of each".into());
+        }
+        if self.clauses.iter().all(|c| c.trim().is_empty()) {
+            return Err(
+                "clauses: the agreement needs its clauses (standard_clauses() has them)".into(),
+            );
+        }
+        if self.purpose.trim().is_empty() {
+            return Err("purpose: one of the consent purposes".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the license grants anything at `now`: active and within its term.
+    pub fn grants_at(&self, now: DateTime<Utc>) -> bool {
+        self.status == LicenseStatus::Active && now >= self.term_start && now < self.term_end
+    }
+
+    /// Whether it covers `version` of `family`, whose newest version is `latest`.
+    pub fn covers(&self, family: &str, version: u32, latest: u32) -> bool {
+        match self.releases.get(family) {
+            None => false,
+            Some(VersionPin::Latest) => version == latest,
+            Some(VersionPin::Pinned(v)) => *v == version,
+        }
+    }
 }
 
 /// The standard clauses of a Tessera data-use agreement.

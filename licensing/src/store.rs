@@ -1,6 +1,5 @@
 //! Storage of the licensing data in the same SQL database as the catalog (SQLite or PostgreSQL
 //! through sqlx's `Any` driver), with its own migrations recorded under component `licensing`.
-//! Landed so far: the audit log.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,9 +8,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::audit::{self, ChainError, Entry, Event};
-use crate::decision::{Credential, Principal};
+use crate::decision::{Credential, Principal, Usage};
 use crate::keys;
 use crate::model::{License, LicenseStatus};
 use crate::terms::{self, SignedTerms, TermsError};
@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "licenses",
         include_str!("../migrations/0002_licenses.sql"),
     ),
+    (3, "usage", include_str!("../migrations/0003_usage.sql")),
 ];
 
 /// A storage error: what failed, in words that say what to check.
@@ -37,10 +38,53 @@ pub enum StoreError {
     /// A request the data does not allow (unknown id, a lifecycle step out of order).
     #[error("{0}")]
     Invalid(String),
+    /// Something with that id exists already.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Sql { what, source }
+}
+
+/// Like [`ctx`], but a unique-key violation becomes a [`StoreError::Conflict`] saying `taken`.
+fn ctx_unique(what: &'static str, taken: String) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| match &source {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(taken),
+        _ => StoreError::Sql { what, source },
+    }
+}
+
+/// A write that lost a race with another writer: SQLite's busy/locked codes, or a unique
+/// violation (two writers chaining to the same head).
+fn contended(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || matches!(
+                    db.code().as_deref(),
+                    Some("5" | "6" | "517" | "261" | "40001")
+                )
+                || db.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
+
+/// Ids of organizations and licenses: 1 to 64 of lowercase letters, digits, `-`, `_`, `.`.
+pub fn check_id(kind: &str, id: &str) -> Result<(), StoreError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{kind} id: use 1 to 64 lowercase letters, digits, `-`, `_` or `.`"
+        )))
+    }
 }
 
 fn status_text(s: LicenseStatus) -> String {
@@ -54,6 +98,9 @@ fn status_text(s: LicenseStatus) -> String {
 #[derive(Debug, Clone)]
 pub struct LicensingStore {
     pool: AnyPool,
+    /// Audit appends of this process, one at a time (each reads the chain's head, then writes
+    /// after it). Other processes writing the same log are handled by retrying.
+    audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LicensingStore {
@@ -82,7 +129,10 @@ impl LicensingStore {
             .connect_with(options)
             .await
             .map_err(ctx("connecting to the database"))?;
-        let store = LicensingStore { pool };
+        let store = LicensingStore {
+            pool,
+            audit_lock: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -144,6 +194,15 @@ impl LicensingStore {
         Ok(())
     }
 
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("checking the database"))?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -152,6 +211,24 @@ impl LicensingStore {
     /// writers cannot both chain to the same entry: the second insert of a sequence number
     /// fails on the primary key).
     pub async fn append_audit(&self, event: Event) -> Result<Entry, StoreError> {
+        let _one_at_a_time = self.audit_lock.lock().await;
+        // Another process (the CLI beside a server, or a second server on PostgreSQL) may
+        // append at the same moment: the loser of the race sees a locked database or a taken
+        // sequence number, and tries again on the new head.
+        let mut attempt = 0u32;
+        loop {
+            match self.try_append_audit(event.clone()).await {
+                Err(StoreError::Sql { source, .. }) if attempt < 50 && contended(&source) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(2 + u64::from(attempt % 10) * 3))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_append_audit(&self, event: Event) -> Result<Entry, StoreError> {
         let mut tx = self
             .pool
             .begin()
@@ -217,6 +294,18 @@ impl LicensingStore {
         name: &str,
         public_key: &str,
     ) -> Result<(), StoreError> {
+        check_id("organization", id)?;
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(StoreError::Invalid(
+                "organization name: 1 to 200 characters".into(),
+            ));
+        }
+        let key_ok = hex::decode(public_key).is_ok_and(|k| k.len() == 32);
+        if !key_ok {
+            return Err(StoreError::Invalid(
+                "public_key: the signatory's Ed25519 public key as 64 hex characters (`tessera org keygen` prints one)".into(),
+            ));
+        }
         sqlx::query(
             "INSERT INTO organizations (id, name, public_key, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -226,11 +315,15 @@ impl LicensingStore {
         .bind(Utc::now().to_rfc3339())
         .execute(&self.pool)
         .await
-        .map_err(ctx("adding an organization"))?;
+        .map_err(ctx_unique(
+            "adding an organization",
+            format!("organization `{id}` exists already"),
+        ))?;
         Ok(())
     }
 
-    async fn organization_key(&self, id: &str) -> Result<String, StoreError> {
+    /// The registered public key of an organization's signatory.
+    pub async fn organization_key(&self, id: &str) -> Result<String, StoreError> {
         sqlx::query_scalar::<_, String>("SELECT public_key FROM organizations WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -241,6 +334,8 @@ impl LicensingStore {
 
     /// Stores a new license as a draft.
     pub async fn create_license(&self, license: &License) -> Result<(), StoreError> {
+        check_id("license", &license.id)?;
+        license.validate().map_err(StoreError::Invalid)?;
         self.organization_key(&license.organization).await?;
         let mut draft = license.clone();
         draft.status = LicenseStatus::Draft;
@@ -254,7 +349,10 @@ impl LicensingStore {
             .bind(Utc::now().to_rfc3339())
             .execute(&self.pool)
             .await
-            .map_err(ctx("creating a license"))?;
+            .map_err(ctx_unique(
+                "creating a license",
+                format!("license `{}` exists already", draft.id),
+            ))?;
         Ok(())
     }
 
@@ -356,6 +454,24 @@ impl LicensingStore {
         expires_at: Option<DateTime<Utc>>,
         pepper: &[u8],
     ) -> Result<(String, String), StoreError> {
+        if let Principal::Analyst {
+            organization,
+            licenses,
+        } = principal
+        {
+            self.organization_key(organization).await?;
+            for id in licenses {
+                match self.find_license(id).await? {
+                    Some(l) if &l.organization == organization => {}
+                    Some(_) => {
+                        return Err(StoreError::Invalid(format!(
+                            "license `{id}` belongs to another organization"
+                        )));
+                    }
+                    None => return Err(StoreError::Invalid(format!("no license `{id}`"))),
+                }
+            }
+        }
         let (text, stored) =
             keys::generate(pepper).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (kind, org, licenses) = match principal {
@@ -443,6 +559,210 @@ impl LicensingStore {
             expires_at: time(row.try_get("expires_at").map_err(ctx(c))?),
             revoked_at: time(row.try_get("revoked_at").map_err(ctx(c))?),
         }))
+    }
+}
+
+/// An organization as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    /// The signatory's Ed25519 public key, hex.
+    pub public_key: String,
+    pub created_at: String,
+}
+
+/// An API key as listed: never its secret or the secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyListing {
+    pub id: String,
+    /// `analyst` or `admin`.
+    pub principal: String,
+    pub organization: Option<String>,
+    pub licenses: Vec<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl LicensingStore {
+    /// Every organization, by id.
+    pub async fn organizations(&self) -> Result<Vec<Organization>, StoreError> {
+        let c = "listing organizations";
+        sqlx::query("SELECT id, name, public_key, created_at FROM organizations ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx(c))?
+            .iter()
+            .map(|r| {
+                Ok(Organization {
+                    id: r.try_get("id").map_err(ctx(c))?,
+                    name: r.try_get("name").map_err(ctx(c))?,
+                    public_key: r.try_get("public_key").map_err(ctx(c))?,
+                    created_at: r.try_get("created_at").map_err(ctx(c))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every license (of one organization, when given), by id, with whether it is signed.
+    pub async fn licenses(
+        &self,
+        organization: Option<&str>,
+    ) -> Result<Vec<(License, bool)>, StoreError> {
+        let ids: Vec<String> = match organization {
+            Some(org) => {
+                sqlx::query_scalar("SELECT id FROM licenses WHERE organization = $1 ORDER BY id")
+                    .bind(org)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query_scalar("SELECT id FROM licenses ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(ctx("listing licenses"))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (license, signed) = self.license(&id).await?;
+            out.push((license, signed.is_some()));
+        }
+        Ok(out)
+    }
+
+    /// A license when it exists; `None` (not an error) when it does not.
+    pub async fn find_license(&self, id: &str) -> Result<Option<License>, StoreError> {
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM licenses WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading a license"))?;
+        match exists {
+            Some(_) => Ok(Some(self.license(id).await?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every API key, newest first, without secrets.
+    pub async fn keys(&self) -> Result<Vec<KeyListing>, StoreError> {
+        let c = "listing keys";
+        sqlx::query("SELECT id, principal, organization, licenses, created_at, expires_at, revoked_at FROM api_keys ORDER BY created_at DESC, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx(c))?
+            .iter()
+            .map(|r| {
+                let licenses: String = r.try_get("licenses").map_err(ctx(c))?;
+                Ok(KeyListing {
+                    id: r.try_get("id").map_err(ctx(c))?,
+                    principal: r.try_get("principal").map_err(ctx(c))?,
+                    organization: r.try_get("organization").map_err(ctx(c))?,
+                    licenses: serde_json::from_str(&licenses).unwrap_or_default(),
+                    created_at: r.try_get("created_at").map_err(ctx(c))?,
+                    expires_at: r.try_get("expires_at").map_err(ctx(c))?,
+                    revoked_at: r.try_get("revoked_at").map_err(ctx(c))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records one completed query under a license and the rows it returned.
+    pub async fn record_usage(
+        &self,
+        license: &str,
+        at: DateTime<Utc>,
+        rows: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO usage_log (license, at_ms, result_rows) VALUES ($1, $2, $3)")
+            .bind(license)
+            .bind(at.timestamp_millis())
+            .bind(i64::try_from(rows).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("recording usage"))?;
+        Ok(())
+    }
+
+    /// Usage under a license as of `now`: queries in the last 60 seconds, and queries and rows
+    /// since the start of the UTC day and of the UTC month. Also when the oldest query of the
+    /// last minute leaves the window (for `Retry-After`).
+    pub async fn usage(
+        &self,
+        license: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Usage, Option<DateTime<Utc>>), StoreError> {
+        let windows = UsageWindows::at(now);
+        let c = "reading usage";
+        let count_since = |from: DateTime<Utc>| {
+            sqlx::query(
+                "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(result_rows), 0) AS BIGINT) AS r, MIN(at_ms) AS oldest FROM usage_log WHERE license = $1 AND at_ms >= $2",
+            )
+            .bind(license)
+            .bind(from.timestamp_millis())
+        };
+        let minute = count_since(windows.minute)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(ctx(c))?;
+        let day = count_since(windows.day)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(ctx(c))?;
+        let month = count_since(windows.month)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(ctx(c))?;
+        let n = |r: &AnyRow, col: &str| -> Result<u64, StoreError> {
+            Ok(r.try_get::<i64, _>(col).map_err(ctx(c))?.max(0) as u64)
+        };
+        let first: Option<i64> = minute.try_get("oldest").map_err(ctx(c))?;
+        let usage = Usage {
+            queries_last_minute: u32::try_from(n(&minute, "n")?).unwrap_or(u32::MAX),
+            queries_today: n(&day, "n")?,
+            rows_today: n(&day, "r")?,
+            queries_this_month: n(&month, "n")?,
+            rows_this_month: n(&month, "r")?,
+        };
+        let frees = first
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .map(|t| t + chrono::Duration::seconds(60));
+        Ok((usage, frees))
+    }
+}
+
+/// The starts of the metering windows around an instant (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageWindows {
+    pub minute: DateTime<Utc>,
+    pub day: DateTime<Utc>,
+    pub month: DateTime<Utc>,
+    pub next_day: DateTime<Utc>,
+    pub next_month: DateTime<Utc>,
+}
+
+impl UsageWindows {
+    pub fn at(now: DateTime<Utc>) -> UsageWindows {
+        use chrono::{Datelike, NaiveDate, TimeZone};
+        let date = now.date_naive();
+        let midnight = |d: NaiveDate| Utc.from_utc_datetime(&d.and_time(chrono::NaiveTime::MIN));
+        let first = date.with_day(1).unwrap_or(date);
+        let next_first = if first.month() == 12 {
+            NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
+        } else {
+            NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
+        }
+        .unwrap_or(first);
+        UsageWindows {
+            minute: now - chrono::Duration::seconds(60),
+            day: midnight(date),
+            month: midnight(first),
+            next_day: midnight(date.succ_opt().unwrap_or(date)),
+            next_month: midnight(next_first),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::model::License;
 
 /// The signatures over a license's terms hash (public keys and signatures as hex).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedTerms {
     pub terms_sha256: String,
     pub signatory_public_key: String,

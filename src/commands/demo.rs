@@ -10,7 +10,7 @@ use clap::Args;
 use tessera_catalog::consent::KNOWN_PURPOSES;
 use tessera_catalog::{Grant, IngestOptions, Purpose, Scope};
 
-use crate::config::GlobalArgs;
+use crate::config::{DEFAULT_HTTP_ADDR, GlobalArgs, write_private};
 use crate::output::say;
 
 #[derive(Debug, Clone, Args)]
@@ -253,30 +253,25 @@ async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
             "api_key": key,
         }));
     }
+    // An operator key, for the admin endpoints of the demo server.
+    let (operator_key, operator_id) = store
+        .issue_key(
+            &Principal::Admin,
+            Some(now + chrono::Duration::days(90)),
+            &pepper,
+        )
+        .await?;
     store.close().await;
     let doc = serde_json::json!({
         "organizations": entries,
-        "services": {"note": "the HTTP API and the Flight SQL service are not built yet"},
+        "operator": {"key_id": operator_id, "api_key": operator_key},
+        // `tessera serve` writes the address it listens on here.
+        "services": {"http": format!("http://{DEFAULT_HTTP_ADDR}")},
     });
     write_private(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     say!(
         "two demo organizations with an aggregate-only and a row-level license; their API keys are in {}",
         path.display()
     );
-    Ok(())
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use tessera_licensing::model::{License, LicenseStatus};
 use tessera_licensing::store::LicensingStore;
 use tessera_licensing::terms;
 
-use crate::config::GlobalArgs;
+use crate::config::{GlobalArgs, write_private};
 use crate::output::say;
 
 #[derive(Debug, Subcommand)]
@@ -131,22 +131,6 @@ pub async fn org(g: &GlobalArgs, c: OrgCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 pub async fn license(g: &GlobalArgs, c: LicenseCommand) -> Result<ExitCode> {

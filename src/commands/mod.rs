@@ -9,6 +9,7 @@ pub mod license;
 pub mod patients;
 pub mod quarantine;
 pub mod release;
+pub mod serve;
 
 use std::process::ExitCode;
 

@@ -10,6 +10,7 @@ mod consent;
 mod corpus;
 mod deid;
 mod formats;
+mod http;
 mod licenses;
 mod postgres;
 mod privacy;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use polars::prelude::{DataFrame, ParquetCompression, ParquetWriter};
 use ring::{digest, hmac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tessera_deid::frame::{self, Options};
 use tessera_deid::policy::{Policy, Role, Transform};
 use tessera_deid::safe_harbor;
@@ -54,7 +54,7 @@ impl std::fmt::Debug for BuildSpec<'_> {
 }
 
 /// One file of a release.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEntry {
     pub table: String,
     pub file: String,
@@ -63,7 +63,7 @@ pub struct FileEntry {
     pub columns: Vec<ColumnEntry>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ColumnEntry {
     pub name: String,
     pub r#type: String,
@@ -71,7 +71,7 @@ pub struct ColumnEntry {
 }
 
 /// `manifest.json`: what the release holds and what was done to make it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub family: String,
     pub version: u32,
@@ -96,9 +96,9 @@ pub struct Manifest {
     pub safe_harbor: Vec<ChecklistItem>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChecklistItem {
-    pub identifier: &'static str,
+    pub identifier: String,
     pub handling: String,
 }
 
@@ -140,7 +140,7 @@ fn checklist(policy: &Policy, dates: &str) -> Vec<ChecklistItem> {
     items
         .into_iter()
         .map(|(identifier, handling)| ChecklistItem {
-            identifier,
+            identifier: identifier.to_string(),
             handling,
         })
         .collect()

@@ -1,0 +1,618 @@
+//! The catalog analysts browse before they query: the releases their licenses cover, each
+//! release's manifest summary and data dictionary (only the tables and columns licensed to
+//! them), and cohort counts with the license's small-cell suppression.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tessera_catalog::ReleaseRow;
+use tessera_catalog::release::build::{ChecklistItem, Manifest};
+use tessera_catalog::release::cohort::{CohortQuery, Criterion};
+use tessera_licensing::decision::Request;
+use tessera_licensing::output::{Cell, protect_counts};
+use tessera_licensing::{ColumnGrant, License};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::ops::PathParams;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_releases))
+        .routes(routes!(get_release))
+        .routes(routes!(get_dictionary))
+        .routes(routes!(get_table))
+        .routes(routes!(cohort_count))
+}
+
+/// A release version as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseSummary {
+    pub family: String,
+    pub version: u32,
+    /// The consent purpose the release was built for.
+    pub purpose: String,
+    pub built_at: String,
+    /// Whether this is the newest version of its family.
+    pub latest: bool,
+    pub retired: bool,
+    pub patients: usize,
+    pub tables: Vec<String>,
+    /// The caller's licenses that grant access to this version now.
+    pub licenses: Vec<String>,
+}
+
+/// A release's manifest, summarized: what it holds and what was done to make it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseDetail {
+    #[serde(flatten)]
+    pub summary: ReleaseSummary,
+    pub consent_snapshot_at: String,
+    pub policy_sha256: String,
+    /// Patients of the catalog left out, by reason.
+    pub patients_excluded: BTreeMap<String, usize>,
+    pub date_handling: String,
+    pub birth_years_pooled: usize,
+    /// Per table and column, how many distinct rare codes were suppressed.
+    pub rare_codes_suppressed: BTreeMap<String, BTreeMap<String, usize>>,
+    /// The person table's de-identification report (k, levels, loss, risk).
+    #[schema(value_type = Object)]
+    pub person_deid: serde_json::Value,
+    /// The 18 HIPAA Safe Harbor identifier kinds and how the release handled each.
+    pub safe_harbor: Vec<SafeHarborItem>,
+    pub files: Vec<FileSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SafeHarborItem {
+    pub identifier: String,
+    pub handling: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileSummary {
+    pub table: String,
+    pub rows: usize,
+    pub sha256: String,
+}
+
+/// One table of the data dictionary, with the columns the caller may see.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TableInfo {
+    pub name: String,
+    pub rows: usize,
+    pub columns: Vec<ColumnInfo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// Parquet/Arrow type.
+    pub r#type: String,
+    pub description: String,
+}
+
+/// A cohort: persons meeting every criterion, counted, optionally by a person-table column.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CohortRequest {
+    /// The license to count under; may be left out when the key is bound to one license.
+    #[serde(default)]
+    pub license: Option<String>,
+    /// All must hold. None: every person of the release.
+    #[serde(default)]
+    pub criteria: Vec<CriterionBody>,
+    /// A column of the `person` table to break the count down by.
+    #[serde(default)]
+    pub group_by: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CriterionBody {
+    pub table: String,
+    pub column: String,
+    /// Persons with a row whose column (as text) is one of these.
+    pub any_of: Vec<String>,
+}
+
+/// Counts after the license's output rules: cells under the minimum size are withheld
+/// (`count` null, `suppressed` true), with a second cell withheld whenever one could be
+/// derived from the total; counts are rounded when the license says so.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CohortResponse {
+    pub family: String,
+    pub version: u32,
+    pub license: String,
+    pub min_cell_size: u32,
+    pub rounding_base: Option<u32>,
+    pub total: Option<u64>,
+    pub total_suppressed: bool,
+    pub group_by: Option<String>,
+    pub groups: Vec<Cell>,
+}
+
+/// A release the caller may see: its row, manifest, version numbers and covering licenses.
+pub(super) struct Visible {
+    pub row: ReleaseRow,
+    pub manifest: Manifest,
+    pub version: u32,
+    pub latest: u32,
+    pub licenses: Vec<License>,
+}
+
+/// The newest live version of each family.
+fn latest_versions(rows: &[ReleaseRow]) -> BTreeMap<String, u32> {
+    let mut latest = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.is_live()) {
+        let v = latest.entry(r.family.clone()).or_insert(0u32);
+        *v = (*v).max(r.version as u32);
+    }
+    latest
+}
+
+/// `latest` or a version number.
+fn parse_version(text: &str) -> ApiResult<Option<u32>> {
+    if text == "latest" {
+        return Ok(None);
+    }
+    text.parse::<u32>()
+        .map(Some)
+        .map_err(|_| ApiError::invalid("the version is a number (1, 2, ...) or `latest`"))
+}
+
+impl AppState {
+    /// Resolves a release for the caller; one they may not see is answered as absent.
+    pub(super) async fn visible_release(
+        &self,
+        caller: &Caller,
+        family: &str,
+        version: &str,
+    ) -> ApiResult<Visible> {
+        let wanted = parse_version(version)?;
+        let rows = self.catalog.releases().await?;
+        let latest = latest_versions(&rows);
+        let missing = || {
+            ApiError::not_found(format!(
+                "no release `{family}` version `{version}` is visible to you: GET /v1/releases lists what your licenses cover"
+            ))
+        };
+        let family_latest = latest.get(family).copied();
+        let version = match wanted {
+            Some(v) => v,
+            None => family_latest.ok_or_else(missing)?,
+        };
+        let row = rows
+            .into_iter()
+            .find(|r| r.family == family && r.version == i64::from(version))
+            .ok_or_else(missing)?;
+        let latest = family_latest.unwrap_or(0);
+        let licenses: Vec<License> = self
+            .usable_licenses(caller)
+            .await?
+            .into_iter()
+            .filter(|l| l.covers(family, version, latest))
+            .collect();
+        if caller.analyst().is_some() && (licenses.is_empty() || !row.is_live()) {
+            return Err(missing());
+        }
+        let manifest = row.parsed_manifest()?;
+        Ok(Visible {
+            row,
+            manifest,
+            version,
+            latest,
+            licenses,
+        })
+    }
+}
+
+fn summary(v: &Visible) -> ReleaseSummary {
+    ReleaseSummary {
+        family: v.row.family.clone(),
+        version: v.version,
+        purpose: v.row.purpose.clone(),
+        built_at: v.row.built_at.clone(),
+        latest: v.version == v.latest,
+        retired: !v.row.is_live(),
+        patients: v.manifest.patients_included,
+        tables: v.manifest.files.iter().map(|f| f.table.clone()).collect(),
+        licenses: v.licenses.iter().map(|l| l.id.clone()).collect(),
+    }
+}
+
+/// Whether any of the licenses lets the caller see `column` of `table` (operators see all).
+fn may_see(caller: &Caller, licenses: &[License], table: &str, column: Option<&str>) -> bool {
+    if caller.analyst().is_none() {
+        return true;
+    }
+    licenses
+        .iter()
+        .any(|l| match (l.tables.get(table), column) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(g), Some(c)) => matches!(g, ColumnGrant::All) || g.allows(c),
+        })
+}
+
+fn dictionary(caller: &Caller, v: &Visible) -> Vec<TableInfo> {
+    v.manifest
+        .files
+        .iter()
+        .filter(|f| may_see(caller, &v.licenses, &f.table, None))
+        .map(|f| TableInfo {
+            name: f.table.clone(),
+            rows: f.rows,
+            columns: f
+                .columns
+                .iter()
+                .filter(|c| may_see(caller, &v.licenses, &f.table, Some(&c.name)))
+                .map(|c| ColumnInfo {
+                    name: c.name.clone(),
+                    r#type: c.r#type.clone(),
+                    description: c.description.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The releases the caller's licenses cover now (operators: every version, retired included).
+#[utoipa::path(
+    get, path = "/v1/releases", tag = "catalog",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Releases visible to the caller", body = Vec<ReleaseSummary>),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn list_releases(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ReleaseSummary>>> {
+    state
+        .authorize(
+            &caller,
+            Request::BrowseCatalog,
+            "list_releases",
+            "releases".into(),
+            None,
+        )
+        .await?;
+    let rows = state.catalog.releases().await?;
+    let latest = latest_versions(&rows);
+    let usable = state.usable_licenses(&caller).await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let version = row.version as u32;
+        let family_latest = latest.get(&row.family).copied().unwrap_or(0);
+        let licenses: Vec<License> = usable
+            .iter()
+            .filter(|l| l.covers(&row.family, version, family_latest))
+            .cloned()
+            .collect();
+        if caller.analyst().is_some() && (licenses.is_empty() || !row.is_live()) {
+            continue;
+        }
+        let manifest = row.parsed_manifest()?;
+        out.push(summary(&Visible {
+            row,
+            manifest,
+            version,
+            latest: family_latest,
+            licenses,
+        }));
+    }
+    Ok(Json(out))
+}
+
+/// A release version's manifest summary.
+#[utoipa::path(
+    get, path = "/v1/releases/{family}/{version}", tag = "catalog",
+    security(("bearer" = [])),
+    params(
+        ("family" = String, Path, description = "Release family", example = "demo-natural-history"),
+        ("version" = String, Path, description = "Version number, or `latest`", example = "latest"),
+    ),
+    responses(
+        (status = 200, description = "The manifest summary", body = ReleaseDetail),
+        (status = 400, description = "Malformed version", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 404, description = "No such release visible to the caller", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn get_release(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams((family, version)): PathParams<(String, String)>,
+) -> ApiResult<Json<ReleaseDetail>> {
+    state
+        .authorize(
+            &caller,
+            Request::BrowseCatalog,
+            "get_release",
+            format!("{family}/{version}"),
+            None,
+        )
+        .await?;
+    let v = state.visible_release(&caller, &family, &version).await?;
+    let m = &v.manifest;
+    Ok(Json(ReleaseDetail {
+        summary: summary(&v),
+        consent_snapshot_at: m.consent_snapshot_at.clone(),
+        policy_sha256: m.policy_sha256.clone(),
+        patients_excluded: m.patients_excluded.clone(),
+        date_handling: m.date_handling.clone(),
+        birth_years_pooled: m.birth_years_pooled,
+        rare_codes_suppressed: m.rare_codes_suppressed.clone(),
+        person_deid: m.person_deid.clone(),
+        safe_harbor: m
+            .safe_harbor
+            .iter()
+            .map(
+                |ChecklistItem {
+                     identifier,
+                     handling,
+                 }| SafeHarborItem {
+                    identifier: identifier.clone(),
+                    handling: handling.clone(),
+                },
+            )
+            .collect(),
+        files: m
+            .files
+            .iter()
+            .filter(|f| may_see(&caller, &v.licenses, &f.table, None))
+            .map(|f| FileSummary {
+                table: f.table.clone(),
+                rows: f.rows,
+                sha256: f.sha256.clone(),
+            })
+            .collect(),
+    }))
+}
+
+/// The data dictionary: every table and column the caller's licenses cover, described.
+#[utoipa::path(
+    get, path = "/v1/releases/{family}/{version}/dictionary", tag = "catalog",
+    security(("bearer" = [])),
+    params(
+        ("family" = String, Path, description = "Release family", example = "demo-natural-history"),
+        ("version" = String, Path, description = "Version number, or `latest`", example = "latest"),
+    ),
+    responses(
+        (status = 200, description = "Tables and their licensed columns", body = Vec<TableInfo>),
+        (status = 400, description = "Malformed version", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 404, description = "No such release visible to the caller", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn get_dictionary(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams((family, version)): PathParams<(String, String)>,
+) -> ApiResult<Json<Vec<TableInfo>>> {
+    state
+        .authorize(
+            &caller,
+            Request::BrowseCatalog,
+            "get_dictionary",
+            format!("{family}/{version}"),
+            None,
+        )
+        .await?;
+    let v = state.visible_release(&caller, &family, &version).await?;
+    Ok(Json(dictionary(&caller, &v)))
+}
+
+/// One table: its rows and the columns the caller may see, with types and descriptions.
+#[utoipa::path(
+    get, path = "/v1/releases/{family}/{version}/tables/{table}", tag = "catalog",
+    security(("bearer" = [])),
+    params(
+        ("family" = String, Path, description = "Release family", example = "demo-natural-history"),
+        ("version" = String, Path, description = "Version number, or `latest`", example = "latest"),
+        ("table" = String, Path, description = "Table name", example = "person"),
+    ),
+    responses(
+        (status = 200, description = "The table's licensed columns", body = TableInfo),
+        (status = 400, description = "Malformed version", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 404, description = "No such release or table visible to the caller", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn get_table(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams((family, version, table)): PathParams<(String, String, String)>,
+) -> ApiResult<Json<TableInfo>> {
+    state
+        .authorize(
+            &caller,
+            Request::BrowseCatalog,
+            "get_table",
+            format!("{family}/{version}/{table}"),
+            None,
+        )
+        .await?;
+    let v = state.visible_release(&caller, &family, &version).await?;
+    dictionary(&caller, &v)
+        .into_iter()
+        .find(|t| t.name == table)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no table `{table}` visible to you in {family} v{}: the dictionary lists them",
+                v.version
+            ))
+        })
+}
+
+const MAX_CRITERIA: usize = 20;
+const MAX_VALUES: usize = 1000;
+const MAX_TEXT: usize = 200;
+
+fn check_cohort(body: &CohortRequest) -> ApiResult<()> {
+    if body.criteria.len() > MAX_CRITERIA {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_CRITERIA} criteria per cohort"
+        )));
+    }
+    for (i, c) in body.criteria.iter().enumerate() {
+        if c.any_of.is_empty() || c.any_of.len() > MAX_VALUES {
+            return Err(ApiError::invalid(format!(
+                "criteria[{i}].any_of: give 1 to {MAX_VALUES} values"
+            )));
+        }
+        let long = [&c.table, &c.column]
+            .into_iter()
+            .chain(c.any_of.iter())
+            .any(|s| s.len() > MAX_TEXT || s.is_empty());
+        if long {
+            return Err(ApiError::invalid(format!(
+                "criteria[{i}]: names and values are 1 to {MAX_TEXT} characters"
+            )));
+        }
+    }
+    if body
+        .group_by
+        .as_ref()
+        .is_some_and(|g| g.is_empty() || g.len() > MAX_TEXT)
+    {
+        return Err(ApiError::invalid(format!(
+            "group_by: a column name of 1 to {MAX_TEXT} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Counts the persons of a release meeting every criterion, under a license, with its
+/// small-cell suppression and rounding. Metered against the license's rate limit and quota,
+/// and audited with the number of cells and persons.
+#[utoipa::path(
+    post, path = "/v1/releases/{family}/{version}/cohort-count", tag = "catalog",
+    security(("bearer" = [])),
+    params(
+        ("family" = String, Path, description = "Release family", example = "demo-natural-history"),
+        ("version" = String, Path, description = "Version number, or `latest`", example = "latest"),
+    ),
+    request_body = CohortRequest,
+    responses(
+        (status = 200, description = "Protected counts", body = CohortResponse),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The license does not allow it", body = ErrorBody),
+        (status = 404, description = "No such release, table or column visible to the caller", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "Rate limited or quota used up", body = ErrorBody),
+    )
+)]
+pub async fn cohort_count(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams((family, version)): PathParams<(String, String)>,
+    super::ops::JsonBody(body): super::ops::JsonBody<CohortRequest>,
+) -> ApiResult<Json<CohortResponse>> {
+    check_cohort(&body)?;
+    // The decision comes first and needs only the license and version numbers: a refusal
+    // says nothing about whether the release exists.
+    let wanted = parse_version(&version)?;
+    let rows = state.catalog.releases().await?;
+    let latest = latest_versions(&rows).get(&family).copied().unwrap_or(0);
+    let number = wanted.unwrap_or(latest);
+    let license = match (&body.license, caller.analyst()) {
+        (Some(l), _) => l.clone(),
+        (None, Some((_, [only]))) => only.clone(),
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                "this key is bound to several licenses: name one in `license`",
+            ));
+        }
+        (None, None) => String::new(),
+    };
+    let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let person = tables.entry("person".into()).or_default();
+    person.push("person_id".into());
+    if let Some(g) = &body.group_by {
+        person.push(g.clone());
+    }
+    for c in &body.criteria {
+        let t = tables.entry(c.table.clone()).or_default();
+        t.push("person_id".into());
+        t.push(c.column.clone());
+    }
+    let canonical = serde_json::to_string(&body).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    let allowed = state
+        .authorize(
+            &caller,
+            Request::RunQuery {
+                license: license.clone(),
+                family: family.clone(),
+                version: number,
+                latest_version: latest,
+                tables: tables.into_iter().collect(),
+                row_level: false,
+            },
+            "cohort_count",
+            format!("{family}/v{number}"),
+            Some(hex::encode(digest.as_ref())),
+        )
+        .await?;
+    let rules = allowed
+        .license
+        .as_ref()
+        .map(|l| l.output.clone())
+        .ok_or_else(|| ApiError::internal(&"an allowed query without its license"))?;
+    let query = CohortQuery {
+        criteria: body
+            .criteria
+            .iter()
+            .map(|c| Criterion {
+                table: c.table.clone(),
+                column: c.column.clone(),
+                any_of: c.any_of.clone(),
+            })
+            .collect(),
+        group_by: body.group_by.clone(),
+    };
+    let row = rows
+        .into_iter()
+        .find(|r| r.family == family && r.version == i64::from(number) && r.is_live())
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no live release `{family}` version `{version}`: GET /v1/releases lists them"
+            ))
+        })?;
+    let counts = state.catalog.cohort_count(&row, query).await?;
+    let protected = protect_counts(counts.total, &counts.groups, &rules);
+    let cells = protected.cells.len().max(1) as u64;
+    if state.config.enforce {
+        state
+            .gate
+            .record_result(&allowed, cells, Some(counts.total), Utc::now())
+            .await?;
+    }
+    Ok(Json(CohortResponse {
+        family,
+        version: number,
+        license,
+        min_cell_size: rules.min_cell_size,
+        rounding_base: rules.rounding_base,
+        total: protected.total,
+        total_suppressed: protected.total_suppressed,
+        group_by: body.group_by,
+        groups: protected.cells,
+    }))
+}

@@ -1,0 +1,152 @@
+//! Errors as JSON: `{"error": {"code": "...", "message": "..."}}` with a stable code and a
+//! message that says what to do. Messages never carry identified data; internal failures are
+//! logged with a request id and answered with that id only.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tessera_licensing::Reason;
+use tessera_licensing::store::StoreError;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: an authorization reason code (`no_credential`,
+    /// `wrong_organization`, `quota_exceeded`, ...) or one of `invalid_request`,
+    /// `not_found`, `conflict`, `payload_too_large`, `rate_limited`, `timeout`, `internal`,
+    /// `unavailable`.
+    pub code: String,
+    /// What happened and what to do about it.
+    pub message: String,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    /// Seconds, for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// An internal failure: the detail goes to the log under a request id, not to the caller.
+    pub fn internal(detail: &dyn std::fmt::Display) -> ApiError {
+        let id = request_id();
+        tracing::error!(request_id = %id, error = %detail, "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!(
+                "the server failed (request {id}); retry, and if it persists report the request id to the operators"
+            ),
+        )
+    }
+
+    /// A refusal by the authorization decision.
+    pub fn denied(reason: Reason, retry_after: Option<u64>) -> ApiError {
+        let status = match reason {
+            Reason::NoCredential | Reason::CredentialExpired | Reason::CredentialRevoked => {
+                StatusCode::UNAUTHORIZED
+            }
+            Reason::RateLimited | Reason::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::FORBIDDEN,
+        };
+        ApiError {
+            status,
+            code: reason.code().to_string(),
+            message: reason.message().to_string(),
+            retry_after,
+        }
+    }
+}
+
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "r{:x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code,
+                    message: self.message,
+                },
+            }),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.max(1).to_string())
+        {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tessera\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Invalid(m) => ApiError::invalid(m),
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::Sql { .. } => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<tessera_catalog::CatalogError> for ApiError {
+    fn from(e: tessera_catalog::CatalogError) -> ApiError {
+        use tessera_catalog::CatalogError as C;
+        match &e {
+            C::NotFound { .. } => ApiError::not_found(e.to_string()),
+            C::InvalidInput { message } => ApiError::invalid(message.clone()),
+            _ => ApiError::internal(&e),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The caller's licenses, their usage and what remains of their quotas.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::Utc;
+use serde::Serialize;
+use tessera_licensing::decision::Request;
+use tessera_licensing::{License, terms};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::ops::PathParams;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_licenses))
+        .routes(routes!(get_license))
+        .routes(routes!(get_usage))
+}
+
+/// A license with what it means now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LicenseView {
+    pub license: License,
+    /// Signed by the licensee and countersigned.
+    pub signed: bool,
+    /// Active and within its term: it grants access now.
+    pub grants_now: bool,
+    /// SHA-256 of the canonical terms (what the signatures cover).
+    pub terms_sha256: String,
+}
+
+pub(super) fn view(license: License, signed: bool) -> LicenseView {
+    LicenseView {
+        grants_now: license.grants_at(Utc::now()),
+        terms_sha256: terms::terms_hash(&license),
+        license,
+        signed,
+    }
+}
+
+/// Usage under a license and what remains.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    pub license: String,
+    pub at: String,
+    pub queries_last_minute: u32,
+    pub queries_today: u64,
+    pub rows_today: u64,
+    pub queries_this_month: u64,
+    pub rows_this_month: u64,
+    pub remaining: Remaining,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Remaining {
+    pub queries_this_minute: u32,
+    pub queries_today: u64,
+    pub rows_today: u64,
+    pub queries_this_month: u64,
+    pub rows_this_month: u64,
+}
+
+/// The licenses the caller's key is bound to (operators: every license).
+#[utoipa::path(
+    get, path = "/v1/licenses", tag = "licenses",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's licenses", body = Vec<LicenseView>),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn list_licenses(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<LicenseView>>> {
+    state
+        .authorize(
+            &caller,
+            Request::BrowseCatalog,
+            "list_licenses",
+            "licenses".into(),
+            None,
+        )
+        .await?;
+    let all = state
+        .gate
+        .store()
+        .licenses(caller.analyst().map(|(org, _)| org))
+        .await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|(l, _)| match caller.analyst() {
+                Some((_, bound)) => bound.contains(&l.id),
+                None => true,
+            })
+            .map(|(l, signed)| view(l, signed))
+            .collect(),
+    ))
+}
+
+/// One of the caller's licenses, in any status.
+#[utoipa::path(
+    get, path = "/v1/licenses/{id}", tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "License id", example = "demo-aggregate-license")),
+    responses(
+        (status = 200, description = "The license", body = LicenseView),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not the caller's license", body = ErrorBody),
+        (status = 404, description = "No such license (operators)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn get_license(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<LicenseView>> {
+    let allowed = state
+        .authorize(
+            &caller,
+            Request::ViewLicense {
+                license: id.clone(),
+            },
+            "get_license",
+            format!("license/{id}"),
+            None,
+        )
+        .await?;
+    let license = allowed
+        .license
+        .ok_or_else(|| ApiError::not_found(format!("no license `{id}`")))?;
+    let (_, signed) = state.gate.store().license(&license.id).await?;
+    Ok(Json(view(license, signed.is_some())))
+}
+
+/// Usage under one of the caller's licenses and the remaining quota (UTC day and month).
+#[utoipa::path(
+    get, path = "/v1/licenses/{id}/usage", tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "License id", example = "demo-aggregate-license")),
+    responses(
+        (status = 200, description = "Usage and remaining quota", body = UsageView),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not the caller's license", body = ErrorBody),
+        (status = 404, description = "No such license (operators)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn get_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<UsageView>> {
+    let allowed = state
+        .authorize(
+            &caller,
+            Request::ViewLicense {
+                license: id.clone(),
+            },
+            "get_usage",
+            format!("license/{id}"),
+            None,
+        )
+        .await?;
+    let license = allowed
+        .license
+        .ok_or_else(|| ApiError::not_found(format!("no license `{id}`")))?;
+    let now = Utc::now();
+    let (u, _) = state.gate.store().usage(&license.id, now).await?;
+    let q = &license.quota;
+    Ok(Json(UsageView {
+        license: license.id.clone(),
+        at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        queries_last_minute: u.queries_last_minute,
+        queries_today: u.queries_today,
+        rows_today: u.rows_today,
+        queries_this_month: u.queries_this_month,
+        rows_this_month: u.rows_this_month,
+        remaining: Remaining {
+            queries_this_minute: q.queries_per_minute.saturating_sub(u.queries_last_minute),
+            queries_today: q.queries_per_day.saturating_sub(u.queries_today),
+            rows_today: q.rows_per_day.saturating_sub(u.rows_today),
+            queries_this_month: q.queries_per_month.saturating_sub(u.queries_this_month),
+            rows_this_month: q.rows_per_month.saturating_sub(u.rows_this_month),
+        },
+    }))
+}
