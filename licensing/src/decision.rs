@@ -50,6 +50,9 @@ pub enum Request {
         family: String,
         version: u32,
         latest_version: u32,
+        /// The consent purpose the release version was built for; `None` when no such
+        /// version exists (refused as not covered).
+        release_purpose: Option<String>,
         table: String,
         columns: Vec<String>,
     },
@@ -59,6 +62,9 @@ pub enum Request {
         family: String,
         version: u32,
         latest_version: u32,
+        /// The consent purpose the release version was built for; `None` when no such
+        /// version exists (refused as not covered).
+        release_purpose: Option<String>,
         tables: Vec<(String, Vec<String>)>,
         row_level: bool,
     },
@@ -95,6 +101,7 @@ pub enum Reason {
     OutsideTerm,
     ReleaseNotCovered,
     VersionNotCovered,
+    PurposeNotCovered,
     TableNotLicensed,
     ColumnNotLicensed,
     RowLevelNotAllowed,
@@ -104,7 +111,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::NoCredential,
         Reason::CredentialExpired,
         Reason::CredentialRevoked,
@@ -117,6 +124,7 @@ impl Reason {
         Reason::OutsideTerm,
         Reason::ReleaseNotCovered,
         Reason::VersionNotCovered,
+        Reason::PurposeNotCovered,
         Reason::TableNotLicensed,
         Reason::ColumnNotLicensed,
         Reason::RowLevelNotAllowed,
@@ -139,6 +147,7 @@ impl Reason {
             Reason::OutsideTerm => "outside_term",
             Reason::ReleaseNotCovered => "release_not_covered",
             Reason::VersionNotCovered => "version_not_covered",
+            Reason::PurposeNotCovered => "purpose_not_covered",
             Reason::TableNotLicensed => "table_not_licensed",
             Reason::ColumnNotLicensed => "column_not_licensed",
             Reason::RowLevelNotAllowed => "row_level_not_allowed",
@@ -168,7 +177,12 @@ impl Reason {
                 "the license is not active (draft, signed, suspended, expired or terminated)"
             }
             Reason::OutsideTerm => "the license's term has not started or has ended",
-            Reason::ReleaseNotCovered => "the license does not cover that release family",
+            Reason::ReleaseNotCovered => {
+                "the license does not cover that release (or there is no such release): GET /v1/releases lists yours"
+            }
+            Reason::PurposeNotCovered => {
+                "that release was built for another consent purpose than the license's"
+            }
             Reason::VersionNotCovered => "the license covers another version of that release",
             Reason::TableNotLicensed => "the license does not cover that table",
             Reason::ColumnNotLicensed => "the license does not cover one of the columns asked for",
@@ -232,12 +246,13 @@ fn check(
             _,
         ) => (organization, licenses),
     };
-    let (license_id, family, version, latest, tables, row_level) = match request {
+    let (license_id, family, version, latest, purpose, tables, row_level) = match request {
         Request::ReadTable {
             license,
             family,
             version,
             latest_version,
+            release_purpose,
             table,
             columns,
         } => (
@@ -245,6 +260,7 @@ fn check(
             family,
             *version,
             *latest_version,
+            release_purpose,
             vec![(table.clone(), columns.clone())],
             true,
         ),
@@ -253,6 +269,7 @@ fn check(
             family,
             version,
             latest_version,
+            release_purpose,
             tables,
             row_level,
         } => (
@@ -260,6 +277,7 @@ fn check(
             family,
             *version,
             *latest_version,
+            release_purpose,
             tables.clone(),
             *row_level,
         ),
@@ -293,11 +311,18 @@ fn check(
     if now < l.term_start || now >= l.term_end {
         return Err(Reason::OutsideTerm);
     }
+    let Some(purpose) = purpose else {
+        return Err(Reason::ReleaseNotCovered);
+    };
     match l.releases.get(family) {
         None => return Err(Reason::ReleaseNotCovered),
         Some(VersionPin::Latest) if version != latest => return Err(Reason::VersionNotCovered),
         Some(VersionPin::Pinned(v)) if *v != version => return Err(Reason::VersionNotCovered),
         Some(_) => {}
+    }
+    // Only patients who consented to the license's purpose may be seen under it.
+    if purpose != &l.purpose {
+        return Err(Reason::PurposeNotCovered);
     }
     for (table, columns) in &tables {
         let grant = l.tables.get(table).ok_or(Reason::TableNotLicensed)?;
@@ -356,6 +381,7 @@ mod tests {
             family: "nh".into(),
             version: 3,
             latest_version: 3,
+            release_purpose: Some("research.natural_history".into()),
             tables: vec![(
                 table.into(),
                 columns.iter().map(|c| c.to_string()).collect(),
@@ -370,6 +396,7 @@ mod tests {
             family: family.into(),
             version,
             latest_version: 3,
+            release_purpose: Some("research.natural_history".into()),
             tables: vec![("person".into(), vec!["person_id".into()])],
             row_level: false,
         }
@@ -611,6 +638,31 @@ mod tests {
                 Decision::Deny(ReleaseNotCovered),
             ),
             (
+                "no such release version",
+                {
+                    let mut r = query_fv("nh", 3);
+                    if let Request::RunQuery {
+                        release_purpose, ..
+                    } = &mut r
+                    {
+                        *release_purpose = None;
+                    }
+                    r
+                },
+                Some(analyst()),
+                Some(license()),
+                Usage::default(),
+                Decision::Deny(ReleaseNotCovered),
+            ),
+            (
+                "release built for another purpose",
+                ok.clone(),
+                Some(analyst()),
+                with(&|l| l.purpose = "commercial.licensing".into()),
+                Usage::default(),
+                Decision::Deny(PurposeNotCovered),
+            ),
+            (
                 "old version under latest",
                 query_fv("nh", 2),
                 Some(analyst()),
@@ -728,7 +780,7 @@ mod tests {
         }
         assert_eq!(
             reasons_seen.len(),
-            17,
+            18,
             "every reason code is exercised: {reasons_seen:?}"
         );
     }

@@ -198,8 +198,12 @@ impl License {
         self.status == LicenseStatus::Active && now >= self.term_start && now < self.term_end
     }
 
-    /// Whether it covers `version` of `family`, whose newest version is `latest`.
-    pub fn covers(&self, family: &str, version: u32, latest: u32) -> bool {
+    /// Whether it covers `version` of `family`, whose newest version is `latest`, built for
+    /// `purpose`.
+    pub fn covers(&self, family: &str, version: u32, latest: u32, purpose: &str) -> bool {
+        if purpose != self.purpose {
+            return false;
+        }
         match self.releases.get(family) {
             None => false,
             Some(VersionPin::Latest) => version == latest,

@@ -879,6 +879,7 @@ mod tests {
             family: "nh".into(),
             version: 1,
             latest_version: 1,
+            release_purpose: Some("research.natural_history".into()),
             tables: vec![("person".into(), vec!["person_id".into()])],
             row_level: false,
         };

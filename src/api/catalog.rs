@@ -198,7 +198,7 @@ impl AppState {
             .usable_licenses(caller)
             .await?
             .into_iter()
-            .filter(|l| l.covers(family, version, latest))
+            .filter(|l| l.covers(family, version, latest, &row.purpose))
             .collect();
         if caller.analyst().is_some() && (licenses.is_empty() || !row.is_live()) {
             return Err(missing());
@@ -296,7 +296,7 @@ pub async fn list_releases(
         let family_latest = latest.get(&row.family).copied().unwrap_or(0);
         let licenses: Vec<License> = usable
             .iter()
-            .filter(|l| l.covers(&row.family, version, family_latest))
+            .filter(|l| l.covers(&row.family, version, family_latest, &row.purpose))
             .cloned()
             .collect();
         if caller.analyst().is_some() && (licenses.is_empty() || !row.is_live()) {
@@ -531,6 +531,10 @@ pub async fn cohort_count(
     let rows = state.catalog.releases().await?;
     let latest = latest_versions(&rows).get(&family).copied().unwrap_or(0);
     let number = wanted.unwrap_or(latest);
+    // The live version asked for; an absent one is refused by the decision as not covered.
+    let row = rows
+        .into_iter()
+        .find(|r| r.family == family && r.version == i64::from(number) && r.is_live());
     let license = match (&body.license, caller.analyst()) {
         (Some(l), _) => l.clone(),
         (None, Some((_, [only]))) => only.clone(),
@@ -562,6 +566,7 @@ pub async fn cohort_count(
                 family: family.clone(),
                 version: number,
                 latest_version: latest,
+                release_purpose: row.as_ref().map(|r| r.purpose.clone()),
                 tables: tables.into_iter().collect(),
                 row_level: false,
             },
@@ -587,14 +592,7 @@ pub async fn cohort_count(
             .collect(),
         group_by: body.group_by.clone(),
     };
-    let row = rows
-        .into_iter()
-        .find(|r| r.family == family && r.version == i64::from(number) && r.is_live())
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no live release `{family}` version `{version}`: GET /v1/releases lists them"
-            ))
-        })?;
+    let row = row.ok_or_else(|| ApiError::internal(&"an allowed query of an absent release"))?;
     let counts = state.catalog.cohort_count(&row, query).await?;
     let protected = protect_counts(counts.total, &counts.groups, &rules);
     let cells = protected.cells.len().max(1) as u64;

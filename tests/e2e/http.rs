@@ -439,6 +439,20 @@ async fn refusals_and_allowed_requests_are_answered_with_codes_and_audited() {
         StatusCode::OK
     );
 
+    // A version that does not exist is refused by the decision, like any release not covered.
+    let (s, b, _) = c
+        .post(
+            &server.url("/v1/releases/demo-natural-history/7/cohort-count"),
+            Some(&agg_key),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::FORBIDDEN, "release_not_covered"),
+        "{b}"
+    );
+
     // A revoked key.
     assert_eq!(c.get(&releases, Some(&row_key)).await.0, StatusCode::OK);
     t.expect(&["key", "revoke", "--id", &row_key_id], 0);
@@ -473,6 +487,11 @@ async fn refusals_and_allowed_requests_are_answered_with_codes_and_audited() {
     let (s, b, _) = c.get(&server.url("/v2/nothing"), Some(&agg_key)).await;
     assert_eq!((s, code(&b)), (StatusCode::NOT_FOUND, "not_found"));
 
+    // An expired license grants nothing more.
+    t.expect(&["license", "status", "--id", &agg_license, "expired"], 0);
+    let (s, b, _) = c.post(&cohort, Some(&agg_key), &json!({})).await;
+    assert_eq!((s, code(&b)), (StatusCode::FORBIDDEN, "license_not_active"));
+
     // Metrics carry route templates and decision codes.
     let (s, metrics, _) = c.get(&server.url("/metrics"), None).await;
     assert_eq!(s, StatusCode::OK);
@@ -494,6 +513,7 @@ async fn refusals_and_allowed_requests_are_answered_with_codes_and_audited() {
         "admin_cannot_query",
         "credential_expired",
         "license_not_active",
+        "release_not_covered",
         "credential_revoked",
     ] {
         assert!(

@@ -174,9 +174,154 @@ async fn catalog_on_postgres() {
         [(1, "retired"), (2, "published")]
     );
 
+    licensing_on_postgres(&url, &catalog, &listed[1]).await;
+
     catalog.close().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
         .execute(&mut conn)
         .await
         .expect("drop");
+}
+
+/// The HTTP API's path through licensing on PostgreSQL: a signed, active license and a key;
+/// twenty concurrent decisions chained into one audit log without a gap; metering read back
+/// as usage; a cohort count of the release.
+async fn licensing_on_postgres(
+    url: &str,
+    catalog: &Catalog,
+    release: &tessera_catalog::ReleaseRow,
+) {
+    use ring::signature::Ed25519KeyPair;
+    use tessera_licensing::decision::{Principal, Request};
+    use tessera_licensing::gate::{Ask, Gate};
+    use tessera_licensing::model::*;
+    use tessera_licensing::store::LicensingStore;
+    use tessera_licensing::terms;
+
+    let store = LicensingStore::connect(url).await.expect("licensing store");
+    let (pkcs8, public) = terms::generate_key().expect("key");
+    let signatory = Ed25519KeyPair::from_pkcs8(&pkcs8).expect("pair");
+    let (platform, platform_public) = terms::platform_key(&[9u8; 32]).expect("platform");
+    store
+        .add_organization("acme", "Acme", &public)
+        .await
+        .expect("org");
+    let now = Utc::now();
+    let license = License {
+        id: "acme-pg".into(),
+        organization: "acme".into(),
+        releases: [("pg".to_string(), VersionPin::Latest)]
+            .into_iter()
+            .collect(),
+        tables: [("person".to_string(), ColumnGrant::All)]
+            .into_iter()
+            .collect(),
+        purpose: "research.natural_history".into(),
+        mode: AccessMode::AggregateOnly,
+        output: OutputRules::default(),
+        quota: Quota {
+            queries_per_minute: 100,
+            queries_per_day: 1000,
+            rows_per_day: 100_000,
+            queries_per_month: 10_000,
+            rows_per_month: 1_000_000,
+        },
+        term_start: now - chrono::Duration::days(1),
+        term_end: now + chrono::Duration::days(30),
+        fees: Fees {
+            flat: None,
+            per_contributing_patient: None,
+            patient_share_bps: 5000,
+        },
+        clauses: standard_clauses(),
+        status: LicenseStatus::Draft,
+    };
+    store.create_license(&license).await.expect("license");
+    let mut signed = terms::sign(&license, &signatory);
+    terms::countersign(&mut signed, &platform);
+    store
+        .sign_license("acme-pg", &signed, &platform_public)
+        .await
+        .expect("sign");
+    store
+        .set_status("acme-pg", LicenseStatus::Active)
+        .await
+        .expect("activate");
+    let pepper = b"pepper".to_vec();
+    let (key, _) = store
+        .issue_key(
+            &Principal::Analyst {
+                organization: "acme".into(),
+                licenses: vec!["acme-pg".into()],
+            },
+            None,
+            &pepper,
+        )
+        .await
+        .expect("key");
+    let gate = Gate::new(store.clone(), pepper);
+    let credential = gate
+        .credential(Some(&key))
+        .await
+        .expect("lookup")
+        .expect("known key");
+    let ask = |n: usize| Ask {
+        request: Request::RunQuery {
+            license: "acme-pg".into(),
+            family: "pg".into(),
+            version: release.version as u32,
+            latest_version: release.version as u32,
+            release_purpose: Some(release.purpose.clone()),
+            tables: vec![("person".into(), vec!["person_id".into()])],
+            row_level: false,
+        },
+        action: "cohort_count".into(),
+        resource: format!("pg/v{n}"),
+        query_sha256: None,
+    };
+    let decisions = futures_join(&gate, &credential, (0..20).map(ask).collect()).await;
+    let mut allowed = Vec::new();
+    for d in decisions {
+        allowed.push(d.expect("allowed"));
+    }
+    let counts = catalog
+        .cohort_count(
+            release,
+            tessera_catalog::release::cohort::CohortQuery::default(),
+        )
+        .await
+        .expect("count");
+    assert!(counts.total > 0);
+    for a in &allowed[..3] {
+        gate.record_result(a, 1, Some(counts.total), Utc::now())
+            .await
+            .expect("meter");
+    }
+    let (usage, _) = store.usage("acme-pg", Utc::now()).await.expect("usage");
+    assert_eq!((usage.queries_today, usage.rows_today), (3, 3));
+    assert_eq!(usage.queries_last_minute, 3);
+    assert_eq!(store.verify_audit().await.expect("read"), Ok(23));
+    store.close().await;
+}
+
+/// Runs the asks at once, as concurrent requests would.
+async fn futures_join(
+    gate: &tessera_licensing::gate::Gate,
+    credential: &tessera_licensing::Credential,
+    asks: Vec<tessera_licensing::gate::Ask>,
+) -> Vec<Result<tessera_licensing::gate::Allowed, tessera_licensing::gate::Denied>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for ask in asks {
+        let (gate, credential) = (gate.clone(), credential.clone());
+        tasks.spawn(async move {
+            gate.authorize(Some(&credential), ask, Utc::now())
+                .await
+                .expect("audited decision")
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.expect("task"));
+    }
+    out
 }
