@@ -126,6 +126,13 @@ pub async fn org(g: &GlobalArgs, c: OrgCommand) -> Result<ExitCode> {
         } => {
             let (store, _) = open(g).await?;
             store.add_organization(&id, &name, &public_key).await?;
+            cli_audit(
+                &store,
+                "add_organization",
+                format!("organization/{id}"),
+                None,
+            )
+            .await?;
             say!("added organization {id}");
             store.close().await;
         }
@@ -142,6 +149,13 @@ pub async fn license(g: &GlobalArgs, c: LicenseCommand) -> Result<ExitCode> {
             let license: License = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a license (JSON)", file.display()))?;
             store.create_license(&license).await?;
+            cli_audit(
+                &store,
+                "create_license",
+                format!("license/{}", license.id),
+                Some(&license.id),
+            )
+            .await?;
             say!("created draft license {}", license.id);
             ExitCode::SUCCESS
         }
@@ -156,6 +170,7 @@ pub async fn license(g: &GlobalArgs, c: LicenseCommand) -> Result<ExitCode> {
             let (platform, platform_public) = platform(&keyring)?;
             terms::countersign(&mut signed, &platform);
             store.sign_license(&id, &signed, &platform_public).await?;
+            cli_audit(&store, "sign_license", format!("license/{id}"), Some(&id)).await?;
             say!(
                 "license {id} signed and countersigned (terms SHA-256 {})",
                 signed.terms_sha256
@@ -165,6 +180,13 @@ pub async fn license(g: &GlobalArgs, c: LicenseCommand) -> Result<ExitCode> {
         LicenseCommand::Status { id, to } => {
             let to: LicenseStatus = serde_json::from_value(serde_json::Value::String(to))?;
             store.set_status(&id, to).await?;
+            cli_audit(
+                &store,
+                "set_license_status",
+                format!("license/{id}"),
+                Some(&id),
+            )
+            .await?;
             say!(
                 "license {id} is now {}",
                 serde_json::to_value(to)?.as_str().unwrap_or("?")
@@ -226,14 +248,41 @@ pub async fn key(g: &GlobalArgs, c: KeyCommand) -> Result<ExitCode> {
             };
             let expires = days.map(|d| chrono::Utc::now() + chrono::Duration::days(d));
             let (text, id) = store.issue_key(&principal, expires, &pepper).await?;
+            cli_audit(&store, "issue_key", format!("key/{id}"), None).await?;
             say!("key {id} issued; it is shown only now:");
             say!("{text}");
         }
         KeyCommand::Revoke { id } => {
             store.revoke_key(&id).await?;
+            cli_audit(&store, "revoke_key", format!("key/{id}"), None).await?;
             say!("key {id} revoked");
         }
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Operators' changes made on the command line join the audit log beside those made over HTTP,
+/// with the principal `cli` (whoever can run these commands holds the master key).
+async fn cli_audit(
+    store: &LicensingStore,
+    action: &str,
+    resource: String,
+    license: Option<&str>,
+) -> Result<()> {
+    store
+        .append_audit(tessera_licensing::audit::Event {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            principal: "cli".into(),
+            license: license.map(str::to_string),
+            action: action.to_string(),
+            resource,
+            decision: "allow".into(),
+            query_sha256: None,
+            rows: None,
+            persons: None,
+        })
+        .await
+        .context("the change was made but could not be recorded in the audit log")?;
+    Ok(())
 }

@@ -115,6 +115,33 @@ async fn license_lifecycle_from_the_cli() {
         "a revoked key cannot be revoked twice"
     );
 
+    // Every change made above is in the audit log, by the `cli` principal, in order.
+    {
+        let store = tessera_licensing::store::LicensingStore::connect(&t.database_url())
+            .await
+            .expect("store");
+        let actions: Vec<String> = store
+            .audit_entries()
+            .await
+            .expect("audit")
+            .into_iter()
+            .filter(|e| e.event.principal == "cli")
+            .map(|e| e.event.action)
+            .collect();
+        store.close().await;
+        for a in [
+            "add_organization",
+            "create_license",
+            "sign_license",
+            "set_license_status",
+            "issue_key",
+            "revoke_key",
+        ] {
+            assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+        }
+    }
+    t.expect(&["audit", "verify"], 0);
+
     // The terms edited in the database after signing: verification fails and says so.
     {
         use sqlx::Connection;
