@@ -16,6 +16,8 @@
 //!    benchmark data;
 //! 4. Mondrian beside the full-domain optimum on Adult and on the 1M-row table.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -465,19 +467,5 @@ fn main() {
     s += "<!-- deid:end -->\n";
     print!("{s}");
 
-    let doc_path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&doc_path).expect("docs/benchmarks.md");
-    let updated = match (
-        doc.find("<!-- deid:begin -->"),
-        doc.find("<!-- deid:end -->"),
-    ) {
-        (Some(b), Some(e)) => format!(
-            "{}{}{}",
-            &doc[..b],
-            s.trim_end(),
-            &doc[e + "<!-- deid:end -->".len()..]
-        ),
-        _ => format!("{}\n{}", doc.trim_end(), s),
-    };
-    std::fs::write(&doc_path, updated).expect("write docs/benchmarks.md");
+    common::write_section("deid", &s);
 }

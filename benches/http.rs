@@ -10,6 +10,8 @@
 //! alternating rounds; requests per second and p99 latency of each, and their ratio, are
 //! reported. Client and server share the machine's cores.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +117,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("temp");
     let data = dir.path().join("data");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -190,19 +191,5 @@ async fn main() {
     s += "<!-- http:end -->\n";
     print!("{s}");
 
-    let doc_path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&doc_path).expect("docs/benchmarks.md");
-    let updated = match (
-        doc.find("<!-- http:begin -->"),
-        doc.find("<!-- http:end -->"),
-    ) {
-        (Some(b), Some(e)) => format!(
-            "{}{}{}",
-            &doc[..b],
-            s.trim_end(),
-            &doc[e + "<!-- http:end -->".len()..]
-        ),
-        _ => format!("{}\n\n{}", doc.trim_end(), s),
-    };
-    std::fs::write(&doc_path, updated).expect("write docs/benchmarks.md");
+    common::write_section("http", &s);
 }

@@ -8,6 +8,8 @@
 //! AES-256-GCM and write to a fresh SQLite database (WAL, synchronous=FULL). Each side runs
 //! three times; the best run counts (the least disturbed by other work on the machine).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -164,20 +166,5 @@ speed (a ratio of 0.50 or more in the last column of the ingest row).\n\
         r3 = row("`tessera` ingest into SQLite", ingest_s),
     );
     println!("{section}");
-    let doc_path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&doc_path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let updated = match (
-        doc.find("<!-- ingest:begin -->"),
-        doc.find("<!-- ingest:end -->"),
-    ) {
-        (Some(a), Some(b)) => format!(
-            "{}{}{}",
-            &doc[..a],
-            section.trim_end(),
-            &doc[b + "<!-- ingest:end -->".len()..]
-        ),
-        _ => format!("{}\n{section}", doc.trim_end()),
-    };
-    std::fs::write(&doc_path, updated).expect("write docs/benchmarks.md");
-    println!("updated {}", doc_path.display());
+    common::write_section("ingest", &section);
 }

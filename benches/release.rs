@@ -15,6 +15,8 @@
 //! is asked for), and tables are appended to Parquet per chunk. Peak memory of each phase is the process's VmHWM after resetting it (`/proc/self/clear_refs`),
 //! so it includes the summaries the phase starts from.
 
+mod common;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -296,19 +298,5 @@ fn main() {
     }
     s += "\nBoth sides stream chunks of 5,000 patients (the build reads them twice: a scan for the person table and the code counts, then the event tables), so memory is bounded by a chunk plus the person table and the per-code patient sets, not by the release. The 923-patient row is short enough that the order of the two phases (caches warmed by the baseline) shows.\n<!-- release:end -->\n";
     print!("{s}");
-    let doc_path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&doc_path).expect("docs/benchmarks.md");
-    let updated = match (
-        doc.find("<!-- release:begin -->"),
-        doc.find("<!-- release:end -->"),
-    ) {
-        (Some(b), Some(e)) => format!(
-            "{}{}{}",
-            &doc[..b],
-            s.trim_end(),
-            &doc[e + "<!-- release:end -->".len()..]
-        ),
-        _ => format!("{}\n\n{}", doc.trim_end(), s),
-    };
-    std::fs::write(&doc_path, updated).expect("write docs/benchmarks.md");
+    common::write_section("release", &s);
 }

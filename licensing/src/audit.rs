@@ -10,6 +10,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// One decision, before it is chained.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// RFC 3339 UTC.
     pub at: String,
@@ -28,6 +29,7 @@ pub struct Event {
 
 /// An entry of the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Entry {
     pub seq: u64,
     pub event: Event,

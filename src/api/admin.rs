@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{AdminRefusals, ApiError, ApiResult, ErrorBody};
 use super::licenses::{LicenseView, view};
 use super::ops::{JsonBody, PathParams, QueryParams};
 
@@ -64,9 +64,7 @@ pub struct NewOrganization {
 #[utoipa::path(get, path = "/v1/admin/organizations", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "Organizations", body = Vec<Organization>),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn list_organizations(
     State(state): State<AppState>,
@@ -89,11 +87,9 @@ pub async fn list_organizations(
     responses(
         (status = 201, description = "Added", body = Organization),
         (status = 400, description = "Invalid", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 409, description = "The id is taken", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn add_organization(
     State(state): State<AppState>,
@@ -125,9 +121,7 @@ pub async fn add_organization(
 #[utoipa::path(get, path = "/v1/admin/licenses", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "Licenses", body = Vec<LicenseView>),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn list_all_licenses(
     State(state): State<AppState>,
@@ -151,11 +145,9 @@ pub async fn list_all_licenses(
     responses(
         (status = 201, description = "Created as a draft", body = LicenseView),
         (status = 400, description = "Invalid", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 409, description = "The id is taken", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn create_license(
     State(state): State<AppState>,
@@ -200,10 +192,8 @@ async fn existing(state: &AppState, id: &str) -> ApiResult<(License, Option<Sign
     params(("id" = String, Path, description = "License id")),
     responses(
         (status = 200, description = "The license", body = LicenseDetail),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such license", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn get_license_detail(
     State(state): State<AppState>,
@@ -241,11 +231,9 @@ pub struct Signature {
     responses(
         (status = 200, description = "Signed and countersigned", body = LicenseView),
         (status = 400, description = "The signature does not verify, or the license is not a draft", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such license", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn sign_license(
     State(state): State<AppState>,
@@ -292,11 +280,9 @@ pub struct StatusChange {
     responses(
         (status = 200, description = "Changed", body = LicenseView),
         (status = 400, description = "Not a step the lifecycle allows", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such license", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn set_license_status(
     State(state): State<AppState>,
@@ -333,10 +319,8 @@ pub struct Verification {
     responses(
         (status = 200, description = "The verdict", body = Verification),
         (status = 400, description = "The license is not signed", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such license", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn verify_license(
     State(state): State<AppState>,
@@ -368,9 +352,7 @@ pub async fn verify_license(
 #[utoipa::path(get, path = "/v1/admin/keys", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "Keys", body = Vec<KeyListing>),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn list_keys(
     State(state): State<AppState>,
@@ -418,10 +400,8 @@ pub struct IssuedKey {
     responses(
         (status = 201, description = "Issued; the key is shown only now", body = IssuedKey),
         (status = 400, description = "Invalid", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn issue_key(
     State(state): State<AppState>,
@@ -480,10 +460,8 @@ pub async fn issue_key(
     params(("id" = String, Path, description = "Key id")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No live key with that id", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn revoke_key(
     State(state): State<AppState>,
@@ -522,17 +500,15 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = [])),
     params(AuditPage),
     responses(
-        (status = 200, description = "Entries", body = Vec<AuditEntry>),
+        (status = 200, description = "Entries", body = Vec<Entry>),
         (status = 400, description = "Invalid paging", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn read_audit(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(page): QueryParams<AuditPage>,
-) -> ApiResult<Json<Vec<AuditEntry>>> {
+) -> ApiResult<Json<Vec<Entry>>> {
     admin(
         &state,
         &caller,
@@ -551,45 +527,8 @@ pub async fn read_audit(
             .into_iter()
             .filter(|e| e.seq > page.after)
             .take(limit as usize)
-            .map(AuditEntry::from)
             .collect(),
     ))
-}
-
-/// One audit entry.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEntry {
-    pub seq: u64,
-    pub at: String,
-    pub principal: String,
-    pub license: Option<String>,
-    pub action: String,
-    pub resource: String,
-    pub decision: String,
-    pub query_sha256: Option<String>,
-    pub rows: Option<u64>,
-    pub persons: Option<u64>,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-impl From<Entry> for AuditEntry {
-    fn from(e: Entry) -> AuditEntry {
-        AuditEntry {
-            seq: e.seq,
-            at: e.event.at,
-            principal: e.event.principal,
-            license: e.event.license,
-            action: e.event.action,
-            resource: e.event.resource,
-            decision: e.event.decision,
-            query_sha256: e.event.query_sha256,
-            rows: e.event.rows,
-            persons: e.event.persons,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-        }
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -604,9 +543,7 @@ pub struct AuditVerification {
 #[utoipa::path(get, path = "/v1/admin/audit/verification", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "The verdict", body = AuditVerification),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "Not an operator", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        AdminRefusals,
     ))]
 pub async fn verify_audit(
     State(state): State<AppState>,

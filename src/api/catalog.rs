@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, Refusals};
 use super::ops::PathParams;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -270,8 +270,7 @@ fn dictionary(caller: &Caller, v: &Visible) -> Vec<TableInfo> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Releases visible to the caller", body = Vec<ReleaseSummary>),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn list_releases(
@@ -325,9 +324,8 @@ pub async fn list_releases(
     responses(
         (status = 200, description = "The manifest summary", body = ReleaseDetail),
         (status = 400, description = "Malformed version", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
         (status = 404, description = "No such release visible to the caller", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn get_release(
@@ -392,9 +390,8 @@ pub async fn get_release(
     responses(
         (status = 200, description = "Tables and their licensed columns", body = Vec<TableInfo>),
         (status = 400, description = "Malformed version", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
         (status = 404, description = "No such release visible to the caller", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn get_dictionary(
@@ -427,9 +424,8 @@ pub async fn get_dictionary(
     responses(
         (status = 200, description = "The table's licensed columns", body = TableInfo),
         (status = 400, description = "Malformed version", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
         (status = 404, description = "No such release or table visible to the caller", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn get_table(
@@ -511,11 +507,10 @@ fn check_cohort(body: &CohortRequest) -> ApiResult<()> {
     responses(
         (status = 200, description = "Protected counts", body = CohortResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
         (status = 403, description = "The license does not allow it", body = ErrorBody),
         (status = 404, description = "No such release, table or column visible to the caller", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited or quota used up", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn cohort_count(

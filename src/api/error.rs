@@ -150,3 +150,67 @@ impl From<tessera_catalog::CatalogError> for ApiError {
         }
     }
 }
+
+/// Builds the documented error responses (JSON `ErrorBody`; 429 with `Retry-After`).
+fn refusal_map(
+    entries: &[(u16, &str)],
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, Type, schema::ObjectBuilder};
+    entries
+        .iter()
+        .map(|(status, description)| {
+            let mut r = ResponseBuilder::new().description(*description).content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            );
+            if *status == 429 {
+                r = r.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                        .description(Some("Seconds until a retry can succeed"))
+                        .build(),
+                );
+            }
+            (status.to_string(), r.build().into())
+        })
+        .collect()
+}
+
+const UNAUTHORIZED: (u16, &str) = (
+    401,
+    "No valid credential (`no_credential`, `credential_expired`, `credential_revoked`)",
+);
+const TOO_MANY: (u16, &str) = (
+    429,
+    "Rate limited, or the license's quota is used up (`rate_limited`, `quota_exceeded`)",
+);
+
+/// The refusals every route under `/v1` can answer: 401 and 429.
+#[derive(Debug)]
+pub struct Refusals;
+
+impl utoipa::IntoResponses for Refusals {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        refusal_map(&[UNAUTHORIZED, TOO_MANY])
+    }
+}
+
+/// The refusals of the operators' routes: 401, 403 (`not_admin`) and 429.
+#[derive(Debug)]
+pub struct AdminRefusals;
+
+impl utoipa::IntoResponses for AdminRefusals {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        refusal_map(&[
+            UNAUTHORIZED,
+            (403, "Not an operator key (`not_admin`)"),
+            TOO_MANY,
+        ])
+    }
+}

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, Refusals};
 use super::ops::PathParams;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -71,8 +71,7 @@ pub struct Remaining {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's licenses", body = Vec<LicenseView>),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn list_licenses(
@@ -104,6 +103,24 @@ pub async fn list_licenses(
     ))
 }
 
+/// A license the caller may view (its own, in any status; any, for operators), decided and
+/// audited as `action`.
+async fn viewable(state: &AppState, caller: &Caller, id: &str, action: &str) -> ApiResult<License> {
+    state
+        .authorize(
+            caller,
+            Request::ViewLicense {
+                license: id.to_string(),
+            },
+            action,
+            format!("license/{id}"),
+            None,
+        )
+        .await?
+        .license
+        .ok_or_else(|| ApiError::not_found(format!("no license `{id}`")))
+}
+
 /// One of the caller's licenses, in any status.
 #[utoipa::path(
     get, path = "/v1/licenses/{id}", tag = "licenses",
@@ -111,10 +128,9 @@ pub async fn list_licenses(
     params(("id" = String, Path, description = "License id", example = "demo-aggregate-license")),
     responses(
         (status = 200, description = "The license", body = LicenseView),
-        (status = 401, description = "No valid credential", body = ErrorBody),
         (status = 403, description = "Not the caller's license", body = ErrorBody),
         (status = 404, description = "No such license (operators)", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn get_license(
@@ -122,20 +138,7 @@ pub async fn get_license(
     caller: Caller,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<LicenseView>> {
-    let allowed = state
-        .authorize(
-            &caller,
-            Request::ViewLicense {
-                license: id.clone(),
-            },
-            "get_license",
-            format!("license/{id}"),
-            None,
-        )
-        .await?;
-    let license = allowed
-        .license
-        .ok_or_else(|| ApiError::not_found(format!("no license `{id}`")))?;
+    let license = viewable(&state, &caller, &id, "get_license").await?;
     let (_, signed) = state.gate.store().license(&license.id).await?;
     Ok(Json(view(license, signed.is_some())))
 }
@@ -147,10 +150,9 @@ pub async fn get_license(
     params(("id" = String, Path, description = "License id", example = "demo-aggregate-license")),
     responses(
         (status = 200, description = "Usage and remaining quota", body = UsageView),
-        (status = 401, description = "No valid credential", body = ErrorBody),
         (status = 403, description = "Not the caller's license", body = ErrorBody),
         (status = 404, description = "No such license (operators)", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        Refusals,
     )
 )]
 pub async fn get_usage(
@@ -158,20 +160,7 @@ pub async fn get_usage(
     caller: Caller,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<UsageView>> {
-    let allowed = state
-        .authorize(
-            &caller,
-            Request::ViewLicense {
-                license: id.clone(),
-            },
-            "get_usage",
-            format!("license/{id}"),
-            None,
-        )
-        .await?;
-    let license = allowed
-        .license
-        .ok_or_else(|| ApiError::not_found(format!("no license `{id}`")))?;
+    let license = viewable(&state, &caller, &id, "get_usage").await?;
     let now = Utc::now();
     let (u, _) = state.gate.store().usage(&license.id, now).await?;
     let q = &license.quota;
