@@ -41,6 +41,9 @@ pub enum StoreError {
     /// Something with that id exists already.
     #[error("{0}")]
     Conflict(String),
+    /// A write that could not be made (its cause is in the message).
+    #[error("licensing store: {0}")]
+    Unavailable(String),
 }
 
 fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -98,10 +101,15 @@ fn status_text(s: LicenseStatus) -> String {
 #[derive(Debug, Clone)]
 pub struct LicensingStore {
     pool: AnyPool,
-    /// Audit appends of this process, one at a time (each reads the chain's head, then writes
-    /// after it). Other processes writing the same log are handled by retrying.
+    /// Held by the one writer of audit batches in this process (each batch reads the chain's
+    /// head, then writes after it). Other processes writing the same log are handled by
+    /// retrying.
     audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Audit entries waiting for the next batch, with where to send each one's outcome.
+    audit_queue: std::sync::Arc<std::sync::Mutex<Vec<(Event, AuditReply)>>>,
 }
+
+type AuditReply = tokio::sync::oneshot::Sender<Result<Entry, StoreError>>;
 
 impl LicensingStore {
     /// Connects to the database the catalog uses and brings the licensing schema up to date.
@@ -132,6 +140,7 @@ impl LicensingStore {
         let store = LicensingStore {
             pool,
             audit_lock: Default::default(),
+            audit_queue: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -207,28 +216,65 @@ impl LicensingStore {
         self.pool.close().await;
     }
 
-    /// Appends a decision to the audit chain, in one transaction with reading the head (two
-    /// writers cannot both chain to the same entry: the second insert of a sequence number
-    /// fails on the primary key).
+    /// Appends a decision to the audit chain and returns it once it is committed.
+    ///
+    /// Group commit: concurrent appends of this process queue up; whoever holds the audit lock
+    /// writes everything queued in one transaction (reading the head, chaining each entry to
+    /// the one before, committing once), and every caller returns only after the transaction
+    /// holding its entry has committed. Another process (the CLI beside a server, or a second
+    /// server on PostgreSQL) may append at the same moment: the loser of that race sees a
+    /// locked database or a taken sequence number, and the batch is written again on the new
+    /// head.
     pub async fn append_audit(&self, event: Event) -> Result<Entry, StoreError> {
-        let _one_at_a_time = self.audit_lock.lock().await;
-        // Another process (the CLI beside a server, or a second server on PostgreSQL) may
-        // append at the same moment: the loser of the race sees a locked database or a taken
-        // sequence number, and tries again on the new head.
+        let (reply, mut written) = tokio::sync::oneshot::channel();
+        self.audit_queue
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the audit queue is poisoned".into()))?
+            .push((event, reply));
+        let _leader = self.audit_lock.lock().await;
+        if let Ok(result) = written.try_recv() {
+            // An earlier holder of the lock wrote it.
+            return result;
+        }
+        let batch: Vec<(Event, AuditReply)> = std::mem::take(
+            &mut *self
+                .audit_queue
+                .lock()
+                .map_err(|_| StoreError::Unavailable("the audit queue is poisoned".into()))?,
+        );
+        let events: Vec<Event> = batch.iter().map(|(e, _)| e.clone()).collect();
         let mut attempt = 0u32;
-        loop {
-            match self.try_append_audit(event.clone()).await {
+        let outcome = loop {
+            match self.write_audit_batch(&events).await {
                 Err(StoreError::Sql { source, .. }) if attempt < 50 && contended(&source) => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(2 + u64::from(attempt % 10) * 3))
                         .await;
                 }
-                other => return other,
+                other => break other,
+            }
+        };
+        match outcome {
+            Ok(entries) => {
+                for ((_, reply), entry) in batch.into_iter().zip(entries) {
+                    let _ = reply.send(Ok(entry));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+                }
             }
         }
+        written.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the audit write was abandoned".into(),
+            ))
+        })
     }
 
-    async fn try_append_audit(&self, event: Event) -> Result<Entry, StoreError> {
+    async fn write_audit_batch(&self, events: &[Event]) -> Result<Vec<Entry>, StoreError> {
         let mut tx = self
             .pool
             .begin()
@@ -240,31 +286,34 @@ impl LicensingStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(ctx("reading the audit head"))?;
-        let last = last.as_ref().map(entry_from).transpose()?;
-        let e = audit::chain(last.as_ref(), event);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, principal, license, action, resource, decision, query_sha256, result_rows, persons, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(e.seq as i64)
-        .bind(&e.event.at)
-        .bind(&e.event.principal)
-        .bind(&e.event.license)
-        .bind(&e.event.action)
-        .bind(&e.event.resource)
-        .bind(&e.event.decision)
-        .bind(&e.event.query_sha256)
-        .bind(e.event.rows.map(|n| n as i64))
-        .bind(e.event.persons.map(|n| n as i64))
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("appending to the audit log"))?;
-        tx.commit()
+        let mut previous = last.as_ref().map(entry_from).transpose()?;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let e = audit::chain(previous.as_ref(), event.clone());
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, principal, license, action, resource, decision, query_sha256, result_rows, persons, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(e.seq as i64)
+            .bind(&e.event.at)
+            .bind(&e.event.principal)
+            .bind(&e.event.license)
+            .bind(&e.event.action)
+            .bind(&e.event.resource)
+            .bind(&e.event.decision)
+            .bind(&e.event.query_sha256)
+            .bind(e.event.rows.map(|n| n as i64))
+            .bind(e.event.persons.map(|n| n as i64))
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .execute(&mut *tx)
             .await
-            .map_err(ctx("committing an audit entry"))?;
-        Ok(e)
+            .map_err(ctx("appending to the audit log"))?;
+            previous = Some(e.clone());
+            out.push(e);
+        }
+        tx.commit().await.map_err(ctx("committing audit entries"))?;
+        Ok(out)
     }
 
     /// The audit log in stored order (by rowid on SQLite, by sequence number otherwise: a
@@ -358,12 +407,24 @@ impl LicensingStore {
 
     /// A license and its signatures.
     pub async fn license(&self, id: &str) -> Result<(License, Option<SignedTerms>), StoreError> {
-        let row = sqlx::query("SELECT status, body, signed FROM licenses WHERE id = $1")
+        self.license_with_signatures(id)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("no license `{id}`")))
+    }
+
+    /// A license and its signatures, or `None` when there is no such license.
+    async fn license_with_signatures(
+        &self,
+        id: &str,
+    ) -> Result<Option<(License, Option<SignedTerms>)>, StoreError> {
+        let Some(row) = sqlx::query("SELECT status, body, signed FROM licenses WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
             .map_err(ctx("reading a license"))?
-            .ok_or_else(|| StoreError::Invalid(format!("no license `{id}`")))?;
+        else {
+            return Ok(None);
+        };
         let body: String = row.try_get("body").map_err(ctx("reading a license"))?;
         let signed: Option<String> = row.try_get("signed").map_err(ctx("reading a license"))?;
         let status: String = row.try_get("status").map_err(ctx("reading a license"))?;
@@ -376,7 +437,7 @@ impl LicensingStore {
             .map(|s| serde_json::from_str(&s))
             .transpose()
             .map_err(|e| StoreError::Invalid(format!("stored signatures do not parse: {e}")))?;
-        Ok((license, signed))
+        Ok(Some((license, signed)))
     }
 
     /// Records the signed and countersigned terms; the license becomes `signed`. The signatures
@@ -636,15 +697,7 @@ impl LicensingStore {
 
     /// A license when it exists; `None` (not an error) when it does not.
     pub async fn find_license(&self, id: &str) -> Result<Option<License>, StoreError> {
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM licenses WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(ctx("reading a license"))?;
-        match exists {
-            Some(_) => Ok(Some(self.license(id).await?.0)),
-            None => Ok(None),
-        }
+        Ok(self.license_with_signatures(id).await?.map(|(l, _)| l))
     }
 
     /// Every API key, newest first, without secrets.
@@ -815,6 +868,45 @@ mod tests {
     fn pair() -> (Ed25519KeyPair, String) {
         let (pkcs8, public) = terms::generate_key().expect("key");
         (Ed25519KeyPair::from_pkcs8(&pkcs8).expect("pair"), public)
+    }
+
+    /// Concurrent appends (group-committed) form one unbroken chain, each caller getting its
+    /// own entry back; two stores on one database (two processes) interleave without a gap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_chain_without_gaps() {
+        let dir = tempfile::tempdir().expect("temp");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
+        let a = LicensingStore::connect(&url).await.expect("store a");
+        let b = LicensingStore::connect(&url).await.expect("store b");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..60u64 {
+            let store = if i % 3 == 0 { b.clone() } else { a.clone() };
+            tasks.spawn(async move {
+                let e = store
+                    .append_audit(Event {
+                        at: "2026-11-23T12:00:00.000Z".into(),
+                        principal: format!("key-{i}"),
+                        license: None,
+                        action: "list_releases".into(),
+                        resource: "releases".into(),
+                        decision: "allow".into(),
+                        query_sha256: None,
+                        rows: Some(i),
+                        persons: None,
+                    })
+                    .await
+                    .expect("append");
+                (i, e)
+            });
+        }
+        let mut seqs = std::collections::BTreeSet::new();
+        while let Some(done) = tasks.join_next().await {
+            let (i, e) = done.expect("task");
+            assert_eq!(e.event.rows, Some(i), "each caller gets its own entry");
+            seqs.insert(e.seq);
+        }
+        assert_eq!(seqs.len(), 60);
+        assert_eq!(a.verify_audit().await.expect("read"), Ok(60));
     }
 
     /// Organization, draft, signatures, activation, a key, an allowed query, tampered terms

@@ -135,7 +135,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::invalid(m),
             StoreError::Conflict(m) => ApiError::conflict(m),
-            StoreError::Sql { .. } => ApiError::internal(&e),
+            StoreError::Sql { .. } | StoreError::Unavailable(_) => ApiError::internal(&e),
         }
     }
 }
