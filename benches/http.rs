@@ -189,8 +189,8 @@ async fn main() {
     s += "As served, each request looks its key up (one indexed read and an HMAC), passes governor, \
           reads the key's licenses, is decided, and waits until its audit entry is committed \
           (SQLite, WAL, synchronous=FULL). Audit entries are group-committed: concurrent requests \
-          share one transaction and one fsync (this doubled the served rate, from 2,488 to about \
-          4,900 requests/s, against one transaction per entry). What remains is the price of an \
+          share one transaction and one fsync (this doubled the served rate, from 2,488 to 4,300-5,100 \
+          requests/s over three runs, against one transaction per entry). What remains is the price of an \
           audit log that holds every decision before any data leaves: three more SQL round trips \
           and a share of a commit per request.\n";
     s += "<!-- http:end -->\n";
