@@ -290,6 +290,24 @@ impl Catalog {
         Ok(out)
     }
 
+    /// The `person_id`s, in release family `family`, of the patients whose consent covers
+    /// `purpose` at `at`: what a query of that family may still see (consent is live: a
+    /// revocation removes a person from results without rebuilding the release).
+    pub async fn consented_pseudonyms(
+        &self,
+        family: &str,
+        purpose: &Purpose,
+        at: DateTime<Utc>,
+    ) -> Result<std::collections::HashSet<String>> {
+        let key = self.keyring.release_family_key(family);
+        Ok(self
+            .consented_patients(purpose, at)
+            .await?
+            .into_iter()
+            .map(|(id, _)| release::family_pseudonym(&key, &id))
+            .collect())
+    }
+
     /// Identified summaries of the patients whose consent covers `purpose` at `at`, each with
     /// only the records their scope covers. The only reader of summaries: it asks the registry.
     pub async fn consented_summaries(

@@ -1,1 +1,21 @@
-//! placeholder
+//! `tessera-query`: SQL over research releases under a license, with the license enforced
+//! inside the DataFusion session and plan, never by looking at the SQL text.
+//!
+//! - [`session`]: one session per request, built from the license: catalog `tessera`, one
+//!   schema per release family, only licensed tables and licensed columns, rows of persons
+//!   whose consent still covers the license's purpose only (filtered at scan time), no DDL,
+//!   DML, `SET`, `COPY` or file access, and memory and time limits.
+//! - [`aggregate`]: aggregate-only licenses: the plan must be an aggregate over persons; it is
+//!   rewritten so each group carries its number of distinct persons, and groups below the
+//!   license's minimum cell size are suppressed.
+//!
+//! Still to come (issue 6): the Flight SQL server, differencing limits, the benchmark.
+//! Must not: decide who may query (it asks `tessera-licensing`), or know HTTP.
+
+pub mod aggregate;
+pub mod session;
+
+pub use session::{QueryError, QueryOutput, ReleaseSource, Scope, Session};
+
+#[cfg(test)]
+mod tests;

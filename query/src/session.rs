@@ -1,0 +1,399 @@
+//! One DataFusion session per request, built from the license.
+//!
+//! What exists in it is what the license grants and nothing else: catalog `tessera`, one schema
+//! per release family the license covers (the family name with `-` and `.` as `_`, so
+//! `demo-natural-history` is `tessera.demo_natural_history`), one view per licensed table that
+//! selects only the licensed columns of the Parquet file and keeps only the rows of persons whose
+//! consent covers the license's purpose now (a filter evaluated at scan time against the live
+//! consent registry, so a revocation takes effect without rebuilding the release). The views'
+//! inner scans are planned in a separate, private context: the user's session has no way to
+//! name the files, the unlicensed columns or the consent filter.
+//!
+//! SQL is planned with DDL, DML (`INSERT`, `COPY`), and statements (`SET`, transactions)
+//! refused, and without URL tables; `information_schema` lists only the licensed views.
+//! Execution runs under a memory limit and a time limit.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::common::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{
+    ColumnarValue, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, col,
+};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use tessera_catalog::release::build::Manifest;
+use tessera_licensing::{AccessMode, License};
+
+/// The catalog every session shows.
+pub const CATALOG: &str = "tessera";
+
+/// Why a query was not run. `Refused` names the rule; `Invalid` is the analyst's SQL (unknown
+/// names included: what is not licensed does not exist); `Limit` a resource limit.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("refused ({rule}): {message}")]
+    Refused { rule: &'static str, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error("internal error (please report this): {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    pub(crate) fn refused(rule: &'static str, message: impl Into<String>) -> QueryError {
+        QueryError::Refused {
+            rule,
+            message: message.into(),
+        }
+    }
+
+    /// A DataFusion error while planning the analyst's SQL: their mistake, said in
+    /// DataFusion's words, except that a refused statement kind names the rule.
+    fn planning(e: DataFusionError) -> QueryError {
+        let text = e.strip_backtrace();
+        if text.contains("DDL not supported")
+            || text.contains("DML not supported")
+            || text.contains("Statement not supported")
+        {
+            return QueryError::refused(
+                "read_only",
+                "the query service is read-only: no DDL, DML, COPY, SET or transactions",
+            );
+        }
+        QueryError::Invalid(text)
+    }
+}
+
+/// One release version the license covers, with its files.
+#[derive(Debug, Clone)]
+pub struct ReleaseSource {
+    pub family: String,
+    pub version: u32,
+    /// The version's folder (`manifest.json` and the Parquet files).
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// `person_id`s of persons whose consent covers the license's purpose now.
+    pub consented: Arc<HashSet<String>>,
+}
+
+/// Everything a session is built from.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub license: License,
+    pub releases: Vec<ReleaseSource>,
+    /// Memory one query may use.
+    pub memory_limit: usize,
+    /// Time one query may take.
+    pub time_limit: Duration,
+}
+
+/// The result of a query after the license's output rules.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: u64,
+    /// Groups withheld for describing fewer persons than the minimum cell size.
+    pub groups_suppressed: u64,
+    /// Rows cut by the license's maximum rows per result.
+    pub rows_truncated: bool,
+    /// Distinct persons whose data contributed, where known (the sum over released groups
+    /// for aggregates, an upper bound when a person is in several groups).
+    pub persons: Option<u64>,
+}
+
+/// A session for one request.
+pub struct Session {
+    ctx: SessionContext,
+    license: License,
+    time_limit: Duration,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("license", &self.license.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The schema name of a release family.
+pub fn schema_name(family: &str) -> String {
+    family.replace(['-', '.'], "_")
+}
+
+/// `true` for rows whose `person_id` is in the consented set. Equality and hashing go by the
+/// set's identity: two filters are the same filter only when they share the set.
+#[derive(Debug)]
+struct Consented {
+    persons: Arc<HashSet<String>>,
+    signature: Signature,
+}
+
+impl PartialEq for Consented {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.persons, &other.persons)
+    }
+}
+
+impl Eq for Consented {}
+
+impl Hash for Consented {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.persons) as usize).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Consented {
+    fn name(&self) -> &str {
+        "tessera_consented"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return Err(DataFusionError::Internal(
+                "consent filter takes one argument".into(),
+            ));
+        };
+        let array: ArrayRef = arg.to_array(args.number_rows)?;
+        let text = cast(&array, &DataType::Utf8)?;
+        let ids = text
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DataFusionError::Internal("person_id is not text".into()))?;
+        let keep: BooleanArray = ids
+            .iter()
+            .map(|id| Some(id.is_some_and(|id| self.persons.contains(id))))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(keep)))
+    }
+}
+
+impl Session {
+    /// Builds the session the license allows.
+    pub async fn new(scope: Scope) -> Result<Session, QueryError> {
+        let license = scope.license;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(
+                CATALOG,
+                scope
+                    .releases
+                    .first()
+                    .map(|r| schema_name(&r.family))
+                    .unwrap_or_else(|| "public".into()),
+            );
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(scope.memory_limit, 1.0)
+            .build_arc()
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // The private context that plans the views' file scans.
+        let inner = SessionContext::new();
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        for release in &scope.releases {
+            let schema = Arc::new(MemorySchemaProvider::new());
+            let filter = ScalarUDF::from(Consented {
+                persons: release.consented.clone(),
+                signature: Signature::any(1, Volatility::Immutable),
+            });
+            for file in &release.manifest.files {
+                let Some(grant) = license.tables.get(&file.table) else {
+                    continue;
+                };
+                let columns: Vec<&str> = file
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .filter(|c| grant.allows(c))
+                    .collect();
+                if columns.is_empty() {
+                    continue;
+                }
+                let path = release.dir.join(&file.file);
+                let path_text = path.to_str().ok_or_else(|| {
+                    QueryError::Internal(format!("release path {} is not UTF-8", path.display()))
+                })?;
+                let df = inner
+                    .read_parquet(path_text, ParquetReadOptions::default())
+                    .await
+                    .map_err(|e| QueryError::Internal(format!("{}: {e}", file.table)))?
+                    .filter(filter.call(vec![col("person_id")]))
+                    .map_err(|e| QueryError::Internal(e.to_string()))?
+                    .select_columns(&columns)
+                    .map_err(|e| QueryError::Internal(e.to_string()))?;
+                schema
+                    .register_table(file.table.clone(), df.into_view())
+                    .map_err(|e| QueryError::Internal(e.to_string()))?;
+            }
+            catalog
+                .register_schema(&schema_name(&release.family), schema)
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+        }
+        ctx.register_catalog(CATALOG, catalog);
+        Ok(Session {
+            ctx,
+            license,
+            time_limit: scope.time_limit,
+        })
+    }
+
+    /// The session, for catalog browsing (Flight SQL's GetTables and friends).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans `sql` under the license: read-only, and for aggregate-only licenses checked and
+    /// rewritten by [`crate::aggregate`].
+    pub async fn plan(&self, sql: &str) -> Result<Planned, QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(QueryError::planning)?;
+        options.verify_plan(&plan).map_err(QueryError::planning)?;
+        if matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) {
+            return Err(QueryError::refused(
+                "no_explain",
+                "EXPLAIN shows how releases are stored and filtered: it is not available",
+            ));
+        }
+        match self.license.mode {
+            AccessMode::RowLevel => Ok(Planned {
+                plan,
+                persons_column: None,
+            }),
+            AccessMode::AggregateOnly => {
+                let plan = crate::aggregate::rewrite(plan)?;
+                Ok(Planned {
+                    plan,
+                    persons_column: Some(crate::aggregate::PERSONS.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Plans and runs `sql`, applies the output rules, and returns the result.
+    pub async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
+        let planned = self.plan(sql).await?;
+        let df = self
+            .ctx
+            .execute_logical_plan(planned.plan)
+            .await
+            .map_err(QueryError::planning)?;
+        let df = match (self.license.mode, self.license.output.max_rows) {
+            // One more than allowed, to tell whether the result was cut.
+            (AccessMode::RowLevel, Some(max)) => df
+                .limit(0, Some(max as usize + 1))
+                .map_err(|e| QueryError::Internal(e.to_string()))?,
+            _ => df,
+        };
+        let batches = match tokio::time::timeout(self.time_limit, df.collect()).await {
+            Err(_) => {
+                return Err(QueryError::Limit(format!(
+                    "the query took longer than {} s and was stopped: narrow it",
+                    self.time_limit.as_secs()
+                )));
+            }
+            Ok(Err(e)) => return Err(execution_error(e)),
+            Ok(Ok(b)) => b,
+        };
+        match planned.persons_column {
+            Some(column) => crate::aggregate::protect(batches, &column, &self.license.output),
+            None => Ok(row_level(batches, self.license.output.max_rows)),
+        }
+    }
+}
+
+/// A plan ready to run, and the hidden column that counts persons per group, if any.
+#[derive(Debug)]
+pub struct Planned {
+    pub plan: LogicalPlan,
+    pub persons_column: Option<String>,
+}
+
+fn execution_error(e: DataFusionError) -> QueryError {
+    let text = e.strip_backtrace();
+    if text.contains("Resources exhausted") {
+        QueryError::Limit(
+            "the query needs more memory than one query may use: aggregate more, or select fewer columns"
+                .into(),
+        )
+    } else {
+        QueryError::Invalid(text)
+    }
+}
+
+/// Row-level results: capped at `max_rows`, with the distinct persons counted.
+fn row_level(batches: Vec<RecordBatch>, max_rows: Option<u64>) -> QueryOutput {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+    let mut out = Vec::new();
+    let mut rows = 0u64;
+    let mut truncated = false;
+    let mut persons: HashSet<String> = HashSet::new();
+    let mut saw_person = false;
+    for b in batches {
+        let room = max_rows.map_or(u64::MAX, |m| m.saturating_sub(rows));
+        let take = (b.num_rows() as u64).min(room);
+        if take < b.num_rows() as u64 {
+            truncated = true;
+        }
+        if take == 0 {
+            continue;
+        }
+        let b = b.slice(0, take as usize);
+        if let Ok(i) = b.schema().index_of("person_id")
+            && let Ok(text) = cast(b.column(i), &DataType::Utf8)
+            && let Some(ids) = text.as_any().downcast_ref::<StringArray>()
+        {
+            saw_person = true;
+            for id in ids.iter().flatten() {
+                persons.insert(id.to_string());
+            }
+        }
+        rows += take;
+        out.push(b);
+    }
+    QueryOutput {
+        schema,
+        batches: out,
+        rows,
+        groups_suppressed: 0,
+        rows_truncated: truncated,
+        persons: saw_person.then_some(persons.len() as u64),
+    }
+}

@@ -1,0 +1,422 @@
+//! Sessions over a small release written here: 60 persons (two sexes of 30, minus the ones
+//! made rare on purpose), their conditions, and licenses in both modes.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use tessera_catalog::release::build::Manifest;
+use tessera_licensing::model::*;
+
+use crate::session::{QueryError, ReleaseSource, Scope, Session};
+
+fn write(path: &Path, batch: &RecordBatch) {
+    let file = std::fs::File::create(path).expect("create");
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    w.write(batch).expect("write");
+    w.close().expect("close");
+}
+
+fn text(v: Vec<String>) -> Arc<StringArray> {
+    Arc::new(StringArray::from(v))
+}
+
+/// person: p00..p59; sex F for 0..30, M for 30..57, U for 57..60 (a group of 3);
+/// zip 021 or 100. condition_occurrence: every person has "C1"; the first 12 also "C2".
+fn release(dir: &Path) -> Manifest {
+    let ids: Vec<String> = (0..60).map(|i| format!("p{i:02}")).collect();
+    let sex: Vec<String> = (0..60)
+        .map(|i| match i {
+            0..30 => "F",
+            30..57 => "M",
+            _ => "U",
+        })
+        .map(str::to_string)
+        .collect();
+    let zip: Vec<String> = (0..60)
+        .map(|i| if i % 2 == 0 { "021" } else { "100" }.to_string())
+        .collect();
+    let person = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("person_id", DataType::Utf8, false),
+            Field::new("gender_source_value", DataType::Utf8, true),
+            Field::new("zip", DataType::Utf8, true),
+        ])),
+        vec![text(ids.clone()), text(sex), text(zip)],
+    )
+    .expect("person");
+    write(&dir.join("person.parquet"), &person);
+    let mut cid = Vec::new();
+    let mut code = Vec::new();
+    let mut days = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        cid.push(id.clone());
+        code.push("C1".to_string());
+        days.push(i as i64);
+        if i < 12 {
+            cid.push(id.clone());
+            code.push("C2".to_string());
+            days.push(100 + i as i64);
+        }
+    }
+    let conditions = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("person_id", DataType::Utf8, false),
+            Field::new("condition_source_value", DataType::Utf8, true),
+            Field::new("days_since_index", DataType::Int64, true),
+        ])),
+        vec![text(cid), text(code), Arc::new(Int64Array::from(days))],
+    )
+    .expect("conditions");
+    write(&dir.join("condition_occurrence.parquet"), &conditions);
+    let columns = |names: &[&str]| -> Vec<serde_json::Value> {
+        names
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "type": "str", "description": "test"}))
+            .collect()
+    };
+    serde_json::from_value(serde_json::json!({
+        "family": "nh-test",
+        "version": 1,
+        "purpose": "research.natural_history",
+        "built_at": "2026-11-23T00:00:00Z",
+        "consent_snapshot_at": "2026-11-23T00:00:00Z",
+        "policy_sha256": "00",
+        "patients_considered": 60,
+        "patients_included": 60,
+        "patients_excluded": {},
+        "files": [
+            {"table": "person", "file": "person.parquet", "rows": 60, "sha256": "00",
+             "columns": columns(&["person_id", "gender_source_value", "zip"])},
+            {"table": "condition_occurrence", "file": "condition_occurrence.parquet", "rows": 72, "sha256": "00",
+             "columns": columns(&["person_id", "condition_source_value", "days_since_index"])}
+        ],
+        "person_deid": null,
+        "rare_codes_suppressed": {},
+        "date_handling": "year",
+        "birth_years_pooled": 0,
+        "safe_harbor": []
+    }))
+    .expect("manifest")
+}
+
+fn license(mode: AccessMode, tables: &[(&str, ColumnGrant)]) -> License {
+    let now = Utc
+        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("time");
+    License {
+        id: "lic".into(),
+        organization: "acme".into(),
+        releases: [("nh-test".to_string(), VersionPin::Latest)]
+            .into_iter()
+            .collect(),
+        tables: tables
+            .iter()
+            .map(|(t, g)| (t.to_string(), g.clone()))
+            .collect(),
+        purpose: "research.natural_history".into(),
+        mode,
+        output: OutputRules::default(),
+        quota: Quota {
+            queries_per_minute: 10,
+            queries_per_day: 10,
+            rows_per_day: 10,
+            queries_per_month: 10,
+            rows_per_month: 10,
+        },
+        term_start: now,
+        term_end: now + chrono::Duration::days(1),
+        fees: Fees {
+            flat: None,
+            per_contributing_patient: None,
+            patient_share_bps: 5000,
+        },
+        clauses: standard_clauses(),
+        status: LicenseStatus::Active,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    source: ReleaseSource,
+}
+
+fn fixture(revoked: &[usize]) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp");
+    let manifest = release(dir.path());
+    let consented: HashSet<String> = (0..60)
+        .filter(|i| !revoked.contains(i))
+        .map(|i| format!("p{i:02}"))
+        .collect();
+    Fixture {
+        source: ReleaseSource {
+            family: "nh-test".into(),
+            version: 1,
+            dir: dir.path().to_path_buf(),
+            manifest,
+            consented: Arc::new(consented),
+        },
+        _dir: dir,
+    }
+}
+
+async fn session(f: &Fixture, license: License) -> Session {
+    Session::new(Scope {
+        license,
+        releases: vec![f.source.clone()],
+        memory_limit: 256 << 20,
+        time_limit: Duration::from_secs(30),
+    })
+    .await
+    .expect("session")
+}
+
+fn row_level() -> License {
+    license(
+        AccessMode::RowLevel,
+        &[(
+            "person",
+            ColumnGrant::Only(vec!["person_id".into(), "gender_source_value".into()]),
+        )],
+    )
+}
+
+fn aggregate_only() -> License {
+    license(
+        AccessMode::AggregateOnly,
+        &[
+            ("person", ColumnGrant::All),
+            ("condition_occurrence", ColumnGrant::All),
+        ],
+    )
+}
+
+fn refused_rule(r: Result<crate::QueryOutput, QueryError>) -> String {
+    match r {
+        Err(QueryError::Refused { rule, .. }) => rule.to_string(),
+        Err(QueryError::Invalid(m)) => format!("invalid: {m}"),
+        Err(e) => format!("other: {e}"),
+        Ok(o) => format!("allowed ({} rows)", o.rows),
+    }
+}
+
+fn names(o: &crate::QueryOutput) -> Vec<String> {
+    o.schema.fields().iter().map(|f| f.name().clone()).collect()
+}
+
+#[tokio::test]
+async fn only_licensed_tables_and_columns_exist() {
+    let f = fixture(&[]);
+    let s = session(&f, row_level()).await;
+    let all = s.run("SELECT * FROM person").await.expect("select *");
+    assert_eq!(names(&all), ["person_id", "gender_source_value"]);
+    assert_eq!(all.rows, 60);
+    // Qualified names work; the unlicensed column and table do not exist.
+    let q = s
+        .run("SELECT count(*) FROM tessera.nh_test.person")
+        .await
+        .expect("qualified");
+    assert_eq!(q.rows, 1);
+    for sql in [
+        "SELECT zip FROM person",
+        "SELECT * FROM condition_occurrence",
+        "SELECT p.person_id FROM person p JOIN condition_occurrence c ON p.person_id = c.person_id",
+        "WITH x AS (SELECT zip FROM person) SELECT * FROM x",
+        "SELECT person_id FROM person UNION SELECT person_id FROM condition_occurrence",
+        "SELECT * FROM person WHERE person_id IN (SELECT person_id FROM condition_occurrence)",
+    ] {
+        let r = refused_rule(s.run(sql).await);
+        assert!(r.starts_with("invalid:"), "{sql}: {r}");
+    }
+    // information_schema shows what is licensed and nothing else.
+    let cols = s
+        .run("SELECT table_name, column_name FROM information_schema.columns WHERE table_catalog = 'tessera'")
+        .await
+        .expect("information_schema");
+    assert_eq!(cols.rows, 2, "person_id and gender_source_value of person");
+    let tables = s
+        .run("SELECT table_name FROM information_schema.tables WHERE table_schema = 'nh_test'")
+        .await
+        .expect("tables");
+    assert_eq!(tables.rows, 1);
+}
+
+#[tokio::test]
+async fn nothing_can_be_written_or_read_from_files() {
+    let f = fixture(&[]);
+    let s = session(&f, row_level()).await;
+    let file = f.source.dir.join("person.parquet");
+    for sql in [
+        "CREATE TABLE t AS SELECT * FROM person".to_string(),
+        "CREATE VIEW v AS SELECT * FROM person".to_string(),
+        "DROP VIEW person".to_string(),
+        "INSERT INTO person VALUES ('x', 'F')".to_string(),
+        "COPY person TO '/tmp/out.parquet'".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}'",
+            file.display()
+        ),
+    ] {
+        assert_eq!(refused_rule(s.run(&sql).await), "read_only", "{sql}");
+    }
+    let r = refused_rule(s.run(&format!("SELECT * FROM '{}'", file.display())).await);
+    assert!(r.starts_with("invalid:"), "a file path is not a table: {r}");
+    assert_eq!(
+        refused_rule(s.run("EXPLAIN SELECT * FROM person").await),
+        "no_explain"
+    );
+}
+
+#[tokio::test]
+async fn revoked_consent_disappears_at_scan_time() {
+    let f = fixture(&[0, 1, 2, 40]);
+    let s = session(&f, row_level()).await;
+    let o = s
+        .run("SELECT person_id FROM person WHERE person_id IN ('p00', 'p03', 'p40')")
+        .await
+        .expect("run");
+    assert_eq!(o.rows, 1, "only p03 is still consented");
+    assert_eq!(o.persons, Some(1));
+}
+
+#[tokio::test]
+async fn row_level_results_are_capped() {
+    let f = fixture(&[]);
+    let mut l = row_level();
+    l.output.max_rows = Some(25);
+    let s = session(&f, l).await;
+    let o = s.run("SELECT * FROM person").await.expect("run");
+    assert_eq!(o.rows, 25);
+    assert!(o.rows_truncated);
+    let o = s.run("SELECT * FROM person LIMIT 10").await.expect("run");
+    assert_eq!(o.rows, 10);
+    assert!(!o.rows_truncated);
+}
+
+#[tokio::test]
+async fn aggregates_keep_groups_of_enough_persons() {
+    let f = fixture(&[]);
+    let s = session(&f, aggregate_only()).await;
+    let o = s
+        .run("SELECT gender_source_value AS sex, count(*) AS n FROM person GROUP BY gender_source_value ORDER BY sex")
+        .await
+        .expect("run");
+    assert_eq!(names(&o), ["sex", "n"], "the persons column is not shown");
+    assert_eq!(o.rows, 2, "F (30) and M (27) shown; U (3) withheld");
+    assert_eq!(o.groups_suppressed, 1);
+    assert_eq!(o.persons, Some(57));
+    // A join counts persons, not rows: C2 is held by 12 persons, C1 by 60.
+    let o = s
+        .run("SELECT c.condition_source_value, count(*) FROM person p JOIN condition_occurrence c ON p.person_id = c.person_id GROUP BY 1")
+        .await
+        .expect("join");
+    assert_eq!(o.rows, 2);
+    // HAVING for small groups finds nothing: they are suppressed anyway.
+    let o = s
+        .run("SELECT gender_source_value, count(*) FROM person GROUP BY 1 HAVING count(*) < 5")
+        .await
+        .expect("having");
+    assert_eq!((o.rows, o.groups_suppressed), (0, 1));
+    // A CTE and a subquery inside the aggregate are fine.
+    let o = s
+        .run("WITH c2 AS (SELECT person_id FROM condition_occurrence WHERE condition_source_value = 'C2') SELECT count(*) FROM person WHERE person_id IN (SELECT person_id FROM c2)")
+        .await
+        .expect("cte");
+    assert_eq!(o.rows, 1);
+    // Rounding.
+    let mut l = aggregate_only();
+    l.output.rounding_base = Some(5);
+    let s = session(&f, l).await;
+    let o = s
+        .run("SELECT count(*) AS n FROM person WHERE gender_source_value = 'M'")
+        .await
+        .expect("rounded");
+    let n = o.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("int")
+        .value(0);
+    assert_eq!(n, 25, "27 rounded to 5");
+}
+
+#[tokio::test]
+async fn aggregate_only_refusals() {
+    let f = fixture(&[]);
+    let s = session(&f, aggregate_only()).await;
+    let cases = [
+        ("SELECT * FROM person", "not_aggregate"),
+        ("SELECT person_id FROM person LIMIT 5", "not_aggregate"),
+        ("SELECT 1", "not_aggregate"),
+        (
+            "SELECT person_id, count(*) FROM person GROUP BY person_id",
+            "group_by_person",
+        ),
+        (
+            "SELECT substr(person_id, 1, 3), count(*) FROM person GROUP BY 1",
+            "group_by_person",
+        ),
+        (
+            "SELECT gender_source_value, min(days_since_index) FROM person p JOIN condition_occurrence c ON p.person_id = c.person_id GROUP BY 1",
+            "aggregate_function",
+        ),
+        (
+            "SELECT max(days_since_index) FROM condition_occurrence",
+            "aggregate_function",
+        ),
+        (
+            "SELECT median(days_since_index) FROM condition_occurrence",
+            "aggregate_function",
+        ),
+        (
+            "SELECT array_agg(person_id) FROM person",
+            "aggregate_function",
+        ),
+        (
+            "SELECT string_agg(person_id, ',') FROM person",
+            "aggregate_function",
+        ),
+        (
+            "SELECT first_value(person_id) FROM person",
+            "aggregate_function",
+        ),
+        (
+            "SELECT person_id, row_number() OVER () FROM person",
+            "no_window",
+        ),
+        (
+            "SELECT gender_source_value, count(*) OVER (PARTITION BY gender_source_value) FROM person",
+            "no_window",
+        ),
+        (
+            "SELECT count(*) FROM person UNION ALL SELECT count(*) FROM condition_occurrence",
+            "not_aggregate",
+        ),
+        (
+            "SELECT count(*), (SELECT person_id FROM person LIMIT 1) FROM person",
+            "subquery_outside_aggregate",
+        ),
+        (
+            "SELECT (SELECT person_id FROM person LIMIT 1) AS who, count(*) FROM person GROUP BY 1",
+            "subquery_outside_aggregate",
+        ),
+        (
+            "SELECT count(*) FROM (SELECT count(*) AS n FROM person) t",
+            "no_persons",
+        ),
+        (
+            "SELECT * FROM (SELECT person_id FROM person) t",
+            "not_aggregate",
+        ),
+    ];
+    for (sql, rule) in cases {
+        assert_eq!(refused_rule(s.run(sql).await), rule, "{sql}");
+    }
+}
