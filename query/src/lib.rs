@@ -9,12 +9,19 @@
 //!   rewritten so each group carries its number of distinct persons, and groups below the
 //!   license's minimum cell size are suppressed.
 //!
+//! - [`service`]: the core any transport calls: key, license and SQL in; the audited decision
+//!   about what the plan reads, the session, the output rules and metering out.
+//!
 //! Still to come (issue 6): the Flight SQL server, differencing limits, the benchmark.
 //! Must not: decide who may query (it asks `tessera-licensing`), or know HTTP.
 
 pub mod aggregate;
+pub mod service;
 pub mod session;
 
+/// Arrow, as the query service returns it.
+pub use datafusion::arrow;
+pub use service::{Limits, QueryService, ServiceError};
 pub use session::{QueryError, QueryOutput, ReleaseSource, Scope, Session};
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, Strin
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{
-    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider,
 };
 use datafusion::common::DataFusionError;
 use datafusion::execution::context::SQLOptions;
@@ -32,6 +32,8 @@ use datafusion::logical_expr::{
     ColumnarValue, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility, col,
 };
+use datafusion::logical_expr::{TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tessera_catalog::release::build::Manifest;
 use tessera_licensing::{AccessMode, License};
@@ -194,6 +196,42 @@ impl ScalarUDFImpl for Consented {
     }
 }
 
+/// A licensed table as the analyst's session sees it: the view over the file, but opaque (it
+/// offers no logical plan to inline), so plans name the table itself (`tables_read` asks the
+/// decision about it) and never the file behind it.
+#[derive(Debug)]
+struct LicensedTable {
+    inner: Arc<dyn TableProvider>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for LicensedTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+}
+
 impl Session {
     /// Builds the session the license allows.
     pub async fn new(scope: Scope) -> Result<Session, QueryError> {
@@ -249,7 +287,12 @@ impl Session {
                     .select_columns(&columns)
                     .map_err(|e| QueryError::Internal(e.to_string()))?;
                 schema
-                    .register_table(file.table.clone(), df.into_view())
+                    .register_table(
+                        file.table.clone(),
+                        Arc::new(LicensedTable {
+                            inner: df.into_view(),
+                        }),
+                    )
                     .map_err(|e| QueryError::Internal(e.to_string()))?;
             }
             catalog
@@ -307,6 +350,56 @@ impl Session {
     /// Plans and runs `sql`, applies the output rules, and returns the result.
     pub async fn run(&self, sql: &str) -> Result<QueryOutput, QueryError> {
         let planned = self.plan(sql).await?;
+        self.run_planned(planned).await
+    }
+
+    /// The release tables a plan reads, by schema, with their columns (the licensed columns of
+    /// each view it scans): what the authorization decision is asked about. Read off the plan
+    /// as planned, before the optimizer inlines the views into their file scans.
+    pub fn tables_read(&self, plan: &LogicalPlan) -> Result<Vec<TableRead>, QueryError> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let state = self.ctx.state();
+        let defaults = &state.config().options().catalog;
+        let (catalog, schema) = (
+            defaults.default_catalog.clone(),
+            defaults.default_schema.clone(),
+        );
+        let mut out: Vec<TableRead> = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let r = scan.table_name.clone().resolve(&catalog, &schema);
+                let columns: Vec<String> = scan
+                    .projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                match out
+                    .iter_mut()
+                    .find(|t| t.schema == *r.schema && t.table == *r.table)
+                {
+                    Some(t) => {
+                        for c in columns {
+                            if !t.columns.contains(&c) {
+                                t.columns.push(c);
+                            }
+                        }
+                    }
+                    None => out.push(TableRead {
+                        schema: r.schema.to_string(),
+                        table: r.table.to_string(),
+                        columns,
+                    }),
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| QueryError::Internal(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Runs a plan made by [`Session::plan`] and applies the output rules.
+    pub async fn run_planned(&self, planned: Planned) -> Result<QueryOutput, QueryError> {
         let df = self
             .ctx
             .execute_logical_plan(planned.plan)
@@ -334,6 +427,15 @@ impl Session {
             None => Ok(row_level(batches, self.license.output.max_rows)),
         }
     }
+}
+
+/// One table a plan reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRead {
+    /// The schema (a release family's schema name, or `information_schema`).
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<String>,
 }
 
 /// A plan ready to run, and the hidden column that counts persons per group, if any.

@@ -420,3 +420,27 @@ async fn aggregate_only_refusals() {
         assert_eq!(refused_rule(s.run(sql).await), rule, "{sql}");
     }
 }
+
+#[tokio::test]
+async fn the_decision_is_asked_about_the_tables_the_plan_reads() {
+    let f = fixture(&[]);
+    let s = session(&f, aggregate_only()).await;
+    let planned = s
+        .plan("SELECT c.condition_source_value, count(*) FROM person p JOIN condition_occurrence c ON p.person_id = c.person_id WHERE p.person_id IN (SELECT person_id FROM person) GROUP BY 1")
+        .await
+        .expect("plan");
+    let reads = s.tables_read(&planned.plan).expect("reads");
+    let mut tables: Vec<(String, String)> = reads
+        .iter()
+        .map(|r| (r.schema.clone(), r.table.clone()))
+        .collect();
+    tables.sort();
+    assert_eq!(
+        tables,
+        [
+            ("nh_test".to_string(), "condition_occurrence".to_string()),
+            ("nh_test".to_string(), "person".to_string())
+        ],
+        "{reads:?}"
+    );
+}

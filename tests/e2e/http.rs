@@ -126,7 +126,7 @@ pub fn demo_json(t: &Tessera) -> Value {
 }
 
 /// (key, license) of a demo organization.
-fn demo_org(demo: &Value, org: &str) -> (String, String, String) {
+pub fn demo_org(demo: &Value, org: &str) -> (String, String, String) {
     let o = demo["organizations"]
         .as_array()
         .expect("organizations")
@@ -191,7 +191,7 @@ fn code(body: &Value) -> &str {
 
 /// Distinct persons of a release table by value of `column`, counted here from the Parquet
 /// file without Tessera's code.
-fn persons_by(table: &str, column: &str) -> std::collections::BTreeMap<String, u64> {
+pub fn persons_by(table: &str, column: &str) -> std::collections::BTreeMap<String, u64> {
     use polars::prelude::*;
     // Copies of the demo folder point at the release files of the template.
     let file = demo_template()

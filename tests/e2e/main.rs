@@ -14,6 +14,7 @@ mod http;
 mod licenses;
 mod postgres;
 mod privacy;
+mod query;
 mod reingest;
 mod release;
 mod summary;
