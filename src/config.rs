@@ -13,6 +13,8 @@ pub const KEY_FILE_NAME: &str = "master.key";
 pub const DATABASE_FILE_NAME: &str = "tessera.db";
 /// Where `tessera serve` puts the HTTP API unless told otherwise.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Where `tessera serve` puts the Flight SQL service unless told otherwise.
+pub const DEFAULT_FLIGHT_ADDR: &str = "127.0.0.1:50051";
 
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {

@@ -16,6 +16,7 @@
 //! Must not: decide who may query (it asks `tessera-licensing`), or know HTTP.
 
 pub mod aggregate;
+pub mod flight;
 pub mod service;
 pub mod session;
 

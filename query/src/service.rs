@@ -20,6 +20,10 @@ use tessera_licensing::{AccessMode, License, Reason, VersionPin};
 
 use crate::session::{QueryError, QueryOutput, ReleaseSource, Scope, Session, schema_name};
 
+fn sql_sha(sql: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, sql.as_bytes()).as_ref())
+}
+
 /// Per-query resource limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -159,25 +163,22 @@ impl QueryService {
         })
     }
 
-    /// Answers `sql` for the holder of `credential` under the license `named` (or the key's
-    /// only license): decided and audited before it runs, metered and audited after.
-    pub async fn query(
+    /// The license a caller may use, or the audited refusal. Nothing is planned for a caller
+    /// who may not use the license at all (no key, an expired or revoked key, an operator key,
+    /// another organization's license, a key not bound to it): the decision is asked at once,
+    /// so that the refusal carries its reason and is audited.
+    async fn usable_license(
         &self,
         credential: Option<&Credential>,
         named: Option<&str>,
-        sql: &str,
-    ) -> Result<QueryOutput, ServiceError> {
-        let now = Utc::now();
+        sha: &str,
+        now: DateTime<Utc>,
+    ) -> Result<License, ServiceError> {
         let license_id = Self::license_id(credential, named)?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, sql.as_bytes());
-        let sha = hex::encode(digest.as_ref());
         let license = match credential {
             Some(_) => self.gate.store().find_license(&license_id).await?,
             None => None,
         };
-        // Nothing is planned for a caller who may not use the license at all (no key, an
-        // expired or revoked key, another organization's license, a key not bound to it): the
-        // decision is asked at once, so that the refusal carries its reason and is audited.
         let usable = decide(
             &Request::ViewLicense {
                 license: license_id.clone(),
@@ -187,33 +188,91 @@ impl QueryService {
             &Usage::default(),
             now,
         );
-        let license = match (license, usable) {
+        match (license, usable) {
             (Some(l), Decision::Allow)
                 if credential.is_some_and(|c| c.principal != Principal::Admin) =>
             {
-                l
+                Ok(l)
             }
-            _ => {
-                return Err(self
-                    .deny_or_allow(
-                        credential,
-                        &license_id,
-                        "",
-                        0,
-                        None,
-                        vec![],
-                        false,
-                        &sha,
-                        now,
-                    )
-                    .await
-                    .err()
-                    .unwrap_or(ServiceError::Denied {
-                        reason: Reason::UnknownLicense,
-                        retry_after: None,
-                    }));
+            _ => Err(self
+                .deny_or_allow(
+                    credential,
+                    &license_id,
+                    "",
+                    0,
+                    None,
+                    vec![],
+                    false,
+                    sha,
+                    now,
+                )
+                .await
+                .err()
+                .unwrap_or(ServiceError::Denied {
+                    reason: Reason::UnknownLicense,
+                    retry_after: None,
+                })),
+        }
+    }
+
+    /// The session a caller browses (Flight SQL's GetDbSchemas, GetTables): the license's
+    /// tables and columns, after an audited `BrowseCatalog` decision.
+    pub async fn browse(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+    ) -> Result<Session, ServiceError> {
+        let now = Utc::now();
+        let ask = Ask {
+            request: Request::BrowseCatalog,
+            action: "browse_tables".into(),
+            resource: "flight".into(),
+            query_sha256: None,
+        };
+        if let Err(denied) = self.gate.authorize(credential, ask, now).await? {
+            return Err(ServiceError::Denied {
+                reason: denied.reason,
+                retry_after: denied.retry_after,
+            });
+        }
+        let license = self.usable_license(credential, named, "", now).await?;
+        Ok(Session::new(self.scope(&license, now).await?).await?)
+    }
+
+    /// The schema `sql` would answer with, without running it (Flight SQL's GetFlightInfo and
+    /// prepared statements). Refusals by the plan rules come back here already.
+    pub async fn describe(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        sql: &str,
+    ) -> Result<datafusion::arrow::datatypes::SchemaRef, ServiceError> {
+        let now = Utc::now();
+        let sha = sql_sha(sql);
+        let license = self.usable_license(credential, named, &sha, now).await?;
+        let session = Session::new(self.scope(&license, now).await?).await?;
+        let planned = match session.plan(sql).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.audit_refusal(credential, &license.id, &e, &sha, now)
+                    .await?;
+                return Err(e.into());
             }
         };
+        Ok(planned.output_schema())
+    }
+
+    /// Answers `sql` for the holder of `credential` under the license `named` (or the key's
+    /// only license): decided and audited before it runs, metered and audited after.
+    pub async fn query(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        sql: &str,
+    ) -> Result<QueryOutput, ServiceError> {
+        let now = Utc::now();
+        let sha = sql_sha(sql);
+        let license = self.usable_license(credential, named, &sha, now).await?;
         let scope = self.scope(&license, now).await?;
         let covered: Vec<(String, u32, String)> = scope
             .releases

@@ -445,6 +445,20 @@ pub struct Planned {
     pub persons_column: Option<String>,
 }
 
+impl Planned {
+    /// The schema of the result the analyst gets (without the hidden persons column).
+    pub fn output_schema(&self) -> SchemaRef {
+        let arrow = self.plan.schema().as_arrow();
+        let fields: Vec<_> = arrow
+            .fields()
+            .iter()
+            .filter(|f| Some(f.name()) != self.persons_column.as_ref())
+            .cloned()
+            .collect();
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+    }
+}
+
 fn execution_error(e: DataFusionError) -> QueryError {
     let text = e.strip_backtrace();
     if text.contains("Resources exhausted") {

@@ -10,7 +10,7 @@ use clap::Args;
 use tessera_catalog::consent::KNOWN_PURPOSES;
 use tessera_catalog::{Grant, IngestOptions, Purpose, Scope};
 
-use crate::config::{DEFAULT_HTTP_ADDR, GlobalArgs, write_private};
+use crate::config::{DEFAULT_FLIGHT_ADDR, DEFAULT_HTTP_ADDR, GlobalArgs, write_private};
 use crate::output::say;
 
 #[derive(Debug, Clone, Args)]
@@ -266,12 +266,28 @@ async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
         "organizations": entries,
         "operator": {"key_id": operator_id, "api_key": operator_key},
         // `tessera serve` writes the address it listens on here.
-        "services": {"http": format!("http://{DEFAULT_HTTP_ADDR}")},
+        "services": {
+            "http": format!("http://{DEFAULT_HTTP_ADDR}"),
+            "flight_sql": format!("grpc://{DEFAULT_FLIGHT_ADDR}"),
+        },
     });
     write_private(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     say!(
         "two demo organizations with an aggregate-only and a row-level license; their API keys are in {}",
         path.display()
     );
+    say!(
+        "after `tessera serve`, a first cohort query from Python (pip install adbc-driver-flightsql pyarrow):"
+    );
+    say!("  import json, adbc_driver_flightsql.dbapi as fs");
+    say!("  demo = json.load(open(\"{}\"))", path.display());
+    say!("  key = demo[\"organizations\"][0][\"api_key\"]");
+    say!(
+        "  conn = fs.connect(demo[\"services\"][\"flight_sql\"], db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer \" + key}})"
+    );
+    say!(
+        "  cur = conn.cursor(); cur.execute(\"SELECT gender_source_value, count(*) AS n FROM person GROUP BY 1\")"
+    );
+    say!("  print(cur.fetch_arrow_table())");
     Ok(())
 }

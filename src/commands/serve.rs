@@ -1,4 +1,4 @@
-//! `tessera serve`: the HTTP API (and, once the query service lands, Flight SQL), until
+//! `tessera serve`: the HTTP API and the Flight SQL service, until
 //! SIGTERM or Ctrl-C; requests in flight are finished before the process exits.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use tessera_licensing::gate::Gate;
 use tessera_licensing::store::LicensingStore;
 use tessera_licensing::terms;
 
-use crate::config::{DEFAULT_HTTP_ADDR, GlobalArgs, replace_private};
+use crate::config::{DEFAULT_FLIGHT_ADDR, DEFAULT_HTTP_ADDR, GlobalArgs, replace_private};
 use crate::output::say;
 
 #[derive(Debug, Clone, Args)]
@@ -22,6 +22,18 @@ pub struct ServeArgs {
     /// DATA_DIR/demo.json when that file exists).
     #[arg(long, env = "TESSERA_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http: SocketAddr,
+
+    /// Address of the Flight SQL service (port 0 picks a free port).
+    #[arg(long, env = "TESSERA_FLIGHT_ADDR", default_value = DEFAULT_FLIGHT_ADDR)]
+    pub flight: SocketAddr,
+
+    /// Memory one SQL query may use, in MiB.
+    #[arg(long, env = "TESSERA_QUERY_MEMORY_MIB", default_value_t = 1024)]
+    pub query_memory_mib: usize,
+
+    /// Seconds one SQL query may take.
+    #[arg(long, env = "TESSERA_QUERY_TIMEOUT", default_value_t = 120)]
+    pub query_timeout: u64,
 
     /// Sustained requests per second per API key (or per address without a valid key).
     #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 20)]
@@ -63,21 +75,49 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         pepper,
         config,
     );
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}: is another server using it?",
-                args.http
-            )
-        })?;
-    let bound = listener.local_addr()?;
-    let http = format!("http://{bound}");
-    record_services(&g.data_dir.join("demo.json"), &http)?;
-    say!(
-        "tessera serve: HTTP API on {http} (OpenAPI at {http}/openapi.json); stop with SIGTERM or Ctrl-C"
+    let query = tessera_query::QueryService::new(
+        catalog.clone(),
+        Gate::new(
+            store.clone(),
+            keyring.application_secret("api-key-pepper").to_vec(),
+        ),
+        tessera_query::Limits {
+            memory: args.query_memory_mib.max(16) << 20,
+            time: Duration::from_secs(args.query_timeout.max(1)),
+        },
     );
-    api::serve(listener, state, shutdown_signal()).await?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}: is another server using it?"))
+    };
+    let listener = bind(args.http).await?;
+    let flight_listener = bind(args.flight).await?;
+    let http = format!("http://{}", listener.local_addr()?);
+    let flight = tessera_query::flight::uri(flight_listener.local_addr()?);
+    record_services(&g.data_dir.join("demo.json"), &http, &flight)?;
+    say!("tessera serve: HTTP API on {http} (OpenAPI at {http}/openapi.json)");
+    say!("tessera serve: Flight SQL on {flight}; stop with SIGTERM or Ctrl-C");
+    // One signal stops both services; each finishes what it has in flight.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let flight_task = tokio::spawn(tessera_query::flight::serve(
+        flight_listener,
+        query,
+        wait(stopped.clone()),
+    ));
+    api::serve(listener, state, wait(stopped)).await?;
+    match flight_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => anyhow::bail!("the Flight SQL service failed: {e}"),
+        Err(e) => anyhow::bail!("the Flight SQL service stopped: {e}"),
+    }
     store.close().await;
     catalog.close().await;
     say!("tessera serve: stopped");
@@ -109,8 +149,9 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: finishing requests in flight");
 }
 
-/// Writes the address the API listens on into demo.json's `services`, when the demo made one.
-fn record_services(path: &Path, http: &str) -> Result<()> {
+/// Writes the addresses the services listen on into demo.json's `services`, when the demo
+/// made one.
+fn record_services(path: &Path, http: &str, flight: &str) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
@@ -122,6 +163,6 @@ fn record_services(path: &Path, http: &str) -> Result<()> {
             path.display()
         )
     })?;
-    doc["services"] = serde_json::json!({ "http": http });
+    doc["services"] = serde_json::json!({ "http": http, "flight_sql": flight });
     replace_private(path, serde_json::to_string_pretty(&doc)?.as_bytes())
 }

@@ -140,7 +140,7 @@ pub fn demo_org(demo: &Value, org: &str) -> (String, String, String) {
     )
 }
 
-struct Client {
+pub struct Client {
     http: reqwest::Client,
 }
 

@@ -9,6 +9,7 @@ mod broken_input;
 mod consent;
 mod corpus;
 mod deid;
+mod flight;
 mod formats;
 mod http;
 mod licenses;

@@ -1,0 +1,231 @@
+//! Flight SQL against the real server (`tessera serve`, port 0) with `arrow_flight`'s Flight
+//! SQL client: bearer keys and Handshake, statements under aggregate-only and row-level
+//! licenses, the catalog browsers' calls (tables with and without a catalog filter, with
+//! schemas), SqlInfo, refusals as gRPC statuses, and a forged ticket enforced like any SQL.
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandGetTables, ProstMessageExt, SqlInfo, TicketStatementQuery};
+use arrow_flight::{FlightInfo, Ticket};
+use futures::TryStreamExt;
+use prost::Message;
+use tessera_query::arrow::array::{Array, Int64Array, StringArray};
+use tessera_query::arrow::record_batch::RecordBatch;
+use tonic::transport::Channel;
+
+use crate::http::{Server, demo_copy, demo_json, demo_org, persons_by};
+
+async fn client(uri: &str, key: Option<&str>) -> FlightSqlServiceClient<Channel> {
+    let channel = Channel::from_shared(uri.replace("grpc://", "http://"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = FlightSqlServiceClient::new(channel);
+    if let Some(k) = key {
+        c.set_header("authorization", format!("Bearer {k}"));
+    }
+    c
+}
+
+async fn fetch(
+    c: &mut FlightSqlServiceClient<Channel>,
+    info: FlightInfo,
+) -> Result<Vec<RecordBatch>, String> {
+    let mut out = Vec::new();
+    for ep in info.endpoint {
+        let ticket = ep.ticket.ok_or("no ticket")?;
+        let stream = c.do_get(ticket).await.map_err(|e| e.to_string())?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| e.to_string())?;
+        out.extend(batches);
+    }
+    Ok(out)
+}
+
+async fn sql(c: &mut FlightSqlServiceClient<Channel>, q: &str) -> Result<Vec<RecordBatch>, String> {
+    let info = c
+        .execute(q.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    fetch(c, info).await
+}
+
+fn rows(b: &[RecordBatch]) -> usize {
+    b.iter().map(RecordBatch::num_rows).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sql_with_real_clients_enforces_the_license() {
+    let t = demo_copy();
+    let server = Server::start(&t, &["--flight", "127.0.0.1:0"]);
+    let demo = demo_json(&t);
+    let uri = demo["services"]["flight_sql"]
+        .as_str()
+        .expect("flight uri")
+        .to_string();
+    assert!(uri.starts_with("grpc://127.0.0.1:"), "{uri}");
+    let (agg_key, _, _) = demo_org(&demo, "demo-aggregate");
+    let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
+
+    // No key: unauthenticated, with a message that says what to send.
+    let mut anon = client(&uri, None).await;
+    let e = sql(&mut anon, "SELECT 1").await.expect_err("refused");
+    assert!(e.contains("no_credential"), "{e}");
+
+    // Aggregate-only: counts by sex equal those made from the Parquet file (groups of 11 or
+    // more); a row-level query is refused as PERMISSION_DENIED naming the rule.
+    let mut agg = client(&uri, Some(&agg_key)).await;
+    let batches = sql(
+        &mut agg,
+        "SELECT gender_source_value AS sex, count(*) AS n FROM person GROUP BY gender_source_value",
+    )
+    .await
+    .expect("aggregate");
+    let expected = persons_by("person", "gender_source_value");
+    let mut got = std::collections::BTreeMap::new();
+    for b in &batches {
+        let sex = b.column(0).as_any().downcast_ref::<StringArray>().map(|a| {
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        });
+        let sex = match sex {
+            Some(s) => s,
+            None => {
+                let c = tessera_query::arrow::compute::cast(
+                    b.column(0),
+                    &tessera_query::arrow::datatypes::DataType::Utf8,
+                )
+                .expect("cast");
+                let a = c
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("text")
+                    .clone();
+                (0..a.len()).map(|i| a.value(i).to_string()).collect()
+            }
+        };
+        let n = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("n");
+        for (i, s) in sex.into_iter().enumerate() {
+            got.insert(s, n.value(i) as u64);
+        }
+    }
+    let want: std::collections::BTreeMap<String, u64> =
+        expected.into_iter().filter(|(_, n)| *n >= 11).collect();
+    assert_eq!(got, want);
+    let e = sql(&mut agg, "SELECT * FROM person")
+        .await
+        .expect_err("row-level refused");
+    assert!(
+        e.contains("PermissionDenied") || e.contains("permission"),
+        "{e}"
+    );
+    assert!(e.contains("not_aggregate"), "{e}");
+
+    // A forged ticket (a statement this client never asked GetFlightInfo for) is just SQL from
+    // whoever presents it: decided again, and refused here.
+    let forged = TicketStatementQuery {
+        statement_handle: serde_json::to_vec(
+            &serde_json::json!({"sql": "SELECT person_id FROM person", "license": null}),
+        )
+        .expect("json")
+        .into(),
+    };
+    let ticket = Ticket {
+        ticket: forged.as_any().encode_to_vec().into(),
+    };
+    let e = match agg.do_get(ticket).await {
+        Err(e) => e.to_string(),
+        Ok(s) => s
+            .try_collect::<Vec<_>>()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    };
+    assert!(e.contains("not_aggregate"), "{e}");
+
+    // Row-level: rows of licensed columns, capped by LIMIT.
+    let mut row = client(&uri, Some(&row_key)).await;
+    let five = sql(&mut row, "SELECT * FROM person LIMIT 5")
+        .await
+        .expect("rows");
+    assert_eq!(rows(&five), 5);
+    let e = sql(&mut row, "CREATE TABLE x AS SELECT * FROM person")
+        .await
+        .expect_err("read-only");
+    assert!(e.contains("read_only"), "{e}");
+
+    // Handshake: basic auth with the key as the password answers a bearer token that works.
+    let mut shaken = client(&uri, None).await;
+    shaken
+        .handshake("analyst", &row_key)
+        .await
+        .expect("handshake");
+    assert_eq!(
+        rows(
+            &sql(&mut shaken, "SELECT count(*) FROM person")
+                .await
+                .expect("after handshake")
+        ),
+        1
+    );
+    let mut bad = client(&uri, None).await;
+    assert!(
+        bad.handshake("analyst", "tsk_0000000000000000_00")
+            .await
+            .is_err()
+    );
+
+    // The catalog browsers' calls: GetTables without and with a catalog filter, with schemas.
+    for catalog in [None, Some("tessera".to_string())] {
+        let info = row
+            .get_tables(CommandGetTables {
+                catalog: catalog.clone(),
+                db_schema_filter_pattern: None,
+                table_name_filter_pattern: None,
+                table_types: vec![],
+                include_schema: true,
+            })
+            .await
+            .expect("get tables");
+        let tables = fetch(&mut row, info).await.expect("tables");
+        let names: Vec<String> = tables
+            .iter()
+            .flat_map(|b| {
+                let a = b
+                    .column_by_name("table_name")
+                    .expect("table_name")
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("text")
+                    .clone();
+                (0..a.len()).map(move |i| a.value(i).to_string())
+            })
+            .collect();
+        assert!(
+            names.contains(&"person".to_string()),
+            "{catalog:?}: {names:?}"
+        );
+        assert!(names.contains(&"condition_occurrence".to_string()));
+    }
+    let info = row.get_catalogs().await.expect("catalogs");
+    assert_eq!(rows(&fetch(&mut row, info).await.expect("catalogs")), 1);
+    let info = row.get_table_types().await.expect("types");
+    assert_eq!(rows(&fetch(&mut row, info).await.expect("types")), 1);
+    let info = row
+        .get_sql_info(vec![
+            SqlInfo::FlightSqlServerName,
+            SqlInfo::FlightSqlServerReadOnly,
+        ])
+        .await
+        .expect("sql info");
+    assert_eq!(rows(&fetch(&mut row, info).await.expect("sql info")), 2);
+
+    let (status, printed) = server.stop();
+    assert_eq!(status, Some(0), "{printed}");
+    t.expect(&["audit", "verify"], 0);
+}
