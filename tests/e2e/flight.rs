@@ -56,7 +56,7 @@ fn rows(b: &[RecordBatch]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flight_sql_with_real_clients_enforces_the_license() {
     let t = demo_copy();
-    let server = Server::start(&t, &["--flight", "127.0.0.1:0"]);
+    let server = Server::start(&t, &[]);
     let demo = demo_json(&t);
     let uri = demo["services"]["flight_sql"]
         .as_str()

@@ -60,7 +60,7 @@ impl Server {
     pub fn start(t: &Tessera, extra: &[&str]) -> Server {
         let mut child = t
             .command()
-            .args(["serve", "--http", "127.0.0.1:0"])
+            .args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
