@@ -8,7 +8,8 @@
 //!
 //! Landed: Handshake, CommandStatementQuery (GetFlightInfo + DoGet), GetCatalogs,
 //! GetDbSchemas, GetTables (with and without filters and table schemas), GetTableTypes,
-//! GetSqlInfo. Still to come: prepared statements with parameter binding, TLS.
+//! GetSqlInfo, prepared statements without parameters (create, execute, close; a handle holds
+//! only the SQL and the license, like a ticket). Still to come: parameter binding, TLS.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,15 +20,18 @@ use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandStatementQuery, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
-    TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, SqlSupportedTransaction, TicketStatementQuery,
 };
+use arrow_flight::{Action, IpcMessage, SchemaAsIpc};
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
 };
 use base64::Engine;
 use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
@@ -272,6 +276,75 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle: Handle = serde_json::from_slice(&ticket.statement_handle)
             .map_err(|_| Status::invalid_argument("not a statement ticket of this server"))?;
+        let (credential, header) = self.caller(request.metadata()).await?;
+        let license = header.or(handle.license);
+        let out = self
+            .service
+            .query(credential.as_ref(), license.as_deref(), &handle.sql)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(batches_stream(out.schema, out.batches)))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let (credential, license) = self.caller(request.metadata()).await?;
+        let schema = self
+            .service
+            .describe(credential.as_ref(), license.as_deref(), &query.query)
+            .await
+            .map_err(status)?;
+        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: datafusion::arrow::error::ArrowError| internal(&e))?;
+        let handle = serde_json::to_vec(&Handle {
+            sql: query.query,
+            license,
+        })
+        .map_err(|e| internal(&e))?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into(),
+            dataset_schema,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Handles hold no server state: closing is a no-op.
+        Ok(())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle: Handle = serde_json::from_slice(&query.prepared_statement_handle)
+            .map_err(|_| Status::invalid_argument("not a prepared statement of this server"))?;
+        let (credential, header) = self.caller(request.metadata()).await?;
+        let license = header.or(handle.license);
+        let schema = self
+            .service
+            .describe(credential.as_ref(), license.as_deref(), &handle.sql)
+            .await
+            .map_err(status)?;
+        info_for(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let handle: Handle = serde_json::from_slice(&query.prepared_statement_handle)
+            .map_err(|_| Status::invalid_argument("not a prepared statement of this server"))?;
         let (credential, header) = self.caller(request.metadata()).await?;
         let license = header.or(handle.license);
         let out = self

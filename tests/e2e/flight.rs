@@ -159,6 +159,27 @@ async fn flight_sql_with_real_clients_enforces_the_license() {
         .expect_err("read-only");
     assert!(e.contains("read_only"), "{e}");
 
+    // A prepared statement (what ADBC and JDBC send): created, executed, closed.
+    let mut prepared = row
+        .prepare("SELECT count(*) AS n FROM person".to_string(), None)
+        .await
+        .expect("prepare");
+    assert_eq!(
+        prepared.dataset_schema().expect("schema").field(0).name(),
+        "n"
+    );
+    let info = prepared.execute().await.expect("execute prepared");
+    assert_eq!(
+        rows(&fetch(&mut row, info).await.expect("prepared rows")),
+        1
+    );
+    prepared.close().await.expect("close");
+    let e = match agg.prepare("SELECT * FROM person".to_string(), None).await {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    };
+    assert!(e.contains("not_aggregate"), "{e}");
+
     // Handshake: basic auth with the key as the password answers a bearer token that works.
     let mut shaken = client(&uri, None).await;
     shaken
