@@ -125,6 +125,36 @@ impl TesseraFlightSql {
     }
 }
 
+impl TesseraFlightSql {
+    /// The caller's licensed catalog, after an audited browse decision.
+    async fn browse(&self, metadata: &MetadataMap) -> Result<crate::Session, Status> {
+        let (credential, license) = self.caller(metadata).await?;
+        self.service
+            .browse(credential.as_ref(), license.as_deref())
+            .await
+            .map_err(status)
+    }
+
+    /// Runs the SQL a ticket or prepared-statement handle holds, for whoever presents it:
+    /// decided again here, whatever was decided when the handle was made.
+    async fn run_handle(
+        &self,
+        bytes: &[u8],
+        metadata: &MetadataMap,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let handle: Handle = serde_json::from_slice(bytes)
+            .map_err(|_| Status::invalid_argument("not a statement handle of this server"))?;
+        let (credential, header) = self.caller(metadata).await?;
+        let license = header.or(handle.license);
+        let out = self
+            .service
+            .query(credential.as_ref(), license.as_deref(), &handle.sql)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(batches_stream(out.schema, out.batches)))
+    }
+}
+
 fn internal(e: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %e, "flight request failed");
     Status::internal(
@@ -274,16 +304,8 @@ impl FlightSqlService for TesseraFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let handle: Handle = serde_json::from_slice(&ticket.statement_handle)
-            .map_err(|_| Status::invalid_argument("not a statement ticket of this server"))?;
-        let (credential, header) = self.caller(request.metadata()).await?;
-        let license = header.or(handle.license);
-        let out = self
-            .service
-            .query(credential.as_ref(), license.as_deref(), &handle.sql)
+        self.run_handle(&ticket.statement_handle, request.metadata())
             .await
-            .map_err(status)?;
-        Ok(Response::new(batches_stream(out.schema, out.batches)))
     }
 
     async fn do_action_create_prepared_statement(
@@ -343,16 +365,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let handle: Handle = serde_json::from_slice(&query.prepared_statement_handle)
-            .map_err(|_| Status::invalid_argument("not a prepared statement of this server"))?;
-        let (credential, header) = self.caller(request.metadata()).await?;
-        let license = header.or(handle.license);
-        let out = self
-            .service
-            .query(credential.as_ref(), license.as_deref(), &handle.sql)
+        self.run_handle(&query.prepared_statement_handle, request.metadata())
             .await
-            .map_err(status)?;
-        Ok(Response::new(batches_stream(out.schema, out.batches)))
     }
 
     async fn get_flight_info_catalogs(
@@ -369,11 +383,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let (credential, license) = self.caller(request.metadata()).await?;
-        self.service
-            .browse(credential.as_ref(), license.as_deref())
-            .await
-            .map_err(status)?;
+        self.browse(request.metadata()).await?;
         let mut b = query.into_builder();
         b.append(CATALOG);
         let schema = b.schema();
@@ -395,12 +405,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let (credential, license) = self.caller(request.metadata()).await?;
-        let session = self
-            .service
-            .browse(credential.as_ref(), license.as_deref())
-            .await
-            .map_err(status)?;
+        let session = self.browse(request.metadata()).await?;
         let mut b = query.into_builder();
         if let Some(catalog) = session.context().catalog(CATALOG) {
             for s in catalog.schema_names() {
@@ -426,12 +431,7 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let (credential, license) = self.caller(request.metadata()).await?;
-        let session = self
-            .service
-            .browse(credential.as_ref(), license.as_deref())
-            .await
-            .map_err(status)?;
+        let session = self.browse(request.metadata()).await?;
         let mut b = query.into_builder();
         if let Some(catalog) = session.context().catalog(CATALOG) {
             for s in catalog.schema_names() {
@@ -470,11 +470,7 @@ impl FlightSqlService for TesseraFlightSql {
         _query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let (credential, license) = self.caller(request.metadata()).await?;
-        self.service
-            .browse(credential.as_ref(), license.as_deref())
-            .await
-            .map_err(status)?;
+        self.browse(request.metadata()).await?;
         let schema = Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
             "table_type",
             datafusion::arrow::datatypes::DataType::Utf8,

@@ -248,18 +248,47 @@ impl QueryService {
         sql: &str,
     ) -> Result<datafusion::arrow::datatypes::SchemaRef, ServiceError> {
         let now = Utc::now();
-        let sha = sql_sha(sql);
-        let license = self.usable_license(credential, named, &sha, now).await?;
-        let session = Session::new(self.scope(&license, now).await?).await?;
-        let planned = match session.plan(sql).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.audit_refusal(credential, &license.id, &e, &sha, now)
-                    .await?;
-                return Err(e.into());
-            }
-        };
+        let (_, _, _, planned) = self
+            .plan(credential, named, sql, &sql_sha(sql), now)
+            .await?;
         Ok(planned.output_schema())
+    }
+
+    /// The usable license, the release versions its session covers (family, version,
+    /// purpose), the session, and the plan of `sql`; a refusal by the plan rules is a decision
+    /// too, and audited.
+    async fn plan(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        sql: &str,
+        sha: &str,
+        now: DateTime<Utc>,
+    ) -> Result<
+        (
+            License,
+            Vec<(String, u32, String)>,
+            Session,
+            crate::session::Planned,
+        ),
+        ServiceError,
+    > {
+        let license = self.usable_license(credential, named, sha, now).await?;
+        let scope = self.scope(&license, now).await?;
+        let covered = scope
+            .releases
+            .iter()
+            .map(|r| (r.family.clone(), r.version, r.manifest.purpose.clone()))
+            .collect();
+        let session = Session::new(scope).await?;
+        match session.plan(sql).await {
+            Ok(planned) => Ok((license, covered, session, planned)),
+            Err(e) => {
+                self.audit_refusal(credential, &license.id, &e, sha, now)
+                    .await?;
+                Err(e.into())
+            }
+        }
     }
 
     /// Answers `sql` for the holder of `credential` under the license `named` (or the key's
@@ -272,24 +301,9 @@ impl QueryService {
     ) -> Result<QueryOutput, ServiceError> {
         let now = Utc::now();
         let sha = sql_sha(sql);
-        let license = self.usable_license(credential, named, &sha, now).await?;
-        let scope = self.scope(&license, now).await?;
-        let covered: Vec<(String, u32, String)> = scope
-            .releases
-            .iter()
-            .map(|r| (r.family.clone(), r.version, r.manifest.purpose.clone()))
-            .collect();
-        let session = Session::new(scope).await?;
         // Plan first (it touches no data): the decision is about what the plan reads.
-        let planned = match session.plan(sql).await {
-            Ok(p) => p,
-            Err(e) => {
-                // Refusals by the plan rules are decisions too: audit them.
-                self.audit_refusal(credential, &license.id, &e, &sha, now)
-                    .await?;
-                return Err(e.into());
-            }
-        };
+        let (license, covered, session, planned) =
+            self.plan(credential, named, sql, &sha, now).await?;
         let reads = session.tables_read(&planned.plan)?;
         let release_reads: Vec<_> = reads
             .iter()
