@@ -467,7 +467,13 @@ fn execution_error(e: DataFusionError) -> QueryError {
                 .into(),
         )
     } else {
-        QueryError::Invalid(text)
+        // DataFusion's execution errors can quote a value from the data (a failed cast names
+        // the string it could not convert): an aggregate-only caller must not read values that
+        // way, so the answer carries no detail.
+        QueryError::Invalid(
+            "the query failed while running (a value could not be converted or computed): check casts and functions"
+                .into(),
+        )
     }
 }
 

@@ -444,3 +444,17 @@ async fn the_decision_is_asked_about_the_tables_the_plan_reads() {
         "{reads:?}"
     );
 }
+
+#[tokio::test]
+async fn execution_errors_do_not_quote_values() {
+    let f = fixture(&[]);
+    let s = session(&f, aggregate_only()).await;
+    let r = s
+        .run("SELECT sum(CAST(person_id AS INT)) FROM person")
+        .await;
+    let message = match r {
+        Err(e) => e.to_string(),
+        Ok(o) => format!("allowed ({} rows)", o.rows),
+    };
+    assert!(!message.contains("p0"), "a person_id leaked: {message}");
+}
