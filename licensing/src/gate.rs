@@ -185,9 +185,30 @@ impl Gate {
         persons: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Entry, StoreError> {
+        self.record_metered(
+            allowed,
+            &crate::store::Metered {
+                rows,
+                persons,
+                fingerprint: None,
+            },
+            now,
+        )
+        .await
+    }
+
+    /// [`Gate::record_result`] with the query plan's fingerprints (the query service's
+    /// aggregate queries, counted against differencing limits).
+    pub async fn record_metered(
+        &self,
+        allowed: &Allowed,
+        metered: &crate::store::Metered,
+        now: DateTime<Utc>,
+    ) -> Result<Entry, StoreError> {
+        let (rows, persons) = (metered.rows, metered.persons);
         let license = allowed.license.as_ref().map(|l| l.id.clone());
         if let Some(l) = &license {
-            self.store.record_usage(l, now, rows).await?;
+            self.store.record_usage(l, now, metered).await?;
         }
         self.store
             .append_audit(Event {

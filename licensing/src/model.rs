@@ -90,6 +90,11 @@ pub struct OutputRules {
     /// Counts are rounded to a multiple of this, when set.
     pub rounding_base: Option<u32>,
     pub max_rows: Option<u64>,
+    /// Columns besides `person_id` that are unique to a person (a record number kept as a
+    /// pseudonym, a device id): an aggregate-only license never groups by them. Left out of
+    /// the signed terms when empty, so licenses signed before the field existed still verify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifying_columns: Vec<String>,
 }
 
 impl Default for OutputRules {
@@ -98,6 +103,7 @@ impl Default for OutputRules {
             min_cell_size: 11,
             rounding_base: None,
             max_rows: None,
+            identifying_columns: Vec::new(),
         }
     }
 }

@@ -85,6 +85,7 @@ mod tests {
             min_cell_size: min,
             rounding_base: rounding,
             max_rows: None,
+            identifying_columns: Vec::new(),
         }
     }
 

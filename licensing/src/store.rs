@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_licenses.sql"),
     ),
     (3, "usage", include_str!("../migrations/0003_usage.sql")),
+    (
+        4,
+        "query_log",
+        include_str!("../migrations/0004_query_log.sql"),
+    ),
 ];
 
 /// A storage error: what failed, in words that say what to check.
@@ -723,21 +728,87 @@ impl LicensingStore {
             .collect()
     }
 
-    /// Records one completed query under a license and the rows it returned.
+    /// Records one completed query under a license: the rows it returned, the distinct persons
+    /// whose data contributed (when known), and the plan's fingerprints (aggregate queries).
     pub async fn record_usage(
         &self,
         license: &str,
         at: DateTime<Utc>,
-        rows: u64,
+        metered: &Metered,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO usage_log (license, at_ms, result_rows) VALUES ($1, $2, $3)")
-            .bind(license)
-            .bind(at.timestamp_millis())
-            .bind(i64::try_from(rows).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await
-            .map_err(ctx("recording usage"))?;
+        sqlx::query(
+            "INSERT INTO usage_log (license, at_ms, result_rows, persons, fingerprint, shape) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(license)
+        .bind(at.timestamp_millis())
+        .bind(i64::try_from(metered.rows).unwrap_or(i64::MAX))
+        .bind(metered.persons.map(|p| i64::try_from(p).unwrap_or(i64::MAX)))
+        .bind(metered.fingerprint.as_ref().map(|f| f.same.clone()))
+        .bind(metered.fingerprint.as_ref().map(|f| f.shape.clone()))
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("recording usage"))?;
         Ok(())
+    }
+
+    /// How many completed queries under `license` since `since` had the same plan as
+    /// `fingerprint`, and how many the same plan up to literal values.
+    pub async fn repeats(
+        &self,
+        license: &str,
+        fingerprint: &Fingerprint,
+        since: DateTime<Utc>,
+    ) -> Result<Repeats, StoreError> {
+        let c = "counting repeated queries";
+        let count = |column: &'static str, value: &str| {
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM usage_log WHERE license = $1 AND {column} = $2 AND at_ms >= $3"
+            );
+            let value = value.to_string();
+            async move {
+                let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .bind(license)
+                    .bind(value)
+                    .bind(since.timestamp_millis())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(ctx(c))?;
+                Ok::<u64, StoreError>(n.max(0) as u64)
+            }
+        };
+        Ok(Repeats {
+            same: count("fingerprint", &fingerprint.same).await?,
+            near: count("shape", &fingerprint.shape).await?,
+        })
+    }
+
+    /// The usage records of a license since `since`, oldest first (what payouts read).
+    pub async fn usage_records(
+        &self,
+        license: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let c = "reading usage records";
+        let rows = sqlx::query(
+            "SELECT at_ms, result_rows, persons FROM usage_log WHERE license = $1 AND at_ms >= $2 ORDER BY at_ms",
+        )
+        .bind(license)
+        .bind(since.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(c))?;
+        rows.iter()
+            .map(|r| {
+                let at: i64 = r.try_get("at_ms").map_err(ctx(c))?;
+                let rows: i64 = r.try_get("result_rows").map_err(ctx(c))?;
+                let persons: Option<i64> = r.try_get("persons").map_err(ctx(c))?;
+                Ok(UsageRecord {
+                    at: DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default(),
+                    rows: rows.max(0) as u64,
+                    persons: persons.map(|p| p.max(0) as u64),
+                })
+            })
+            .collect()
     }
 
     /// Usage under a license as of `now`: queries in the last 60 seconds, and queries and rows
@@ -785,6 +856,39 @@ impl LicensingStore {
             .map(|t| t + chrono::Duration::seconds(60));
         Ok((usage, frees))
     }
+}
+
+/// What one completed query is metered with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metered {
+    pub rows: u64,
+    /// Distinct persons whose data contributed, when known.
+    pub persons: Option<u64>,
+    /// The plan's fingerprints, for aggregate queries (differencing limits).
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// Two fingerprints of a query plan: `same` of the plan as run, `shape` of the plan with its
+/// literal values masked (near-identical queries share it). Hex SHA-256, never the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub same: String,
+    pub shape: String,
+}
+
+/// Counts of earlier queries sharing a [`Fingerprint`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repeats {
+    pub same: u64,
+    pub near: u64,
+}
+
+/// One completed query, as payouts read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub at: DateTime<Utc>,
+    pub rows: u64,
+    pub persons: Option<u64>,
 }
 
 /// The starts of the metering windows around an instant (UTC).

@@ -8,22 +8,26 @@
 //!
 //! Landed: Handshake, CommandStatementQuery (GetFlightInfo + DoGet), GetCatalogs,
 //! GetDbSchemas, GetTables (with and without filters and table schemas), GetTableTypes,
-//! GetSqlInfo, prepared statements without parameters (create, execute, close; a handle holds
-//! only the SQL and the license, like a ticket). Still to come: parameter binding, TLS.
+//! GetSqlInfo, prepared statements with parameter binding (create, bind with DoPut, execute,
+//! close; a handle holds only the SQL, the license and the bound values, like a ticket).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, ProstMessageExt, SqlInfo, SqlSupportedTransaction, TicketStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    SqlSupportedTransaction, TicketStatementQuery,
 };
 use arrow_flight::{Action, IpcMessage, SchemaAsIpc};
 use arrow_flight::{
@@ -33,6 +37,7 @@ use base64::Engine;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -47,11 +52,56 @@ use crate::session::{CATALOG, QueryError};
 /// The header that names the license a request runs under.
 pub const LICENSE_HEADER: &str = "x-tessera-license";
 
-/// What a statement ticket holds.
+/// What a statement ticket or prepared-statement handle holds: the SQL, the license named, and
+/// the bound parameters (one row, Arrow IPC, base64), if any. Nothing the server remembers.
 #[derive(Debug, Serialize, Deserialize)]
 struct Handle {
     sql: String,
     license: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<String>,
+}
+
+impl Handle {
+    fn parse(bytes: &[u8]) -> Result<Handle, Status> {
+        serde_json::from_slice(bytes)
+            .map_err(|_| Status::invalid_argument("not a statement handle of this server"))
+    }
+
+    /// The bound values, `$1` first.
+    fn values(&self) -> Result<Vec<ScalarValue>, Status> {
+        let Some(encoded) = &self.params else {
+            return Ok(Vec::new());
+        };
+        let bad =
+            || Status::invalid_argument("the handle's parameters are damaged: bind them again");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| bad())?;
+        let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(&bytes[..], None)
+            .map_err(|_| bad())?;
+        let mut values = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|_| bad())?;
+            for column in batch.columns() {
+                values.push(ScalarValue::try_from_array(column, 0).map_err(|_| bad())?);
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// One row of parameter values as the handle's base64 Arrow IPC.
+fn encode_params(batch: &RecordBatch) -> Result<String, Status> {
+    let mut bytes = Vec::new();
+    {
+        let mut w =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())
+                .map_err(|e| internal(&e))?;
+        w.write(batch).map_err(|e| internal(&e))?;
+        w.finish().map_err(|e| internal(&e))?;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// The Flight SQL service.
@@ -84,6 +134,29 @@ fn sql_info() -> Result<SqlInfoData, Status> {
     b.append(SqlInfo::SqlDdlSchema, false);
     b.append(SqlInfo::SqlDdlTable, false);
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    // The dialect is DataFusion's (PostgreSQL-like): unquoted names fold to lower case.
+    b.append(
+        SqlInfo::SqlIdentifierCase,
+        arrow_flight::sql::SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,
+    );
+    b.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    let names = |functions: Vec<Arc<datafusion::logical_expr::ScalarUDF>>| -> Vec<String> {
+        let mut v: Vec<String> = functions.iter().map(|f| f.name().to_string()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    b.append(
+        SqlInfo::SqlNumericFunctions,
+        names(datafusion::functions::math::functions()),
+    );
+    let mut strings = datafusion::functions::string::functions();
+    strings.extend(datafusion::functions::unicode::functions());
+    b.append(SqlInfo::SqlStringFunctions, names(strings));
+    b.append(
+        SqlInfo::SqlDatetimeFunctions,
+        names(datafusion::functions::datetime::functions()),
+    );
     b.build()
         .map_err(|e| Status::internal(format!("sql info: {e}")))
 }
@@ -142,13 +215,13 @@ impl TesseraFlightSql {
         bytes: &[u8],
         metadata: &MetadataMap,
     ) -> Result<Response<DoGetStream>, Status> {
-        let handle: Handle = serde_json::from_slice(bytes)
-            .map_err(|_| Status::invalid_argument("not a statement handle of this server"))?;
+        let handle = Handle::parse(bytes)?;
+        let values = handle.values()?;
         let (credential, header) = self.caller(metadata).await?;
         let license = header.or(handle.license);
         let out = self
             .service
-            .query(credential.as_ref(), license.as_deref(), &handle.sql)
+            .query_with(credential.as_ref(), license.as_deref(), &handle.sql, values)
             .await
             .map_err(status)?;
         Ok(Response::new(batches_stream(out.schema, out.batches)))
@@ -283,7 +356,7 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (credential, license) = self.caller(request.metadata()).await?;
-        let schema = self
+        let described = self
             .service
             .describe(credential.as_ref(), license.as_deref(), &query.query)
             .await
@@ -291,12 +364,13 @@ impl FlightSqlService for TesseraFlightSql {
         let handle = serde_json::to_vec(&Handle {
             sql: query.query,
             license,
+            params: None,
         })
         .map_err(|e| internal(&e))?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.into(),
         };
-        info_for(ticket, &schema, request.into_inner())
+        info_for(ticket, &described.schema, request.into_inner())
     }
 
     async fn do_get_statement(
@@ -314,23 +388,31 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let (credential, license) = self.caller(request.metadata()).await?;
-        let schema = self
+        let described = self
             .service
             .describe(credential.as_ref(), license.as_deref(), &query.query)
             .await
             .map_err(status)?;
-        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
-            .try_into()
-            .map_err(|e: datafusion::arrow::error::ArrowError| internal(&e))?;
+        let ipc = |schema: &Schema| -> Result<_, Status> {
+            let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+                .try_into()
+                .map_err(|e: datafusion::arrow::error::ArrowError| internal(&e))?;
+            Ok(bytes)
+        };
         let handle = serde_json::to_vec(&Handle {
             sql: query.query,
             license,
+            params: None,
         })
         .map_err(|e| internal(&e))?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into(),
-            dataset_schema,
-            parameter_schema: Default::default(),
+            dataset_schema: ipc(&described.schema)?,
+            parameter_schema: if described.parameters.fields().is_empty() {
+                Default::default()
+            } else {
+                ipc(&described.parameters)?
+            },
         })
     }
 
@@ -348,16 +430,59 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let handle: Handle = serde_json::from_slice(&query.prepared_statement_handle)
-            .map_err(|_| Status::invalid_argument("not a prepared statement of this server"))?;
+        let handle = Handle::parse(&query.prepared_statement_handle)?;
         let (credential, header) = self.caller(request.metadata()).await?;
         let license = header.or(handle.license);
-        let schema = self
+        let described = self
             .service
             .describe(credential.as_ref(), license.as_deref(), &handle.sql)
             .await
             .map_err(status)?;
-        info_for(query, &schema, request.into_inner())
+        info_for(query, &described.schema, request.into_inner())
+    }
+
+    /// Binds parameters: the client sends one row of values; the answer is a new handle holding
+    /// them (handles are the only state), which the client executes.
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let mut handle = Handle::parse(&query.prepared_statement_handle)?;
+        let (credential, _) = self.caller(request.metadata()).await?;
+        if credential.is_none() {
+            return Err(Status::unauthenticated(format!(
+                "no_credential: {}",
+                Reason::NoCredential.message()
+            )));
+        }
+        let stream = request.into_inner().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
+            .try_collect()
+            .await
+            .map_err(|e| {
+                Status::invalid_argument(format!("the parameter batch is not valid Arrow: {e}"))
+            })?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let batch = match (batches.into_iter().find(|b| b.num_rows() > 0), rows) {
+            (None, _) => {
+                handle.params = None;
+                None
+            }
+            (Some(b), 1) => Some(b),
+            (Some(_), n) => {
+                return Err(Status::invalid_argument(format!(
+                    "bind one row of parameters per execution of a query, not {n}"
+                )));
+            }
+        };
+        if let Some(b) = batch {
+            handle.params = Some(encode_params(&b)?);
+        }
+        let bytes = serde_json::to_vec(&handle).map_err(|e| internal(&e))?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(bytes.into()),
+        })
     }
 
     async fn do_get_prepared_statement(
@@ -517,14 +642,47 @@ impl FlightSqlService for TesseraFlightSql {
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
-/// Serves Flight SQL on `listener` until `shutdown` resolves.
+/// A certificate chain and its private key, PEM files, for serving Flight SQL over TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// The server's TLS configuration; errors name the file and what to do.
+    pub fn load(&self) -> Result<tonic::transport::ServerTlsConfig, String> {
+        let read = |path: &std::path::Path, what: &str| {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read the TLS {what} {}: {e}", path.display()))?;
+            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN") {
+                return Err(format!(
+                    "the TLS {what} {} is not PEM (expected a -----BEGIN … block)",
+                    path.display()
+                ));
+            }
+            Ok(bytes)
+        };
+        let cert = read(&self.cert, "certificate")?;
+        let key = read(&self.key, "private key")?;
+        Ok(tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key)))
+    }
+}
+
+/// Serves Flight SQL on `listener` until `shutdown` resolves, over TLS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: QueryService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let flight = TesseraFlightSql::new(service)?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(flight.into_server())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
@@ -534,7 +692,12 @@ pub async fn serve(
     Ok(())
 }
 
-/// The address ADBC takes for a Flight SQL server on `addr` (`grpc://host:port`).
-pub fn uri(addr: SocketAddr) -> String {
-    format!("grpc://{addr}")
+/// The address ADBC takes for a Flight SQL server on `addr`: `grpc://host:port`, or
+/// `grpc+tls://host:port` over TLS.
+pub fn uri(addr: SocketAddr, tls: bool) -> String {
+    if tls {
+        format!("grpc+tls://{addr}")
+    } else {
+        format!("grpc://{addr}")
+    }
 }

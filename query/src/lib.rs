@@ -12,7 +12,9 @@
 //! - [`service`]: the core any transport calls: key, license and SQL in; the audited decision
 //!   about what the plan reads, the session, the output rules and metering out.
 //!
-//! Still to come (issue 6): the Flight SQL server, differencing limits, the benchmark.
+//! - [`flight`]: Arrow Flight SQL over the service (bearer keys, Handshake, statements,
+//!   prepared statements with parameters, the catalog calls, TLS).
+//!
 //! Must not: decide who may query (it asks `tessera-licensing`), or know HTTP.
 
 pub mod aggregate;
@@ -20,9 +22,13 @@ pub mod flight;
 pub mod service;
 pub mod session;
 
+/// The DataFusion build the service runs on (the benchmark's plain baseline uses it too).
+pub use datafusion;
 /// Arrow, as the query service returns it.
 pub use datafusion::arrow;
-pub use service::{Limits, QueryService, ServiceError};
+pub use service::{
+    CatalogReleases, Described, Differencing, Limits, QueryService, Releases, ServiceError,
+};
 pub use session::{QueryError, QueryOutput, ReleaseSource, Scope, Session};
 
 #[cfg(test)]

@@ -8,11 +8,13 @@
 //! session agree by construction; the decision adds the key, the license's status and term, the
 //! purpose, the rate limit and the quotas.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use datafusion::common::ScalarValue;
+use tessera_catalog::release::build::Manifest;
 use tessera_catalog::{Catalog, Purpose};
 use tessera_licensing::decision::{Credential, Decision, Principal, Request, Usage, decide};
 use tessera_licensing::gate::{Ask, Gate};
@@ -24,11 +26,12 @@ fn sql_sha(sql: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, sql.as_bytes()).as_ref())
 }
 
-/// Per-query resource limits.
+/// Per-query resource limits, and the differencing limits of aggregate-only licenses.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub memory: usize,
     pub time: Duration,
+    pub differencing: Differencing,
 }
 
 impl Default for Limits {
@@ -36,8 +39,42 @@ impl Default for Limits {
         Limits {
             memory: 1 << 30,
             time: Duration::from_secs(120),
+            differencing: Differencing::default(),
         }
     }
+}
+
+/// How often an aggregate-only license may run the same aggregate, or a near-identical one (the
+/// same plan with other literal values), within a window, before further runs are refused.
+/// Subtracting the answers of near-identical aggregates (`age >= 40` and `age >= 41`) reveals
+/// the small cells suppression withholds; i2b2 locks a user out after 7 repeats of a query in
+/// 30 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Differencing {
+    /// Runs of the same aggregate allowed per window (i2b2: 7).
+    pub same: u64,
+    /// Runs of aggregates of one shape allowed per window. Higher than `same`, because an
+    /// analyst comparing a few dozen codes is ordinary work, while a sweep over a literal (what
+    /// differencing needs) takes many.
+    pub near: u64,
+    pub window: chrono::Duration,
+}
+
+impl Default for Differencing {
+    fn default() -> Self {
+        Differencing {
+            same: 7,
+            near: 50,
+            window: chrono::Duration::days(30),
+        }
+    }
+}
+
+/// What a statement answers with and the parameters it takes.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+    pub parameters: datafusion::arrow::datatypes::SchemaRef,
 }
 
 /// Why a query was not answered.
@@ -70,18 +107,189 @@ impl From<tessera_catalog::CatalogError> for ServiceError {
     }
 }
 
+/// Where a license's release versions come from.
+#[async_trait::async_trait]
+pub trait Releases: std::fmt::Debug + Send + Sync {
+    /// The live release versions `license` covers that were built for its purpose, each with
+    /// the persons whose consent no longer covers that purpose at `now`.
+    async fn covered(
+        &self,
+        license: &License,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ReleaseSource>, ServiceError>;
+}
+
+/// The releases of a catalog, with the live consent registry.
+#[derive(Debug, Clone)]
+pub struct CatalogReleases {
+    catalog: Catalog,
+    /// The persons of each release version (family, version), read once from its files:
+    /// versions are immutable.
+    persons: Arc<Mutex<HashMap<(String, u32), Persons>>>,
+}
+
+/// The `person_id`s of one release version.
+type Persons = Arc<HashSet<String>>;
+
+impl CatalogReleases {
+    pub fn new(catalog: Catalog) -> CatalogReleases {
+        CatalogReleases {
+            catalog,
+            persons: Arc::default(),
+        }
+    }
+
+    /// Every `person_id` in any table of a release version.
+    async fn persons_of(
+        &self,
+        family: &str,
+        version: u32,
+        dir: &std::path::Path,
+        manifest: &Manifest,
+    ) -> Result<Arc<HashSet<String>>, ServiceError> {
+        let key = (family.to_string(), version);
+        if let Some(p) = self.persons.lock().map_err(poisoned)?.get(&key) {
+            return Ok(p.clone());
+        }
+        let files: Vec<std::path::PathBuf> = manifest
+            .files
+            .iter()
+            .filter(|f| f.columns.iter().any(|c| c.name == "person_id"))
+            .map(|f| dir.join(&f.file))
+            .collect();
+        let persons = tokio::task::spawn_blocking(move || release_persons(&files))
+            .await
+            .map_err(|e| ServiceError::Store(e.to_string()))??;
+        let persons = Arc::new(persons);
+        self.persons
+            .lock()
+            .map_err(poisoned)?
+            .insert(key, persons.clone());
+        Ok(persons)
+    }
+}
+
+fn poisoned<T>(_: T) -> ServiceError {
+    ServiceError::Store("a lock was poisoned by an earlier failure: restart the service".into())
+}
+
+/// The `person_id` values of some Parquet files.
+fn release_persons(files: &[std::path::PathBuf]) -> Result<HashSet<String>, ServiceError> {
+    use datafusion::parquet::arrow::ProjectionMask;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut out = HashSet::new();
+    for path in files {
+        let unreadable = |e: &dyn std::fmt::Display| {
+            ServiceError::Store(format!(
+                "release file {} could not be read: {e}",
+                path.display()
+            ))
+        };
+        let file = std::fs::File::open(path).map_err(|e| unreadable(&e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| unreadable(&e))?;
+        let index = builder
+            .schema()
+            .index_of("person_id")
+            .map_err(|e| unreadable(&e))?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+        for batch in builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| unreadable(&e))?
+        {
+            let batch = batch.map_err(|e| unreadable(&e))?;
+            let text = datafusion::arrow::compute::cast(
+                batch.column(0),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .map_err(|e| unreadable(&e))?;
+            if let Some(ids) = text
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::StringArray>()
+            {
+                out.extend(ids.iter().flatten().map(str::to_string));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Releases for CatalogReleases {
+    async fn covered(
+        &self,
+        license: &License,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ReleaseSource>, ServiceError> {
+        let purpose = Purpose::parse(&license.purpose)?;
+        let rows = self.catalog.releases().await?;
+        let mut latest: HashMap<&str, i64> = HashMap::new();
+        for r in rows.iter().filter(|r| r.is_live()) {
+            let v = latest.entry(r.family.as_str()).or_insert(0);
+            *v = (*v).max(r.version);
+        }
+        let mut releases = Vec::new();
+        for (family, pin) in &license.releases {
+            let version = match pin {
+                VersionPin::Latest => match latest.get(family.as_str()) {
+                    Some(v) => *v,
+                    None => continue,
+                },
+                VersionPin::Pinned(v) => i64::from(*v),
+            };
+            let Some(row) = rows
+                .iter()
+                .find(|r| &r.family == family && r.version == version && r.is_live())
+            else {
+                continue;
+            };
+            if row.purpose != license.purpose {
+                continue;
+            }
+            let dir: std::path::PathBuf = row.path.clone().into();
+            let manifest = row.parsed_manifest()?;
+            let persons = self
+                .persons_of(family, version as u32, &dir, &manifest)
+                .await?;
+            let consented = self
+                .catalog
+                .consented_pseudonyms(family, &purpose, now)
+                .await?;
+            let withdrawn: HashSet<String> = persons
+                .iter()
+                .filter(|p| !consented.contains(*p))
+                .cloned()
+                .collect();
+            releases.push(ReleaseSource {
+                family: family.clone(),
+                version: version as u32,
+                dir,
+                manifest,
+                withdrawn: Arc::new(withdrawn),
+            });
+        }
+        Ok(releases)
+    }
+}
+
 /// The query service.
 #[derive(Debug, Clone)]
 pub struct QueryService {
-    catalog: Catalog,
+    releases: Arc<dyn Releases>,
     gate: Gate,
     limits: Limits,
 }
 
 impl QueryService {
+    /// The service over a catalog's releases and consent registry.
     pub fn new(catalog: Catalog, gate: Gate, limits: Limits) -> QueryService {
+        QueryService::with_releases(Arc::new(CatalogReleases::new(catalog)), gate, limits)
+    }
+
+    /// The service over another source of releases (the benchmark's data set).
+    pub fn with_releases(releases: Arc<dyn Releases>, gate: Gate, limits: Limits) -> QueryService {
         QueryService {
-            catalog,
+            releases,
             gate,
             limits,
         }
@@ -112,52 +320,15 @@ impl QueryService {
     }
 
     /// What a license can see now: the live release versions it covers that were built for its
-    /// purpose, each with the persons whose consent covers that purpose at `now`.
+    /// purpose, each with the persons whose consent no longer covers that purpose at `now`.
     pub async fn scope(
         &self,
         license: &License,
         now: DateTime<Utc>,
     ) -> Result<Scope, ServiceError> {
-        let purpose = Purpose::parse(&license.purpose)?;
-        let rows = self.catalog.releases().await?;
-        let mut latest: HashMap<&str, i64> = HashMap::new();
-        for r in rows.iter().filter(|r| r.is_live()) {
-            let v = latest.entry(r.family.as_str()).or_insert(0);
-            *v = (*v).max(r.version);
-        }
-        let mut releases = Vec::new();
-        for (family, pin) in &license.releases {
-            let version = match pin {
-                VersionPin::Latest => match latest.get(family.as_str()) {
-                    Some(v) => *v,
-                    None => continue,
-                },
-                VersionPin::Pinned(v) => i64::from(*v),
-            };
-            let Some(row) = rows
-                .iter()
-                .find(|r| &r.family == family && r.version == version && r.is_live())
-            else {
-                continue;
-            };
-            if row.purpose != license.purpose {
-                continue;
-            }
-            releases.push(ReleaseSource {
-                family: family.clone(),
-                version: version as u32,
-                dir: row.path.clone().into(),
-                manifest: row.parsed_manifest()?,
-                consented: Arc::new(
-                    self.catalog
-                        .consented_pseudonyms(family, &purpose, now)
-                        .await?,
-                ),
-            });
-        }
         Ok(Scope {
             license: license.clone(),
-            releases,
+            releases: self.releases.covered(license, now).await?,
             memory_limit: self.limits.memory,
             time_limit: self.limits.time,
         })
@@ -246,12 +417,15 @@ impl QueryService {
         credential: Option<&Credential>,
         named: Option<&str>,
         sql: &str,
-    ) -> Result<datafusion::arrow::datatypes::SchemaRef, ServiceError> {
+    ) -> Result<Described, ServiceError> {
         let now = Utc::now();
         let (_, _, _, planned) = self
             .plan(credential, named, sql, &sql_sha(sql), now)
             .await?;
-        Ok(planned.output_schema())
+        Ok(Described {
+            schema: planned.output_schema(),
+            parameters: planned.parameter_schema()?,
+        })
     }
 
     /// The usable license, the release versions its session covers (family, version,
@@ -299,11 +473,39 @@ impl QueryService {
         named: Option<&str>,
         sql: &str,
     ) -> Result<QueryOutput, ServiceError> {
+        self.query_with(credential, named, sql, Vec::new()).await
+    }
+
+    /// [`QueryService::query`] with parameters bound (`params[i]` is `$i+1`, or the `i+1`-th
+    /// `?`).
+    pub async fn query_with(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput, ServiceError> {
         let now = Utc::now();
         let sha = sql_sha(sql);
         // Plan first (it touches no data): the decision is about what the plan reads.
         let (license, covered, session, planned) =
             self.plan(credential, named, sql, &sha, now).await?;
+        let planned = match planned.bind(params) {
+            Ok(p) => p,
+            Err(e) => {
+                self.audit_refusal(credential, &license.id, &e, &sha, now)
+                    .await?;
+                return Err(e.into());
+            }
+        };
+        let fingerprint = planned.fingerprint();
+        if let Some(f) = &fingerprint
+            && let Err(e) = self.differencing(&license, f, now).await?
+        {
+            self.audit_refusal(credential, &license.id, &e, &sha, now)
+                .await?;
+            return Err(e.into());
+        }
         let reads = session.tables_read(&planned.plan)?;
         let release_reads: Vec<_> = reads
             .iter()
@@ -348,10 +550,51 @@ impl QueryService {
             )
             .await?;
         let output = session.run_planned(planned).await?;
+        let metered = tessera_licensing::store::Metered {
+            rows: output.rows,
+            persons: output.persons,
+            fingerprint,
+        };
         self.gate
-            .record_result(&allowed, output.rows, output.persons, Utc::now())
+            .record_metered(&allowed, &metered, Utc::now())
             .await?;
         Ok(output)
+    }
+
+    /// Refuses an aggregate run too often, as is or with other literal values, within the
+    /// differencing window.
+    async fn differencing(
+        &self,
+        license: &License,
+        fingerprint: &tessera_licensing::store::Fingerprint,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), QueryError>, ServiceError> {
+        let limits = self.limits.differencing;
+        let repeats = self
+            .gate
+            .store()
+            .repeats(&license.id, fingerprint, now - limits.window)
+            .await?;
+        let days = limits.window.num_days();
+        if repeats.same >= limits.same {
+            return Ok(Err(QueryError::refused(
+                "differencing",
+                format!(
+                    "this aggregate has already been run {} times in the last {days} days, the most allowed: repeating it cannot tell you more",
+                    repeats.same
+                ),
+            )));
+        }
+        if repeats.near >= limits.near {
+            return Ok(Err(QueryError::refused(
+                "differencing",
+                format!(
+                    "aggregates differing from this one only in their values have been run {} times in the last {days} days, the most allowed: comparing near-identical aggregates can reveal the small groups suppression withholds; ask the operators to review your analysis plan",
+                    repeats.near
+                ),
+            )));
+        }
+        Ok(Ok(()))
     }
 
     /// The audited decision on a query of `version` of `family` (the version the license's

@@ -88,8 +88,10 @@ pub struct ReleaseSource {
     /// The version's folder (`manifest.json` and the Parquet files).
     pub dir: PathBuf,
     pub manifest: Manifest,
-    /// `person_id`s of persons whose consent covers the license's purpose now.
-    pub consented: Arc<HashSet<String>>,
+    /// `person_id`s in the release of persons whose consent no longer covers the license's
+    /// purpose (revoked, expired, or erased): their rows are filtered out at scan time. Empty
+    /// when everyone in the release still consents, and then no filter runs.
+    pub withdrawn: Arc<HashSet<String>>,
 }
 
 /// Everything a session is built from.
@@ -138,17 +140,20 @@ pub fn schema_name(family: &str) -> String {
     family.replace(['-', '.'], "_")
 }
 
-/// `true` for rows whose `person_id` is in the consented set. Equality and hashing go by the
-/// set's identity: two filters are the same filter only when they share the set.
+/// `true` for rows whose `person_id` is not among the withdrawn persons (and is not null).
+/// Equality and hashing go by the set's identity: two filters are the same filter only when
+/// they share the set. Integer person ids (releases made elsewhere, the benchmark's) are looked
+/// up as integers, without a cast per row.
 #[derive(Debug)]
 struct Consented {
-    persons: Arc<HashSet<String>>,
+    withdrawn: Arc<HashSet<String>>,
+    withdrawn_ints: std::sync::OnceLock<HashSet<i64>>,
     signature: Signature,
 }
 
 impl PartialEq for Consented {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.persons, &other.persons)
+        Arc::ptr_eq(&self.withdrawn, &other.withdrawn)
     }
 }
 
@@ -156,7 +161,7 @@ impl Eq for Consented {}
 
 impl Hash for Consented {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.persons) as usize).hash(state);
+        (Arc::as_ptr(&self.withdrawn) as usize).hash(state);
     }
 }
 
@@ -177,21 +182,36 @@ impl ScalarUDFImpl for Consented {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::common::Result<ColumnarValue> {
+        use datafusion::arrow::array::{AsArray, BooleanBuilder};
+        use datafusion::arrow::datatypes::Int64Type;
         let [arg] = args.args.as_slice() else {
             return Err(DataFusionError::Internal(
                 "consent filter takes one argument".into(),
             ));
         };
         let array: ArrayRef = arg.to_array(args.number_rows)?;
-        let text = cast(&array, &DataType::Utf8)?;
-        let ids = text
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| DataFusionError::Internal("person_id is not text".into()))?;
-        let keep: BooleanArray = ids
-            .iter()
-            .map(|id| Some(id.is_some_and(|id| self.persons.contains(id))))
-            .collect();
+        let mut keep = BooleanBuilder::with_capacity(array.len());
+        if let Some(ids) = array.as_primitive_opt::<Int64Type>() {
+            let withdrawn = self.withdrawn_ints.get_or_init(|| {
+                self.withdrawn
+                    .iter()
+                    .filter_map(|id| id.parse().ok())
+                    .collect()
+            });
+            for id in ids {
+                keep.append_value(id.is_some_and(|id| !withdrawn.contains(&id)));
+            }
+        } else {
+            let text = cast(&array, &DataType::Utf8)?;
+            let ids = text
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| DataFusionError::Internal("person_id is not text".into()))?;
+            for id in ids {
+                keep.append_value(id.is_some_and(|id| !self.withdrawn.contains(id)));
+            }
+        }
+        let keep: BooleanArray = keep.finish();
         Ok(ColumnarValue::Array(Arc::new(keep)))
     }
 }
@@ -257,9 +277,12 @@ impl Session {
         let catalog = Arc::new(MemoryCatalogProvider::new());
         for release in &scope.releases {
             let schema = Arc::new(MemorySchemaProvider::new());
-            let filter = ScalarUDF::from(Consented {
-                persons: release.consented.clone(),
-                signature: Signature::any(1, Volatility::Immutable),
+            let filter = (!release.withdrawn.is_empty()).then(|| {
+                ScalarUDF::from(Consented {
+                    withdrawn: release.withdrawn.clone(),
+                    withdrawn_ints: std::sync::OnceLock::new(),
+                    signature: Signature::any(1, Volatility::Immutable),
+                })
             });
             for file in &release.manifest.files {
                 let Some(grant) = license.tables.get(&file.table) else {
@@ -278,12 +301,16 @@ impl Session {
                 let path_text = path.to_str().ok_or_else(|| {
                     QueryError::Internal(format!("release path {} is not UTF-8", path.display()))
                 })?;
-                let df = inner
+                let mut df = inner
                     .read_parquet(path_text, ParquetReadOptions::default())
                     .await
-                    .map_err(|e| QueryError::Internal(format!("{}: {e}", file.table)))?
-                    .filter(filter.call(vec![col("person_id")]))
-                    .map_err(|e| QueryError::Internal(e.to_string()))?
+                    .map_err(|e| QueryError::Internal(format!("{}: {e}", file.table)))?;
+                if let Some(filter) = &filter {
+                    df = df
+                        .filter(filter.call(vec![col("person_id")]))
+                        .map_err(|e| QueryError::Internal(e.to_string()))?;
+                }
+                let df = df
                     .select_columns(&columns)
                     .map_err(|e| QueryError::Internal(e.to_string()))?;
                 schema
@@ -319,10 +346,13 @@ impl Session {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let plan = self
-            .ctx
-            .state()
-            .create_logical_plan(sql)
+        let state = self.ctx.state();
+        let mut statement = state
+            .sql_to_statement(sql, &state.config().options().sql_parser.dialect)
+            .map_err(QueryError::planning)?;
+        number_placeholders(&mut statement);
+        let plan = state
+            .statement_to_plan(statement)
             .await
             .map_err(QueryError::planning)?;
         options.verify_plan(&plan).map_err(QueryError::planning)?;
@@ -338,7 +368,8 @@ impl Session {
                 persons_column: None,
             }),
             AccessMode::AggregateOnly => {
-                let plan = crate::aggregate::rewrite(plan)?;
+                let plan =
+                    crate::aggregate::rewrite(plan, &self.license.output.identifying_columns)?;
                 Ok(Planned {
                     plan,
                     persons_column: Some(crate::aggregate::PERSONS.to_string()),
@@ -438,7 +469,8 @@ pub struct TableRead {
     pub columns: Vec<String>,
 }
 
-/// A plan ready to run, and the hidden column that counts persons per group, if any.
+/// A plan ready to run, and the prefix of the hidden columns that count persons per group, if
+/// any.
 #[derive(Debug)]
 pub struct Planned {
     pub plan: LogicalPlan,
@@ -452,11 +484,193 @@ impl Planned {
         let fields: Vec<_> = arrow
             .fields()
             .iter()
-            .filter(|f| Some(f.name()) != self.persons_column.as_ref())
+            .filter(|f| {
+                !self
+                    .persons_column
+                    .as_ref()
+                    .is_some_and(|p| f.name().starts_with(p.as_str()))
+            })
             .cloned()
             .collect();
         Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
     }
+}
+
+/// Numbers `?` placeholders `$1`, `$2`, … in the order they are written (JDBC and ODBC
+/// clients send `?`; DataFusion binds positions by number).
+fn number_placeholders(statement: &mut datafusion::sql::parser::Statement) {
+    use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
+    use std::ops::ControlFlow;
+    let datafusion::sql::parser::Statement::Statement(inner) = statement else {
+        return;
+    };
+    let mut n = 0;
+    let _ = visit_expressions_mut(inner.as_mut(), |e| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &mut v.value
+            && p == "?"
+        {
+            n += 1;
+            *p = format!("${n}");
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+impl Planned {
+    /// The parameters the statement takes (`$1`, `$2`, … or `?`), as a schema whose field `i`
+    /// is parameter `i + 1`: typed where the plan says (view types as their plain forms, which
+    /// clients send), `Null` where it does not.
+    pub fn parameter_schema(&self) -> Result<SchemaRef, QueryError> {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let types = self
+            .plan
+            .get_parameter_types()
+            .map_err(QueryError::planning)?;
+        let mut positions: Vec<(usize, Option<DataType>)> = Vec::new();
+        for (id, t) in types {
+            let position = id
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    QueryError::Invalid(format!("parameter `{id}`: name parameters $1, $2, … or ?"))
+                })?;
+            positions.push((position, t));
+        }
+        positions.sort_by_key(|(p, _)| *p);
+        let fields: Vec<Field> = positions
+            .into_iter()
+            .map(|(p, t)| {
+                let t = match t {
+                    Some(DataType::Utf8View) => DataType::Utf8,
+                    Some(DataType::BinaryView) => DataType::Binary,
+                    Some(t) => t,
+                    None => DataType::Null,
+                };
+                Field::new(format!("${p}"), t, true)
+            })
+            .collect();
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The plan with its parameters bound to `values` (`values[i]` is `$i+1`), each cast to
+    /// the type the plan expects where it says one.
+    pub fn bind(self, values: Vec<datafusion::common::ScalarValue>) -> Result<Planned, QueryError> {
+        let expected = self.parameter_schema()?;
+        if expected.fields().is_empty() && values.is_empty() {
+            return Ok(self);
+        }
+        if values.len() != expected.fields().len() {
+            return Err(QueryError::Invalid(format!(
+                "the statement takes {} parameter(s), {} were bound",
+                expected.fields().len(),
+                values.len()
+            )));
+        }
+        let types = self
+            .plan
+            .get_parameter_types()
+            .map_err(QueryError::planning)?;
+        let values: Vec<_> = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
+                Some(Some(t)) if v.data_type() != *t => v.cast_to(t).unwrap_or(v),
+                _ => v,
+            })
+            .collect();
+        let plan = self
+            .plan
+            .with_param_values(values)
+            .map_err(QueryError::planning)?;
+        Ok(Planned {
+            plan,
+            persons_column: self.persons_column,
+        })
+    }
+
+    /// Fingerprints of an aggregate plan as bound (from its aggregate down, so that output
+    /// names, order and limits do not tell queries apart): of the plan, and of the plan with
+    /// literal values masked. `None` for plans without an aggregate.
+    pub fn fingerprint(&self) -> Option<tessera_licensing::store::Fingerprint> {
+        self.persons_column.as_ref()?;
+        let mut node = &self.plan;
+        let text = loop {
+            match node {
+                LogicalPlan::Aggregate(_) => break node.display_indent().to_string(),
+                other => match other.inputs().as_slice() {
+                    [input] => node = input,
+                    _ => return None,
+                },
+            }
+        };
+        let sha = |t: &str| {
+            use std::fmt::Write;
+            let digest = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+            digest
+                .as_ref()
+                .iter()
+                .fold(String::with_capacity(64), |mut s, b| {
+                    let _ = write!(s, "{b:02x}");
+                    s
+                })
+        };
+        Some(tessera_licensing::store::Fingerprint {
+            same: sha(&text),
+            shape: sha(&mask_literals(&text)),
+        })
+    }
+}
+
+/// A plan's text with literal values (`Utf8("J00.0")`, `Int64(40)`, `Float64(90)`: a
+/// mixed-case type name applied to a value) replaced by `?`.
+pub(crate) fn mask_literals(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let starts_word =
+            i == 0 || !(chars[i - 1].is_alphanumeric() || "_.\"".contains(chars[i - 1]));
+        if c.is_ascii_uppercase() && starts_word {
+            let mut j = i;
+            while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
+                j += 1;
+            }
+            // Type names mix cases (`Int64`); `CAST(` and `CASE` are keywords.
+            let typed = chars[i..j].iter().any(|c| c.is_ascii_lowercase());
+            if typed && j < chars.len() && chars[j] == '(' {
+                // Skip the balanced parentheses, minding quoted text.
+                let mut depth = 0;
+                let mut quoted = false;
+                let mut k = j;
+                while k < chars.len() {
+                    match chars[k] {
+                        '\\' if quoted => k += 1,
+                        '"' => quoted = !quoted,
+                        '(' if !quoted => depth += 1,
+                        ')' if !quoted => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    k += 1;
+                }
+                out.push('?');
+                i = k + 1;
+                continue;
+            }
+            out.extend(&chars[i..j]);
+            i = j;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
 }
 
 fn execution_error(e: DataFusionError) -> QueryError {
@@ -486,7 +700,9 @@ fn row_level(batches: Vec<RecordBatch>, max_rows: Option<u64>) -> QueryOutput {
     let mut out = Vec::new();
     let mut rows = 0u64;
     let mut truncated = false;
+    // Distinct persons: integer ids as integers, text ids allocated once each.
     let mut persons: HashSet<String> = HashSet::new();
+    let mut int_persons: HashSet<i64> = HashSet::new();
     let mut saw_person = false;
     for b in batches {
         let room = max_rows.map_or(u64::MAX, |m| m.saturating_sub(rows));
@@ -498,13 +714,22 @@ fn row_level(batches: Vec<RecordBatch>, max_rows: Option<u64>) -> QueryOutput {
             continue;
         }
         let b = b.slice(0, take as usize);
-        if let Ok(i) = b.schema().index_of("person_id")
-            && let Ok(text) = cast(b.column(i), &DataType::Utf8)
-            && let Some(ids) = text.as_any().downcast_ref::<StringArray>()
-        {
-            saw_person = true;
-            for id in ids.iter().flatten() {
-                persons.insert(id.to_string());
+        if let Ok(i) = b.schema().index_of("person_id") {
+            use datafusion::arrow::array::AsArray;
+            use datafusion::arrow::datatypes::Int64Type;
+            let column = b.column(i);
+            if let Some(ids) = column.as_primitive_opt::<Int64Type>() {
+                saw_person = true;
+                int_persons.extend(ids.iter().flatten());
+            } else if let Ok(text) = cast(column, &DataType::Utf8)
+                && let Some(ids) = text.as_any().downcast_ref::<StringArray>()
+            {
+                saw_person = true;
+                for id in ids.iter().flatten() {
+                    if !persons.contains(id) {
+                        persons.insert(id.to_string());
+                    }
+                }
             }
         }
         rows += take;
@@ -516,6 +741,6 @@ fn row_level(batches: Vec<RecordBatch>, max_rows: Option<u64>) -> QueryOutput {
         rows,
         groups_suppressed: 0,
         rows_truncated: truncated,
-        persons: saw_person.then_some(persons.len() as u64),
+        persons: saw_person.then_some((persons.len() + int_persons.len()) as u64),
     }
 }

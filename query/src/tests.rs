@@ -150,17 +150,14 @@ struct Fixture {
 fn fixture(revoked: &[usize]) -> Fixture {
     let dir = tempfile::tempdir().expect("temp");
     let manifest = release(dir.path());
-    let consented: HashSet<String> = (0..60)
-        .filter(|i| !revoked.contains(i))
-        .map(|i| format!("p{i:02}"))
-        .collect();
+    let withdrawn: HashSet<String> = revoked.iter().map(|i| format!("p{i:02}")).collect();
     Fixture {
         source: ReleaseSource {
             family: "nh-test".into(),
             version: 1,
             dir: dir.path().to_path_buf(),
             manifest,
-            consented: Arc::new(consented),
+            withdrawn: Arc::new(withdrawn),
         },
         _dir: dir,
     }
@@ -457,4 +454,157 @@ async fn execution_errors_do_not_quote_values() {
         Ok(o) => format!("allowed ({} rows)", o.rows),
     };
     assert!(!message.contains("p0"), "a person_id leaked: {message}");
+}
+
+fn first_int(o: &crate::QueryOutput) -> i64 {
+    let b = o.batches.iter().find(|b| b.num_rows() > 0).expect("a row");
+    let n = datafusion::arrow::compute::cast(b.column(0), &DataType::Int64).expect("int");
+    n.as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("Int64")
+        .value(0)
+}
+
+#[tokio::test]
+async fn rows_may_be_shaped_freely_below_the_aggregate() {
+    let f = fixture(&[]);
+    let s = session(&f, aggregate_only()).await;
+    // A subquery that drops person_id (the benchmark's q1): persons are still counted.
+    let o = s
+        .run("SELECT sex, count(*) AS n FROM (SELECT gender_source_value AS sex FROM person) t GROUP BY sex ORDER BY sex")
+        .await
+        .expect("subquery without person_id");
+    assert_eq!(
+        (o.rows, o.groups_suppressed),
+        (2, 1),
+        "U (3 persons) withheld"
+    );
+    // Time to first event (q4): an inner aggregate grouped by person, bucketed outside.
+    let o = s
+        .run("SELECT CAST(floor(t / 50.0) AS BIGINT) * 50 AS bucket, count(*) AS n FROM (SELECT person_id, min(days_since_index) AS t FROM condition_occurrence GROUP BY person_id) f GROUP BY 1 ORDER BY 1")
+        .await
+        .expect("time to first event");
+    // First events are days 0..59 (one per person): buckets 0 (50 persons) and 50 (10 withheld).
+    assert_eq!((o.rows, o.groups_suppressed), (1, 1));
+    assert_eq!(first_int(&o), 0);
+    // A cross join cannot borrow persons from the other side: each days_since_index value
+    // belongs to one person in condition_occurrence, whatever the 60 persons of person say.
+    let o = s
+        .run("SELECT c.days_since_index, count(*) FROM person p CROSS JOIN condition_occurrence c GROUP BY 1")
+        .await
+        .expect("cross join");
+    assert_eq!(
+        o.rows, 0,
+        "every group holds one person of condition_occurrence"
+    );
+    // DISTINCT below the aggregate must keep person_id, else the count would change.
+    assert_eq!(
+        refused_rule(
+            s.run("SELECT count(*) FROM (SELECT DISTINCT gender_source_value FROM person) t")
+                .await
+        ),
+        "no_persons"
+    );
+    let o = s
+        .run("SELECT count(*) AS n FROM (SELECT DISTINCT person_id FROM condition_occurrence WHERE condition_source_value = 'C2') t")
+        .await
+        .expect("distinct persons");
+    assert_eq!(first_int(&o), 12);
+    // A renamed person_id passes the name check and is suppressed group by group.
+    let o = s
+        .run("SELECT x, count(*) FROM (SELECT person_id AS x FROM person) t GROUP BY x")
+        .await
+        .expect("renamed identifier");
+    assert_eq!((o.rows, o.groups_suppressed), (0, 60));
+    // Columns the license marks identifying cannot be grouped by.
+    let mut l = aggregate_only();
+    l.output.identifying_columns = vec!["zip".into()];
+    let s = session(&f, l).await;
+    assert_eq!(
+        refused_rule(s.run("SELECT zip, count(*) FROM person GROUP BY zip").await),
+        "group_by_person"
+    );
+}
+
+#[tokio::test]
+async fn parameters_are_bound_by_position() {
+    use datafusion::common::ScalarValue;
+    let f = fixture(&[]);
+    let s = session(&f, row_level()).await;
+    let planned = s
+        .plan("SELECT count(*) AS n FROM person WHERE gender_source_value = ? AND zip = ?")
+        .await
+        .expect("plan");
+    let params = planned.parameter_schema().expect("parameters");
+    let names: Vec<&str> = params.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["$1", "$2"], "? is numbered in writing order");
+    assert_eq!(params.field(0).data_type(), &DataType::Utf8);
+    let bound = planned
+        .bind(vec![
+            ScalarValue::Utf8(Some("F".into())),
+            ScalarValue::Utf8(Some("021".into())),
+        ])
+        .expect("bind");
+    let o = s.run_planned(bound).await.expect("run");
+    assert_eq!(first_int(&o), 15, "even-numbered F persons live in 021");
+    let planned = s
+        .plan("SELECT count(*) AS n FROM person WHERE gender_source_value = $1")
+        .await
+        .expect("plan");
+    let e = planned.bind(vec![]).expect_err("missing value");
+    assert!(e.to_string().contains("1 parameter"), "{e}");
+}
+
+#[tokio::test]
+async fn fingerprints_tell_the_same_and_near_identical_aggregates() {
+    let f = fixture(&[]);
+    let s = session(&f, aggregate_only()).await;
+    let print = |sql: &'static str| {
+        let s = &s;
+        async move {
+            s.plan(sql)
+                .await
+                .expect("plan")
+                .fingerprint()
+                .expect("aggregate")
+        }
+    };
+    let a =
+        print("SELECT gender_source_value, count(*) AS n FROM person WHERE zip = '021' GROUP BY 1")
+            .await;
+    let respelled = print("select gender_source_value AS sex, COUNT(*) persons from person where zip = '021' group by gender_source_value order by 2 limit 10").await;
+    let other_value =
+        print("SELECT gender_source_value, count(*) AS n FROM person WHERE zip = '100' GROUP BY 1")
+            .await;
+    let other_shape =
+        print("SELECT zip, count(*) AS n FROM person WHERE zip = '021' GROUP BY 1").await;
+    assert_eq!(
+        a, respelled,
+        "spelling, aliases, order and limits do not matter"
+    );
+    assert_ne!(a.same, other_value.same);
+    assert_eq!(a.shape, other_value.shape, "only a literal differs");
+    assert_ne!(a.shape, other_shape.shape);
+    let rows = session(&f, row_level()).await;
+    assert!(
+        rows.plan("SELECT count(*) FROM person")
+            .await
+            .expect("plan")
+            .fingerprint()
+            .is_none(),
+        "row-level plans carry no fingerprint"
+    );
+}
+
+#[test]
+fn literals_are_masked_but_keywords_and_names_are_not() {
+    use crate::session::mask_literals;
+    assert_eq!(
+        mask_literals(r#"Filter: person.zip = Utf8("0\"21") AND CAST(x AS Int64) > Int64(40)"#),
+        "Filter: person.zip = ? AND CAST(x AS Int64) > ?"
+    );
+    assert_eq!(
+        mask_literals("Decimal128(Some(12),5,2) + Float64(1.5)"),
+        "? + ?"
+    );
 }

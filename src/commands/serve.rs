@@ -27,6 +27,30 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERA_FLIGHT_ADDR", default_value = DEFAULT_FLIGHT_ADDR)]
     pub flight: SocketAddr,
 
+    /// PEM certificate chain for serving Flight SQL over TLS (with --tls-key); the URI becomes
+    /// grpc+tls://. Without it Flight SQL is plain gRPC: put it behind a TLS proxy, or on
+    /// loopback only.
+    #[arg(long, env = "TESSERA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Runs of the same aggregate an aggregate-only license may make within the differencing
+    /// window (i2b2: 7 in 30 days).
+    #[arg(long, env = "TESSERA_REPEAT_LIMIT", default_value_t = 7)]
+    pub repeat_limit: u64,
+
+    /// Runs of aggregates differing only in their literal values an aggregate-only license may
+    /// make within the differencing window.
+    #[arg(long, env = "TESSERA_NEAR_REPEAT_LIMIT", default_value_t = 50)]
+    pub near_repeat_limit: u64,
+
+    /// The differencing window, in days.
+    #[arg(long, env = "TESSERA_REPEAT_WINDOW_DAYS", default_value_t = 30)]
+    pub repeat_window_days: i64,
+
     /// Memory one SQL query may use, in MiB.
     #[arg(long, env = "TESSERA_QUERY_MEMORY_MIB", default_value_t = 1024)]
     pub query_memory_mib: usize,
@@ -84,6 +108,11 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         tessera_query::Limits {
             memory: args.query_memory_mib.max(16) << 20,
             time: Duration::from_secs(args.query_timeout.max(1)),
+            differencing: tessera_query::service::Differencing {
+                same: args.repeat_limit.max(1),
+                near: args.near_repeat_limit.max(1),
+                window: chrono::Duration::days(args.repeat_window_days.max(1)),
+            },
         },
     );
     let bind = |addr: std::net::SocketAddr| async move {
@@ -94,7 +123,18 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let listener = bind(args.http).await?;
     let flight_listener = bind(args.flight).await?;
     let http = format!("http://{}", listener.local_addr()?);
-    let flight = tessera_query::flight::uri(flight_listener.local_addr()?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tessera_query::flight::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }
+            .load()
+            .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
+    let flight = tessera_query::flight::uri(flight_listener.local_addr()?, tls.is_some());
     record_services(&g.data_dir.join("demo.json"), &http, &flight)?;
     say!("tessera serve: HTTP API on {http} (OpenAPI at {http}/openapi.json)");
     say!("tessera serve: Flight SQL on {flight}; stop with SIGTERM or Ctrl-C");
@@ -110,6 +150,7 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let flight_task = tokio::spawn(tessera_query::flight::serve(
         flight_listener,
         query,
+        tls,
         wait(stopped.clone()),
     ));
     api::serve(listener, state, wait(stopped)).await?;

@@ -250,3 +250,165 @@ async fn flight_sql_with_real_clients_enforces_the_license() {
     assert_eq!(status, Some(0), "{printed}");
     t.expect(&["audit", "verify"], 0);
 }
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made here: (CA PEM, certificate
+/// PEM, key PEM).
+fn test_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn flight_python() -> std::path::PathBuf {
+    let venv = std::env::var("TESSERA_FLIGHT_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
+                .join(".cache/tessera/venv-flight")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "the Flight clients' virtual environment is missing at {}: run scripts/install-deps",
+        venv.display()
+    );
+    python
+}
+
+/// Runs tests/python/flight_clients.py against the server `demo.json` names.
+fn run_python_clients(t: &crate::support::Tessera, ca: Option<&std::path::Path>) {
+    let demo = demo_json(t);
+    let uri = demo["services"]["flight_sql"].as_str().expect("flight uri");
+    let (agg_key, _, _) = demo_org(&demo, "demo-aggregate");
+    let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
+    let counts = persons_by("person", "gender_source_value");
+    let tables: Vec<String> = std::fs::read_dir(crate::http::release_dir())
+        .expect("release files")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".parquet").map(str::to_string)
+        })
+        .collect();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/flight_clients.py");
+    let mut cmd = std::process::Command::new(flight_python());
+    cmd.arg(script)
+        .env("TESSERA_FLIGHT_URI", uri)
+        .env("AGG_KEY", agg_key)
+        .env("ROW_KEY", row_key)
+        .env("TABLES", serde_json::to_string(&tables).expect("json"))
+        .env("SEX_COUNTS", serde_json::to_string(&counts).expect("json"))
+        .env("MIN_CELL", "11");
+    if let Some(ca) = ca {
+        cmd.env("TESSERA_TLS_CA", ca);
+    }
+    let out = cmd.output().expect("run python");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the Python clients failed:\n{printed}"
+    );
+    assert!(printed.contains("checks passed"), "{printed}");
+}
+
+/// The clients analysts use from Python (the ADBC Flight SQL driver with pandas and polars, and
+/// pyarrow.flight), over plain gRPC and then over TLS with certificate files; and the Rust
+/// client over TLS, trusting the CA only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_over_plain_grpc_and_tls() {
+    let t = demo_copy();
+    let server = Server::start(&t, &[]);
+    run_python_clients(&t, None);
+    let (status, printed) = server.stop();
+    assert_eq!(status, Some(0), "{printed}");
+
+    let (ca, cert, key) = test_certificates();
+    let dir = tempfile::tempdir().expect("temp");
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+    );
+    std::fs::write(&ca_file, &ca).expect("ca");
+    std::fs::write(&cert_file, &cert).expect("cert");
+    std::fs::write(&key_file, &key).expect("key");
+    let server = Server::start(
+        &t,
+        &[
+            "--tls-cert",
+            cert_file.to_str().expect("utf-8"),
+            "--tls-key",
+            key_file.to_str().expect("utf-8"),
+        ],
+    );
+    let demo = demo_json(&t);
+    let uri = demo["services"]["flight_sql"]
+        .as_str()
+        .expect("uri")
+        .to_string();
+    assert!(uri.starts_with("grpc+tls://127.0.0.1:"), "{uri}");
+    run_python_clients(&t, Some(&ca_file));
+
+    let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(uri.replace("grpc+tls://", "https://"))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect over TLS");
+    let mut c = FlightSqlServiceClient::new(channel);
+    c.set_header("authorization", format!("Bearer {row_key}"));
+    assert_eq!(
+        rows(
+            &sql(&mut c, "SELECT count(*) FROM person")
+                .await
+                .expect("over TLS")
+        ),
+        1
+    );
+    // A plain-text client cannot talk to the TLS server.
+    let plain = Channel::from_shared(uri.replace("grpc+tls://", "http://"))
+        .expect("uri")
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut c = FlightSqlServiceClient::new(channel);
+        c.set_header("authorization", format!("Bearer {row_key}"));
+        assert!(sql(&mut c, "SELECT 1").await.is_err());
+    }
+    let (status, printed) = server.stop();
+    assert_eq!(status, Some(0), "{printed}");
+
+    // A certificate file that is not PEM is named in a clear error.
+    std::fs::write(&cert_file, "not a certificate").expect("write");
+    let out = t
+        .command()
+        .args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+        .args(["--tls-cert", cert_file.to_str().expect("utf-8")])
+        .args(["--tls-key", key_file.to_str().expect("utf-8")])
+        .output()
+        .expect("serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("server.pem") && err.contains("not PEM"),
+        "{err}"
+    );
+}

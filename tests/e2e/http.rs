@@ -189,6 +189,13 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// The folder of the demo release's files (copies of the demo folder point at the template's).
+pub fn release_dir() -> std::path::PathBuf {
+    demo_template()
+        .data_dir()
+        .join("releases/demo-natural-history/v1")
+}
+
 /// Distinct persons of a release table by value of `column`, counted here from the Parquet
 /// file without Tessera's code.
 pub fn persons_by(table: &str, column: &str) -> std::collections::BTreeMap<String, u64> {

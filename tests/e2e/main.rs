@@ -16,6 +16,7 @@ mod licenses;
 mod postgres;
 mod privacy;
 mod query;
+mod refusals;
 mod reingest;
 mod release;
 mod summary;
