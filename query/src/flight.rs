@@ -305,6 +305,10 @@ impl FlightSqlService for TesseraFlightSql {
             .unwrap_or("")
             .trim()
             .to_string();
+        // Read what the client sends (pyarrow sends one empty request and closes its side) so
+        // the answer does not end the call while the client is still writing.
+        let mut incoming = request.into_inner();
+        while incoming.message().await?.is_some() {}
         let key = if let Some(b) = header.strip_prefix("Basic ") {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b.trim())

@@ -258,9 +258,17 @@ fn test_certificates() -> (String, String, String) {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL (pyarrow) takes a certificate whose issuer is its own subject
+    // for self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Tessera test CA");
     let ca = ca_params.self_signed(&ca_key).expect("CA");
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
     params
         .subject_alt_names
         .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));

@@ -106,15 +106,14 @@ fn failed(e: impl std::fmt::Display) -> Outcome {
     // The client wraps statuses in its own error text; read the code back from it.
     let text = e.to_string();
     let code = [
-        ("Unauthenticated", tonic::Code::Unauthenticated),
-        ("PermissionDenied", tonic::Code::PermissionDenied),
-        ("InvalidArgument", tonic::Code::InvalidArgument),
-        ("ResourceExhausted", tonic::Code::ResourceExhausted),
-        ("Internal", tonic::Code::Internal),
+        tonic::Code::Unauthenticated,
+        tonic::Code::PermissionDenied,
+        tonic::Code::InvalidArgument,
+        tonic::Code::ResourceExhausted,
+        tonic::Code::Internal,
     ]
     .into_iter()
-    .find(|(name, _)| text.contains(name))
-    .map(|(_, c)| c)
+    .find(|c| text.contains(&format!("{c:?}")) || text.contains(c.description()))
     .unwrap_or(tonic::Code::Unknown);
     Outcome::Failed(code, text)
 }
