@@ -319,6 +319,10 @@ async fn run(data: &Path) {
     tokio::spawn(tessera_query::flight::serve(
         listener,
         service,
+        tessera_query::flight::Throttle {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        },
         None,
         std::future::pending(),
     ));

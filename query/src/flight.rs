@@ -3,6 +3,8 @@
 //! answers that bearer token); the license is the key's only license or the one named in the
 //! `x-tessera-license` header.
 //!
+//! Calls are throttled per key id (per address without a key) before anything is looked up.
+//!
 //! Tickets carry only the SQL and the license named: `DoGet` authenticates and decides again,
 //! so a forged or replayed ticket is just SQL from whoever presents it, enforced like any other.
 //!
@@ -109,6 +111,25 @@ fn encode_params(batch: &RecordBatch) -> Result<String, Status> {
 pub struct TesseraFlightSql {
     service: QueryService,
     sql_info: Arc<SqlInfoData>,
+    /// Calls per second per key (per address without one), before any lookup: the license's
+    /// own rate limit and quotas are the decision's, counted in completed queries.
+    limiter: Arc<governor::DefaultKeyedRateLimiter<String>>,
+}
+
+/// Calls per second a key may make, and the burst above it.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            per_second: 20,
+            burst: 40,
+        }
+    }
 }
 
 impl std::fmt::Debug for TesseraFlightSql {
@@ -162,10 +183,17 @@ fn sql_info() -> Result<SqlInfoData, Status> {
 }
 
 impl TesseraFlightSql {
-    pub fn new(service: QueryService) -> Result<TesseraFlightSql, Status> {
+    pub fn new(service: QueryService, throttle: Throttle) -> Result<TesseraFlightSql, Status> {
+        let per_second = std::num::NonZeroU32::new(throttle.per_second.max(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(throttle.burst.max(throttle.per_second).max(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
         Ok(TesseraFlightSql {
             service,
             sql_info: Arc::new(sql_info()?),
+            limiter: Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            )),
         })
     }
 
@@ -177,6 +205,7 @@ impl TesseraFlightSql {
     async fn caller(
         &self,
         metadata: &MetadataMap,
+        remote: Option<SocketAddr>,
     ) -> Result<(Option<Credential>, Option<String>), Status> {
         let key = metadata
             .get("authorization")
@@ -184,6 +213,26 @@ impl TesseraFlightSql {
             .and_then(|v| v.trim().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, k)| k.trim().to_string());
+        // Throttle before anything is looked up: per key id (the part of a key before its
+        // secret), else per address.
+        let bucket = match &key {
+            Some(k) => format!(
+                "key:{}",
+                k.rsplit_once('_').map_or(k.as_str(), |(id, _)| id)
+            ),
+            None => format!(
+                "addr:{}",
+                remote.map(|a| a.ip().to_string()).unwrap_or_default()
+            ),
+        };
+        if let Err(not_until) = self.limiter.check_key(&bucket) {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(Status::resource_exhausted(format!(
+                "rate_limited: too many requests from this key: retry in {} ms",
+                wait.as_millis().max(1)
+            )));
+        }
         let license = metadata
             .get(LICENSE_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -200,8 +249,12 @@ impl TesseraFlightSql {
 
 impl TesseraFlightSql {
     /// The caller's licensed catalog, after an audited browse decision.
-    async fn browse(&self, metadata: &MetadataMap) -> Result<crate::Session, Status> {
-        let (credential, license) = self.caller(metadata).await?;
+    async fn browse(
+        &self,
+        metadata: &MetadataMap,
+        remote: Option<SocketAddr>,
+    ) -> Result<crate::Session, Status> {
+        let (credential, license) = self.caller(metadata, remote).await?;
         self.service
             .browse(credential.as_ref(), license.as_deref())
             .await
@@ -214,10 +267,11 @@ impl TesseraFlightSql {
         &self,
         bytes: &[u8],
         metadata: &MetadataMap,
+        remote: Option<SocketAddr>,
     ) -> Result<Response<DoGetStream>, Status> {
         let handle = Handle::parse(bytes)?;
         let values = handle.values()?;
-        let (credential, header) = self.caller(metadata).await?;
+        let (credential, header) = self.caller(metadata, remote).await?;
         let license = header.or(handle.license);
         let out = self
             .service
@@ -305,6 +359,18 @@ impl FlightSqlService for TesseraFlightSql {
             .unwrap_or("")
             .trim()
             .to_string();
+        let bucket = format!(
+            "handshake:{}",
+            request
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        );
+        if self.limiter.check_key(&bucket).is_err() {
+            return Err(Status::resource_exhausted(
+                "rate_limited: too many handshakes from this address: retry in a second",
+            ));
+        }
         // Read what the client sends (pyarrow sends one empty request and closes its side) so
         // the answer does not end the call while the client is still writing.
         let mut incoming = request.into_inner();
@@ -359,7 +425,9 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (credential, license) = self.caller(request.metadata()).await?;
+        let (credential, license) = self
+            .caller(request.metadata(), request.remote_addr())
+            .await?;
         let described = self
             .service
             .describe(credential.as_ref(), license.as_deref(), &query.query)
@@ -382,8 +450,12 @@ impl FlightSqlService for TesseraFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run_handle(&ticket.statement_handle, request.metadata())
-            .await
+        self.run_handle(
+            &ticket.statement_handle,
+            request.metadata(),
+            request.remote_addr(),
+        )
+        .await
     }
 
     async fn do_action_create_prepared_statement(
@@ -391,7 +463,9 @@ impl FlightSqlService for TesseraFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let (credential, license) = self.caller(request.metadata()).await?;
+        let (credential, license) = self
+            .caller(request.metadata(), request.remote_addr())
+            .await?;
         let described = self
             .service
             .describe(credential.as_ref(), license.as_deref(), &query.query)
@@ -435,7 +509,9 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = Handle::parse(&query.prepared_statement_handle)?;
-        let (credential, header) = self.caller(request.metadata()).await?;
+        let (credential, header) = self
+            .caller(request.metadata(), request.remote_addr())
+            .await?;
         let license = header.or(handle.license);
         let described = self
             .service
@@ -453,7 +529,9 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut handle = Handle::parse(&query.prepared_statement_handle)?;
-        let (credential, _) = self.caller(request.metadata()).await?;
+        let (credential, _) = self
+            .caller(request.metadata(), request.remote_addr())
+            .await?;
         if credential.is_none() {
             return Err(Status::unauthenticated(format!(
                 "no_credential: {}",
@@ -494,8 +572,12 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run_handle(&query.prepared_statement_handle, request.metadata())
-            .await
+        self.run_handle(
+            &query.prepared_statement_handle,
+            request.metadata(),
+            request.remote_addr(),
+        )
+        .await
     }
 
     async fn get_flight_info_catalogs(
@@ -512,7 +594,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.browse(request.metadata()).await?;
+        self.browse(request.metadata(), request.remote_addr())
+            .await?;
         let mut b = query.into_builder();
         b.append(CATALOG);
         let schema = b.schema();
@@ -534,7 +617,9 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let session = self.browse(request.metadata()).await?;
+        let session = self
+            .browse(request.metadata(), request.remote_addr())
+            .await?;
         let mut b = query.into_builder();
         if let Some(catalog) = session.context().catalog(CATALOG) {
             for s in catalog.schema_names() {
@@ -560,7 +645,9 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let session = self.browse(request.metadata()).await?;
+        let session = self
+            .browse(request.metadata(), request.remote_addr())
+            .await?;
         let mut b = query.into_builder();
         if let Some(catalog) = session.context().catalog(CATALOG) {
             for s in catalog.schema_names() {
@@ -599,7 +686,8 @@ impl FlightSqlService for TesseraFlightSql {
         _query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.browse(request.metadata()).await?;
+        self.browse(request.metadata(), request.remote_addr())
+            .await?;
         let schema = Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
             "table_type",
             datafusion::arrow::datatypes::DataType::Utf8,
@@ -630,7 +718,9 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         // Server facts, no data: a key is still required.
-        let (credential, _) = self.caller(request.metadata()).await?;
+        let (credential, _) = self
+            .caller(request.metadata(), request.remote_addr())
+            .await?;
         if credential.is_none() {
             return Err(Status::unauthenticated(format!(
                 "no_credential: {}",
@@ -678,21 +768,34 @@ impl TlsFiles {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: QueryService,
+    throttle: Throttle,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let flight = TesseraFlightSql::new(service)?;
+    let flight = TesseraFlightSql::new(service, throttle)?;
+    // Forget idle keys now and then, so the limiter's memory stays bounded.
+    let limiter = flight.limiter.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    let served = builder
         .add_service(flight.into_server())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,
         )
-        .await?;
+        .await;
+    sweeper.abort();
+    served?;
     Ok(())
 }
 

@@ -59,7 +59,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERA_QUERY_TIMEOUT", default_value_t = 120)]
     pub query_timeout: u64,
 
-    /// Sustained requests per second per API key (or per address without a valid key).
+    /// Sustained requests per second per API key (or per address without a valid key), for
+    /// the HTTP API and Flight SQL calls alike.
     #[arg(long, env = "TESSERA_RATE_LIMIT", default_value_t = 20)]
     pub rate_limit: u32,
 
@@ -150,6 +151,10 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let flight_task = tokio::spawn(tessera_query::flight::serve(
         flight_listener,
         query,
+        tessera_query::flight::Throttle {
+            per_second: args.rate_limit,
+            burst: args.burst,
+        },
         tls,
         wait(stopped.clone()),
     ));

@@ -338,7 +338,8 @@ fn run_python_clients(t: &crate::support::Tessera, ca: Option<&std::path::Path>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients_over_plain_grpc_and_tls() {
     let t = demo_copy();
-    let server = Server::start(&t, &[]);
+    let fast = ["--rate-limit", "1000", "--burst", "1000"];
+    let server = Server::start(&t, &fast);
     run_python_clients(&t, None);
     let (status, printed) = server.stop();
     assert_eq!(status, Some(0), "{printed}");
@@ -360,6 +361,10 @@ async fn python_clients_over_plain_grpc_and_tls() {
             cert_file.to_str().expect("utf-8"),
             "--tls-key",
             key_file.to_str().expect("utf-8"),
+            fast[0],
+            fast[1],
+            fast[2],
+            fast[3],
         ],
     );
     let demo = demo_json(&t);
@@ -419,4 +424,44 @@ async fn python_clients_over_plain_grpc_and_tls() {
         err.contains("server.pem") && err.contains("not PEM"),
         "{err}"
     );
+}
+
+/// Calls beyond a key's rate are answered RESOURCE_EXHAUSTED before anything is looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_calls_are_throttled_per_key() {
+    let t = demo_copy();
+    let server = Server::start(&t, &["--rate-limit", "1", "--burst", "2"]);
+    let demo = demo_json(&t);
+    let uri = demo["services"]["flight_sql"]
+        .as_str()
+        .expect("uri")
+        .to_string();
+    let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
+    let (agg_key, _, _) = demo_org(&demo, "demo-aggregate");
+    let mut row = client(&uri, Some(&row_key)).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        outcomes.push(
+            row.get_catalogs()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    let limited: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        !limited.is_empty(),
+        "six calls at once, two allowed: {outcomes:?}"
+    );
+    assert!(
+        limited.iter().all(|e| e.contains("rate_limited")),
+        "{limited:?}"
+    );
+    // Another key has its own budget.
+    let mut agg = client(&uri, Some(&agg_key)).await;
+    agg.get_catalogs()
+        .await
+        .expect("another key is not throttled");
+    let (status, printed) = server.stop();
+    assert_eq!(status, Some(0), "{printed}");
 }

@@ -452,7 +452,20 @@ async fn refusal_cases() {
     catalog.close().await;
     let vars: HashMap<&str, String> = [("REVOKED", revoked), ("PERSON", person)].into();
 
-    let server = Server::start(&t, &["--repeat-limit", "3", "--near-repeat-limit", "6"]);
+    let server = Server::start(
+        &t,
+        &[
+            "--repeat-limit",
+            "3",
+            "--near-repeat-limit",
+            "6",
+            // The cases come faster than an analyst would: the throttle has its own test.
+            "--rate-limit",
+            "1000",
+            "--burst",
+            "1000",
+        ],
+    );
     let runner = Runner {
         uri: demo_json(&t)["services"]["flight_sql"]
             .as_str()
