@@ -790,7 +790,9 @@ pub async fn serve(
     let served = builder
         .add_service(flight.into_server())
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Without TCP_NODELAY, small answers wait on delayed ACKs: tens of milliseconds
+            // per round trip, and a query takes two (GetFlightInfo, DoGet).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await;

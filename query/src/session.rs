@@ -147,7 +147,9 @@ pub fn schema_name(family: &str) -> String {
 #[derive(Debug)]
 struct Consented {
     withdrawn: Arc<HashSet<String>>,
-    withdrawn_ints: std::sync::OnceLock<HashSet<i64>>,
+    /// The same set, hashed fast, as integers and as text (built at first use).
+    withdrawn_ints: std::sync::OnceLock<foldhash::HashSet<i64>>,
+    withdrawn_text: std::sync::OnceLock<foldhash::HashSet<String>>,
     signature: Signature,
 }
 
@@ -182,7 +184,8 @@ impl ScalarUDFImpl for Consented {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::common::Result<ColumnarValue> {
-        use datafusion::arrow::array::{AsArray, BooleanBuilder};
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::buffer::BooleanBuffer;
         use datafusion::arrow::datatypes::Int64Type;
         let [arg] = args.args.as_slice() else {
             return Err(DataFusionError::Internal(
@@ -190,29 +193,37 @@ impl ScalarUDFImpl for Consented {
             ));
         };
         let array: ArrayRef = arg.to_array(args.number_rows)?;
-        let mut keep = BooleanBuilder::with_capacity(array.len());
-        if let Some(ids) = array.as_primitive_opt::<Int64Type>() {
+        let len = array.len();
+        // Rows with a null person_id are dropped too (a release has none).
+        let valid = |i: usize| array.is_valid(i);
+        let keep = if let Some(ids) = array.as_primitive_opt::<Int64Type>() {
             let withdrawn = self.withdrawn_ints.get_or_init(|| {
                 self.withdrawn
                     .iter()
                     .filter_map(|id| id.parse().ok())
                     .collect()
             });
-            for id in ids {
-                keep.append_value(id.is_some_and(|id| !withdrawn.contains(&id)));
-            }
+            let values = ids.values();
+            BooleanBuffer::collect_bool(len, |i| valid(i) && !withdrawn.contains(&values[i]))
         } else {
-            let text = cast(&array, &DataType::Utf8)?;
-            let ids = text
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| DataFusionError::Internal("person_id is not text".into()))?;
-            for id in ids {
-                keep.append_value(id.is_some_and(|id| !self.withdrawn.contains(id)));
+            let withdrawn = self
+                .withdrawn_text
+                .get_or_init(|| self.withdrawn.iter().cloned().collect());
+            if let Some(ids) = array.as_string_view_opt() {
+                BooleanBuffer::collect_bool(len, |i| valid(i) && !withdrawn.contains(ids.value(i)))
+            } else if let Some(ids) = array.as_string_opt::<i32>() {
+                BooleanBuffer::collect_bool(len, |i| valid(i) && !withdrawn.contains(ids.value(i)))
+            } else {
+                let text = cast(&array, &DataType::Utf8)?;
+                let ids = text.as_string::<i32>();
+                BooleanBuffer::collect_bool(len, |i| {
+                    ids.is_valid(i) && !withdrawn.contains(ids.value(i))
+                })
             }
-        }
-        let keep: BooleanArray = keep.finish();
-        Ok(ColumnarValue::Array(Arc::new(keep)))
+        };
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+            keep, None,
+        ))))
     }
 }
 
@@ -281,6 +292,7 @@ impl Session {
                 ScalarUDF::from(Consented {
                     withdrawn: release.withdrawn.clone(),
                     withdrawn_ints: std::sync::OnceLock::new(),
+                    withdrawn_text: std::sync::OnceLock::new(),
                     signature: Signature::any(1, Volatility::Immutable),
                 })
             });
@@ -701,8 +713,8 @@ fn row_level(batches: Vec<RecordBatch>, max_rows: Option<u64>) -> QueryOutput {
     let mut rows = 0u64;
     let mut truncated = false;
     // Distinct persons: integer ids as integers, text ids allocated once each.
-    let mut persons: HashSet<String> = HashSet::new();
-    let mut int_persons: HashSet<i64> = HashSet::new();
+    let mut persons: foldhash::HashSet<String> = foldhash::HashSet::default();
+    let mut int_persons: foldhash::HashSet<i64> = foldhash::HashSet::default();
     let mut saw_person = false;
     for b in batches {
         let room = max_rows.map_or(u64::MAX, |m| m.saturating_sub(rows));
