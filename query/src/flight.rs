@@ -54,6 +54,11 @@ use crate::session::{CATALOG, QueryError};
 /// The header that names the license a request runs under.
 pub const LICENSE_HEADER: &str = "x-tessera-license";
 
+/// Result schema metadata: groups withheld for describing too few persons.
+pub const GROUPS_SUPPRESSED: &str = "tessera.groups_suppressed";
+/// Result schema metadata: `true` when rows were cut at the license's maximum rows.
+pub const ROWS_TRUNCATED: &str = "tessera.rows_truncated";
+
 /// What a statement ticket or prepared-statement handle holds: the SQL, the license named, and
 /// the bound parameters (one row, Arrow IPC, base64), if any. Nothing the server remembers.
 #[derive(Debug, Serialize, Deserialize)]
@@ -248,6 +253,28 @@ impl TesseraFlightSql {
 }
 
 impl TesseraFlightSql {
+    /// For calls that answer no data (schemas of metadata results, server facts): a live key
+    /// is still required, and the call counts against its throttle.
+    async fn require_key(
+        &self,
+        metadata: &MetadataMap,
+        remote: Option<SocketAddr>,
+    ) -> Result<(), Status> {
+        let (credential, _) = self.caller(metadata, remote).await?;
+        let now = chrono::Utc::now();
+        let live = credential.as_ref().is_some_and(|c| {
+            c.revoked_at.is_none_or(|t| t > now) && c.expires_at.is_none_or(|t| t > now)
+        });
+        if live {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(format!(
+                "no_credential: {}",
+                Reason::NoCredential.message()
+            )))
+        }
+    }
+
     /// The caller's licensed catalog, after an audited browse decision.
     async fn browse(
         &self,
@@ -278,7 +305,19 @@ impl TesseraFlightSql {
             .query_with(credential.as_ref(), license.as_deref(), &handle.sql, values)
             .await
             .map_err(status)?;
-        Ok(Response::new(batches_stream(out.schema, out.batches)))
+        // What the output rules did, in the result's schema metadata (pyarrow:
+        // `table.schema.metadata`).
+        let mut meta = out.schema.metadata().clone();
+        meta.insert(GROUPS_SUPPRESSED.into(), out.groups_suppressed.to_string());
+        meta.insert(ROWS_TRUNCATED.into(), out.rows_truncated.to_string());
+        let schema = Arc::new(out.schema.as_ref().clone().with_metadata(meta));
+        let batches = out
+            .batches
+            .into_iter()
+            .map(|b| b.with_schema(schema.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal(&e))?;
+        Ok(Response::new(batches_stream(schema, batches)))
     }
 }
 
@@ -585,6 +624,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.require_key(request.metadata(), request.remote_addr())
+            .await?;
         let schema = query.into_builder().schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -608,6 +649,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.require_key(request.metadata(), request.remote_addr())
+            .await?;
         let schema = query.clone().into_builder().schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -636,6 +679,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.require_key(request.metadata(), request.remote_addr())
+            .await?;
         let schema = query.clone().into_builder().schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -673,6 +718,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.require_key(request.metadata(), request.remote_addr())
+            .await?;
         let schema = Schema::new(vec![datafusion::arrow::datatypes::Field::new(
             "table_type",
             datafusion::arrow::datatypes::DataType::Utf8,
@@ -708,6 +755,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.require_key(request.metadata(), request.remote_addr())
+            .await?;
         let schema = query.clone().into_builder(&self.sql_info).schema();
         info_for(query, &schema, request.into_inner())
     }
@@ -718,15 +767,8 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         // Server facts, no data: a key is still required.
-        let (credential, _) = self
-            .caller(request.metadata(), request.remote_addr())
+        self.require_key(request.metadata(), request.remote_addr())
             .await?;
-        if credential.is_none() {
-            return Err(Status::unauthenticated(format!(
-                "no_credential: {}",
-                Reason::NoCredential.message()
-            )));
-        }
         let b = query.into_builder(&self.sql_info);
         let schema = b.schema();
         let batch = b.build().map_err(|e| internal(&e))?;

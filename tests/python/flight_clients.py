@@ -130,9 +130,11 @@ with connect(AGG_KEY) as conn, conn.cursor() as cur:
     cur.execute(
         "SELECT gender_source_value AS sex, count(*) AS n FROM person GROUP BY gender_source_value"
     )
-    got = sex_counts(cur.fetch_arrow_table())
+    table = cur.fetch_arrow_table()
+    got = sex_counts(table)
     want = {s: n for s, n in SEX_COUNTS.items() if n >= MIN_CELL}
     check(got == want, f"aggregate counts equal the Parquet file's, groups under {MIN_CELL} withheld ({got})")
+
     e = refused(lambda: cur.execute("SELECT person_id FROM person LIMIT 3"))
     check(e is not None and "not_aggregate" in e, f"row-level SQL under an aggregate-only license ({e})")
     e = refused(lambda: cur.execute("SELECT person_id, count(*) FROM person GROUP BY person_id"))
@@ -173,6 +175,26 @@ options = flight.FlightCallOptions(headers=[header])
 info = client.get_flight_info(flight.FlightDescriptor.for_command(statement("SELECT count(*) AS n FROM person")), options)
 table = client.do_get(info.endpoints[0].ticket, options).read_all()
 check(table.to_pylist()[0]["n"] == sum(SEX_COUNTS.values()), "pyarrow.flight: GetFlightInfo + DoGet")
+
+# The output rules' account travels in the result's schema metadata (pyarrow keeps it; the
+# ADBC driver hands back the schema GetFlightInfo announced, without it).
+withheld = sum(1 for n in SEX_COUNTS.values() if n < MIN_CELL)
+agg_info = client.get_flight_info(
+    flight.FlightDescriptor.for_command(
+        statement("SELECT gender_source_value AS sex, count(*) AS n FROM person GROUP BY 1")
+    ),
+    flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {AGG_KEY}".encode())]),
+)
+agg_table = client.do_get(
+    agg_info.endpoints[0].ticket,
+    flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {AGG_KEY}".encode())]),
+).read_all()
+meta = agg_table.schema.metadata or {}
+check(
+    meta.get(b"tessera.groups_suppressed") == str(withheld).encode()
+    and meta.get(b"tessera.rows_truncated") == b"false",
+    f"the result says {withheld} group(s) were withheld ({meta})",
+)
 
 # A ticket presented by someone else is decided again for them: without a key it is refused.
 e = refused(lambda: client.do_get(info.endpoints[0].ticket).read_all())
