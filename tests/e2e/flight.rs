@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use crate::http::{Server, demo_copy, demo_json, demo_org, persons_by};
 
-async fn client(uri: &str, key: Option<&str>) -> FlightSqlServiceClient<Channel> {
+pub async fn client(uri: &str, key: Option<&str>) -> FlightSqlServiceClient<Channel> {
     let channel = Channel::from_shared(uri.replace("grpc://", "http://"))
         .expect("uri")
         .connect()

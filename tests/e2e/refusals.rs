@@ -125,20 +125,11 @@ struct Runner {
 
 impl Runner {
     async fn client(&self, who: &str) -> FlightSqlServiceClient<Channel> {
-        let channel = Channel::from_shared(self.uri.replace("grpc://", "http://"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
-        let mut c = FlightSqlServiceClient::new(channel);
         let key = self
             .keys
             .get(who)
             .unwrap_or_else(|| panic!("no principal `{who}` in the runner"));
-        if let Some(k) = key {
-            c.set_header("authorization", format!("Bearer {k}"));
-        }
-        c
+        crate::flight::client(&self.uri, key.as_deref()).await
     }
 
     async fn do_get(c: &mut FlightSqlServiceClient<Channel>, ticket: Ticket) -> Outcome {
