@@ -29,6 +29,14 @@ pub struct Credential {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+impl Credential {
+    /// Neither revoked nor expired at `now` (what the decision checks first; also what calls
+    /// that answer no data ask).
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none_or(|t| t > now) && self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
 /// An administrative action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

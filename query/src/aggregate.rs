@@ -275,18 +275,10 @@ fn expose_persons(
                 .collect();
             Ok((LogicalPlan::SubqueryAlias(plan), out))
         }
-        LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
-            let inputs = plan.inputs();
-            let [input] = inputs.as_slice() else {
-                return Err(QueryError::Internal("a one-input node has several".into()));
-            };
-            let (input, persons) = expose_persons((*input).clone(), hidden)?;
-            let plan = plan
-                .with_new_exprs(plan.expressions(), vec![input])
-                .map_err(internal)?;
-            Ok((plan, persons))
-        }
-        LogicalPlan::Distinct(_) => {
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Distinct(_) => {
             let before = plan.schema().fields().len();
             let inputs = plan.inputs();
             let [input] = inputs.as_slice() else {
@@ -294,7 +286,7 @@ fn expose_persons(
             };
             let (input, persons) = expose_persons((*input).clone(), hidden)?;
             // DISTINCT over more columns would change its answer.
-            if input.schema().fields().len() != before {
+            if matches!(plan, LogicalPlan::Distinct(_)) && input.schema().fields().len() != before {
                 return Err(QueryError::refused("no_persons", LOST_PERSONS));
             }
             let plan = plan

@@ -261,11 +261,7 @@ impl TesseraFlightSql {
         remote: Option<SocketAddr>,
     ) -> Result<(), Status> {
         let (credential, _) = self.caller(metadata, remote).await?;
-        let now = chrono::Utc::now();
-        let live = credential.as_ref().is_some_and(|c| {
-            c.revoked_at.is_none_or(|t| t > now) && c.expires_at.is_none_or(|t| t > now)
-        });
-        if live {
+        if credential.is_some_and(|c| c.is_live(chrono::Utc::now())) {
             Ok(())
         } else {
             Err(Status::unauthenticated(format!(
@@ -356,6 +352,23 @@ pub fn status(e: ServiceError) -> Status {
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
+/// A metadata answer: one batch, from a builder.
+fn one_batch<E: std::fmt::Display>(
+    batch: Result<RecordBatch, E>,
+) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|e| internal(&e))?;
+    Ok(Response::new(batches_stream(batch.schema(), vec![batch])))
+}
+
+/// The schema of GetTableTypes' answer.
+fn table_types_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+        "table_type",
+        datafusion::arrow::datatypes::DataType::Utf8,
+        false,
+    )]))
+}
+
 fn batches_stream(schema: Arc<Schema>, batches: Vec<RecordBatch>) -> DoGetStream {
     let stream = FlightDataEncoderBuilder::new()
         .with_schema(schema)
@@ -436,11 +449,7 @@ impl FlightSqlService for TesseraFlightSql {
             .credential(Some(&key))
             .await
             .map_err(|e| internal(&e))?;
-        let now = chrono::Utc::now();
-        let live = credential.as_ref().is_some_and(|c| {
-            c.revoked_at.is_none_or(|t| t > now) && c.expires_at.is_none_or(|t| t > now)
-        });
-        if !live {
+        if !credential.is_some_and(|c| c.is_live(chrono::Utc::now())) {
             return Err(Status::unauthenticated(
                 "no_credential: the key is unknown, expired or revoked",
             ));
@@ -639,9 +648,7 @@ impl FlightSqlService for TesseraFlightSql {
             .await?;
         let mut b = query.into_builder();
         b.append(CATALOG);
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| internal(&e))?;
-        Ok(Response::new(batches_stream(schema, vec![batch])))
+        one_batch(b.build())
     }
 
     async fn get_flight_info_schemas(
@@ -669,9 +676,7 @@ impl FlightSqlService for TesseraFlightSql {
                 b.append(CATALOG, s);
             }
         }
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| internal(&e))?;
-        Ok(Response::new(batches_stream(schema, vec![batch])))
+        one_batch(b.build())
     }
 
     async fn get_flight_info_tables(
@@ -708,9 +713,7 @@ impl FlightSqlService for TesseraFlightSql {
                 }
             }
         }
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| internal(&e))?;
-        Ok(Response::new(batches_stream(schema, vec![batch])))
+        one_batch(b.build())
     }
 
     async fn get_flight_info_table_types(
@@ -720,12 +723,7 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.require_key(request.metadata(), request.remote_addr())
             .await?;
-        let schema = Schema::new(vec![datafusion::arrow::datatypes::Field::new(
-            "table_type",
-            datafusion::arrow::datatypes::DataType::Utf8,
-            false,
-        )]);
-        info_for(query, &schema, request.into_inner())
+        info_for(query, &table_types_schema(), request.into_inner())
     }
 
     async fn do_get_table_types(
@@ -735,19 +733,12 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.browse(request.metadata(), request.remote_addr())
             .await?;
-        let schema = Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
-            "table_type",
-            datafusion::arrow::datatypes::DataType::Utf8,
-            false,
-        )]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
+        one_batch(RecordBatch::try_new(
+            table_types_schema(),
             vec![Arc::new(datafusion::arrow::array::StringArray::from(vec![
                 "TABLE",
             ]))],
-        )
-        .map_err(|e| internal(&e))?;
-        Ok(Response::new(batches_stream(schema, vec![batch])))
+        ))
     }
 
     async fn get_flight_info_sql_info(
@@ -770,9 +761,7 @@ impl FlightSqlService for TesseraFlightSql {
         self.require_key(request.metadata(), request.remote_addr())
             .await?;
         let b = query.into_builder(&self.sql_info);
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| internal(&e))?;
-        Ok(Response::new(batches_stream(schema, vec![batch])))
+        one_batch(b.build())
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -22,10 +22,6 @@ use tessera_licensing::{AccessMode, License, Reason, VersionPin};
 
 use crate::session::{QueryError, QueryOutput, ReleaseSource, Scope, Session, schema_name};
 
-fn sql_sha(sql: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, sql.as_bytes()).as_ref())
-}
-
 /// Per-query resource limits, and the differencing limits of aggregate-only licenses.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -420,7 +416,13 @@ impl QueryService {
     ) -> Result<Described, ServiceError> {
         let now = Utc::now();
         let (_, _, _, planned) = self
-            .plan(credential, named, sql, &sql_sha(sql), now)
+            .plan(
+                credential,
+                named,
+                sql,
+                &crate::session::sha256_hex(sql),
+                now,
+            )
             .await?;
         Ok(Described {
             schema: planned.output_schema(),
@@ -457,11 +459,7 @@ impl QueryService {
         let session = Session::new(scope).await?;
         match session.plan(sql).await {
             Ok(planned) => Ok((license, covered, session, planned)),
-            Err(e) => {
-                self.audit_refusal(credential, &license.id, &e, sha, now)
-                    .await?;
-                Err(e.into())
-            }
+            Err(e) => Err(self.refuse(credential, &license.id, e, sha, now).await),
         }
     }
 
@@ -486,25 +484,19 @@ impl QueryService {
         params: Vec<ScalarValue>,
     ) -> Result<QueryOutput, ServiceError> {
         let now = Utc::now();
-        let sha = sql_sha(sql);
+        let sha = crate::session::sha256_hex(sql);
         // Plan first (it touches no data): the decision is about what the plan reads.
         let (license, covered, session, planned) =
             self.plan(credential, named, sql, &sha, now).await?;
         let planned = match planned.bind(params) {
             Ok(p) => p,
-            Err(e) => {
-                self.audit_refusal(credential, &license.id, &e, &sha, now)
-                    .await?;
-                return Err(e.into());
-            }
+            Err(e) => return Err(self.refuse(credential, &license.id, e, &sha, now).await),
         };
         let fingerprint = planned.fingerprint();
         if let Some(f) = &fingerprint
             && let Err(e) = self.differencing(&license, f, now).await?
         {
-            self.audit_refusal(credential, &license.id, &e, &sha, now)
-                .await?;
-            return Err(e.into());
+            return Err(self.refuse(credential, &license.id, e, &sha, now).await);
         }
         let reads = session.tables_read(&planned.plan)?;
         let release_reads: Vec<_> = reads
@@ -526,11 +518,9 @@ impl QueryService {
             .iter()
             .any(|t| t.schema != schema_name(&family))
         {
-            return Err(QueryError::refused(
-                "one_release",
-                "a query reads one release family at a time",
-            )
-            .into());
+            let e =
+                QueryError::refused("one_release", "a query reads one release family at a time");
+            return Err(self.refuse(credential, &license.id, e, &sha, now).await);
         }
         let tables: Vec<(String, Vec<String>)> = release_reads
             .iter()
@@ -636,21 +626,24 @@ impl QueryService {
         }
     }
 
-    async fn audit_refusal(
+    /// Audits a refusal by the plan rules (`deny:<rule>`) and returns it as the caller's error
+    /// (or the store's, when the audit entry cannot be written: nothing is refused unaudited).
+    async fn refuse(
         &self,
         credential: Option<&Credential>,
         license: &str,
-        e: &QueryError,
+        e: QueryError,
         sha: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), ServiceError> {
-        let rule = match e {
+    ) -> ServiceError {
+        let rule = match &e {
             QueryError::Refused { rule, .. } => *rule,
             QueryError::Invalid(_) => "invalid_sql",
             QueryError::Limit(_) => "limit",
             QueryError::Internal(_) => "internal",
         };
-        self.gate
+        let audited = self
+            .gate
             .store()
             .append_audit(tessera_licensing::audit::Event {
                 at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -663,7 +656,10 @@ impl QueryService {
                 rows: None,
                 persons: None,
             })
-            .await?;
-        Ok(())
+            .await;
+        match audited {
+            Ok(_) => e.into(),
+            Err(store) => store.into(),
+        }
     }
 }

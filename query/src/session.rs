@@ -616,22 +616,17 @@ impl Planned {
                 },
             }
         };
-        let sha = |t: &str| {
-            use std::fmt::Write;
-            let digest = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
-            digest
-                .as_ref()
-                .iter()
-                .fold(String::with_capacity(64), |mut s, b| {
-                    let _ = write!(s, "{b:02x}");
-                    s
-                })
-        };
         Some(tessera_licensing::store::Fingerprint {
-            same: sha(&text),
-            shape: sha(&mask_literals(&text)),
+            same: sha256_hex(&text),
+            shape: sha256_hex(&mask_literals(&text)),
         })
     }
+}
+
+/// SHA-256 of a text, hex: how query texts and plans are named in the audit log and
+/// `usage_log` (never the text itself: it can hold literals).
+pub(crate) fn sha256_hex(text: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
 }
 
 /// A plan's text with literal values (`Utf8("J00.0")`, `Int64(40)`, `Float64(90)`: a

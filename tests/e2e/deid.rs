@@ -14,17 +14,7 @@ pub(crate) fn pycanon(
     qis: &[&str],
     sensitive: Option<&str>,
 ) -> Value {
-    let venv = std::env::var("TESSERA_PYCANON_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/tessera/venv-pycanon")
-        });
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "pyCANON's virtual environment is missing at {}: run scripts/install-deps",
-        venv.display()
-    );
+    let python = crate::support::venv_program("TESSERA_PYCANON_VENV", "venv-pycanon", "bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/pycanon_check.py");
     let mut cmd = Command::new(python);
     cmd.arg(script).arg(file).arg(delimiter).arg(qis.join(","));

@@ -276,22 +276,6 @@ fn test_certificates() -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
-fn flight_python() -> std::path::PathBuf {
-    let venv = std::env::var("TESSERA_FLIGHT_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
-                .join(".cache/tessera/venv-flight")
-        });
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "the Flight clients' virtual environment is missing at {}: run scripts/install-deps",
-        venv.display()
-    );
-    python
-}
-
 /// Runs tests/python/flight_clients.py against the server `demo.json` names.
 fn run_python_clients(t: &crate::support::Tessera, ca: Option<&std::path::Path>) {
     let demo = demo_json(t);
@@ -308,7 +292,11 @@ fn run_python_clients(t: &crate::support::Tessera, ca: Option<&std::path::Path>)
         .collect();
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/flight_clients.py");
-    let mut cmd = std::process::Command::new(flight_python());
+    let mut cmd = std::process::Command::new(crate::support::venv_program(
+        "TESSERA_FLIGHT_VENV",
+        "venv-flight",
+        "bin/python",
+    ));
     cmd.arg(script)
         .env("TESSERA_FLIGHT_URI", uri)
         .env("AGG_KEY", agg_key)

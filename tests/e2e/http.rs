@@ -6,7 +6,7 @@
 //! snapshot-tested and fuzzed by schemathesis.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -777,17 +777,10 @@ async fn openapi_document_is_stable_and_schemathesis_finds_nothing() {
         assert!(paths.contains_key(p), "{p}");
     }
 
-    let venv = std::env::var("TESSERA_SCHEMATHESIS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME"))
-                .join(".cache/tessera/venv-schemathesis")
-        });
-    let st = venv.join("bin/schemathesis");
-    assert!(
-        st.exists(),
-        "schemathesis is missing at {}: run scripts/install-deps",
-        st.display()
+    let st = crate::support::venv_program(
+        "TESSERA_SCHEMATHESIS_VENV",
+        "venv-schemathesis",
+        "bin/schemathesis",
     );
     let (analyst, _, _) = demo_org(&demo, "demo-aggregate");
     let operator = demo["operator"]["api_key"]

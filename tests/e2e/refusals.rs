@@ -316,21 +316,6 @@ fn license(t: &Tessera, key_file: &Path, id: &str, body: serde_json::Value) {
     t.expect(&["license", "status", "--id", id, "active"], 0);
 }
 
-/// Issues a key; returns (key id, key text).
-fn issue(t: &Tessera, args: &[&str]) -> (String, String) {
-    let mut all = vec!["key", "issue"];
-    all.extend_from_slice(args);
-    let out = t.expect(&all, 0);
-    let mut lines = out.lines();
-    let id = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("key id")
-        .to_string();
-    let text = lines.next().expect("key text").trim().to_string();
-    (id, text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusal_cases() {
     let t = demo_copy();
@@ -405,13 +390,13 @@ async fn refusal_cases() {
         "ended",
     ] {
         let license = format!("lic-{who}");
-        let (_, key) = issue(&t, &["--org", "refusals", "--license", &license]);
+        let (_, key) = t.issue_key(&["--org", "refusals", "--license", &license]);
         keys.insert(who.into(), Some(key));
     }
-    let (revoked_id, revoked_key) = issue(&t, &["--org", "refusals", "--license", "lic-narrow"]);
+    let (revoked_id, revoked_key) = t.issue_key(&["--org", "refusals", "--license", "lic-narrow"]);
     t.expect(&["key", "revoke", "--id", &revoked_id], 0);
     keys.insert("revoked".into(), Some(revoked_key));
-    let (_, operator) = issue(&t, &["--admin"]);
+    let (_, operator) = t.issue_key(&["--admin"]);
     keys.insert("operator".into(), Some(operator));
 
     // Two released persons: one whose consent is revoked now, one who still consents.

@@ -19,6 +19,23 @@ pub fn test_key() -> [u8; 32] {
 }
 
 /// `../shared/data`, which holds the third-party test data. The tests need it.
+/// A program of one of the virtual environments `scripts/install-deps` makes: `$VAR` if set,
+/// else `~/.cache/tessera/NAME`; `program` is e.g. `bin/python`.
+pub fn venv_program(var: &str, name: &str, program: &str) -> PathBuf {
+    let venv = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").expect("HOME"))
+            .join(".cache/tessera")
+            .join(name)
+    });
+    let path = venv.join(program);
+    assert!(
+        path.exists(),
+        "{program} of the virtual environment {} is missing: run scripts/install-deps",
+        venv.display()
+    );
+    path
+}
+
 pub fn shared() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     assert!(
@@ -211,6 +228,21 @@ impl Tessera {
             .env("TESSERA_MASTER_KEY", TEST_KEY_HEX)
             .current_dir(self.dir.path());
         c
+    }
+
+    /// `tessera key issue ARGS`: the key's id and the key, shown once.
+    pub fn issue_key(&self, args: &[&str]) -> (String, String) {
+        let mut all = vec!["key", "issue"];
+        all.extend_from_slice(args);
+        let out = self.expect(&all, 0);
+        let mut lines = out.lines();
+        let id = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .expect("key id")
+            .to_string();
+        let key = lines.next().expect("key text").trim().to_string();
+        (id, key)
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
