@@ -37,7 +37,9 @@ pub fn largest_remainder(pool: i64, weights: &[(String, u64)], salt: &str) -> Ve
     let left = (pool_u - given) as usize; // < number of parts
     if left > 0 {
         // Largest remainders first; then the hash; then the index (ids may repeat).
-        rem.select_nth_unstable_by(left - 1, |a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        rem.select_nth_unstable_by(left - 1, |a, b| {
+            b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2))
+        });
         for r in &rem[..left] {
             parts[r.2].1 += 1;
         }

@@ -82,7 +82,12 @@ const EARNING_KINDS: &[&str] = &["license_share", "survey_incentive", "study_enr
 
 impl Payouts {
     /// The patient's earnings as of `date`.
-    pub async fn earnings(&self, patient: &str, date: NaiveDate, rails: &Rails) -> Result<Earnings, PayoutsError> {
+    pub async fn earnings(
+        &self,
+        patient: &str,
+        date: NaiveDate,
+        rails: &Rails,
+    ) -> Result<Earnings, PayoutsError> {
         let preferences = self.preferences(patient).await?;
         let cur = preferences.currency;
         let available_acct = Account::patient_available(patient, cur);
@@ -98,11 +103,17 @@ impl Payouts {
         for r in &rows {
             let c = || sql_err("reading a patient's history");
             let kind: String = r.try_get("kind").map_err(c())?;
-            let source: Source = serde_json::from_str(&r.try_get::<String, _>("source").map_err(c())?).unwrap_or_default();
+            let source: Source =
+                serde_json::from_str(&r.try_get::<String, _>("source").map_err(c())?)
+                    .unwrap_or_default();
             let at: String = r.try_get("created_at").map_err(c())?;
             let side: String = r.try_get("side").map_err(c())?;
             let amount: i64 = r.try_get("amount").map_err(c())?;
-            let signed = if crate::ledger::entry_side(&side) == Side::Credit { amount } else { -amount };
+            let signed = if crate::ledger::entry_side(&side) == Side::Credit {
+                amount
+            } else {
+                -amount
+            };
             if EARNING_KINDS.contains(&kind.as_str()) {
                 earned += signed;
                 *daily.entry(at.chars().take(10).collect()).or_default() += signed;
@@ -113,7 +124,12 @@ impl Payouts {
                     *by_study.entry(s.clone()).or_default() += signed;
                 }
             }
-            history.push(Line { at, kind, source, amount_minor: signed });
+            history.push(Line {
+                at,
+                kind,
+                source,
+                amount_minor: signed,
+            });
         }
         let mut series = Vec::with_capacity(daily.len());
         let mut running = 0;
@@ -123,14 +139,21 @@ impl Payouts {
         }
 
         let payout_rows: Vec<PayoutRow> = self.payouts(Some(patient)).await?;
-        let claims: BTreeMap<String, String> = sqlx::query("SELECT id, claim_url FROM payouts WHERE patient = $1 AND claim_url IS NOT NULL")
-            .bind(patient)
-            .fetch_all(self.pool())
-            .await
-            .map_err(sql_err("reading claim links"))?
-            .iter()
-            .filter_map(|r| Some((r.try_get::<String, _>("id").ok()?, r.try_get::<String, _>("claim_url").ok()?)))
-            .collect();
+        let claims: BTreeMap<String, String> = sqlx::query(
+            "SELECT id, claim_url FROM payouts WHERE patient = $1 AND claim_url IS NOT NULL",
+        )
+        .bind(patient)
+        .fetch_all(self.pool())
+        .await
+        .map_err(sql_err("reading claim links"))?
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.try_get::<String, _>("id").ok()?,
+                r.try_get::<String, _>("claim_url").ok()?,
+            ))
+        })
+        .collect();
         let mut donations = BTreeMap::new();
         let (mut paid, mut donated) = (0, 0);
         for p in payout_rows.iter().filter(|p| p.amount.currency == cur) {
@@ -143,8 +166,14 @@ impl Payouts {
                 }
             }
         }
-        let pending = self.balance(&Account::patient_reserved(patient, cur)).await?
-            + payout_rows.iter().filter(|p| p.status == "submitted" && p.amount.currency == cur).map(|p| p.amount.minor).sum::<i64>();
+        let pending = self
+            .balance(&Account::patient_reserved(patient, cur))
+            .await?
+            + payout_rows
+                .iter()
+                .filter(|p| p.status == "submitted" && p.amount.currency == cur)
+                .map(|p| p.amount.minor)
+                .sum::<i64>();
         let year = tax::tax_year(date);
         let tax = TaxStatus {
             year,
@@ -156,7 +185,10 @@ impl Payouts {
             .holds(patient, date, rails)
             .await?
             .into_iter()
-            .map(|h| HoldView { message: h.message(), hold: h })
+            .map(|h| HoldView {
+                message: h.message(),
+                hold: h,
+            })
             .collect();
         Ok(Earnings {
             currency: cur,

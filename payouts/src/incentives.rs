@@ -133,7 +133,10 @@ impl Payouts {
         for s in self.studies().await? {
             if s.questionnaires.iter().any(|x| x == q) {
                 if s.enrollment.minor > 0 {
-                    out.push(self.credit(&s, patient, "enrollment", s.enrollment.minor).await?);
+                    out.push(
+                        self.credit(&s, patient, "enrollment", s.enrollment.minor)
+                            .await?,
+                    );
                 }
                 out.push(
                     self.credit(&s, patient, q, s.per_survey.minor.min(s.survey_cap_minor))

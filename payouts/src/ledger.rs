@@ -271,7 +271,9 @@ pub(crate) async fn post_in(
             .await
             .map_err(sql_err("looking up a transaction key"))?
     {
-        let id: String = row.try_get("id").map_err(sql_err("reading a transaction"))?;
+        let id: String = row
+            .try_get("id")
+            .map_err(sql_err("reading a transaction"))?;
         let earlier: String = row
             .try_get("digest")
             .map_err(sql_err("reading a transaction"))?;
@@ -494,8 +496,14 @@ mod tests {
             kind: "test".into(),
             source: Source::default(),
             entries: vec![
-                Entry::debit(Account::new(AccountKind::ProviderFunds, "stripe", usd()), 100),
-                Entry::credit(Account::new(AccountKind::PlatformRevenue, "platform", usd()), 99),
+                Entry::debit(
+                    Account::new(AccountKind::ProviderFunds, "stripe", usd()),
+                    100,
+                ),
+                Entry::credit(
+                    Account::new(AccountKind::PlatformRevenue, "platform", usd()),
+                    99,
+                ),
             ],
             reverses: None,
         };
@@ -504,18 +512,27 @@ mod tests {
 
     #[test]
     fn balance_is_per_currency() {
-        let eur = Currency::parse("EUR").unwrap();
+        let eur = Currency::parse("EUR").expect("a code");
         let t = NewTransaction {
             key: "k".into(),
             kind: "test".into(),
             source: Source::default(),
             entries: vec![
-                Entry::debit(Account::new(AccountKind::ProviderFunds, "stripe", usd()), 100),
-                Entry::credit(Account::new(AccountKind::PlatformRevenue, "platform", eur), 100),
+                Entry::debit(
+                    Account::new(AccountKind::ProviderFunds, "stripe", usd()),
+                    100,
+                ),
+                Entry::credit(
+                    Account::new(AccountKind::PlatformRevenue, "platform", eur),
+                    100,
+                ),
             ],
             reverses: None,
         };
-        assert!(t.validate().is_err(), "100 USD against 100 EUR does not balance");
+        assert!(
+            t.validate().is_err(),
+            "100 USD against 100 EUR does not balance"
+        );
     }
 
     #[test]

@@ -119,7 +119,9 @@ impl Payouts {
         .await
     }
 
-    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, PayoutsError> {
+    pub(crate) async fn begin(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, PayoutsError> {
         self.pool
             .begin()
             .await
@@ -165,14 +167,21 @@ impl Payouts {
     ) -> Result<Vec<Account>, PayoutsError> {
         let mut out = Vec::with_capacity(t.entries.len());
         for e in &t.entries {
-            let row = sqlx::query("SELECT kind, owner, currency FROM ledger_accounts WHERE id = $1")
-                .bind(&e.account_id)
-                .fetch_one(&self.pool)
-                .await
+            let row =
+                sqlx::query("SELECT kind, owner, currency FROM ledger_accounts WHERE id = $1")
+                    .bind(&e.account_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(store::sql_err("reading an account"))?;
+            let kind: String = row
+                .try_get("kind")
                 .map_err(store::sql_err("reading an account"))?;
-            let kind: String = row.try_get("kind").map_err(store::sql_err("reading an account"))?;
-            let owner: String = row.try_get("owner").map_err(store::sql_err("reading an account"))?;
-            let currency: String = row.try_get("currency").map_err(store::sql_err("reading an account"))?;
+            let owner: String = row
+                .try_get("owner")
+                .map_err(store::sql_err("reading an account"))?;
+            let currency: String = row
+                .try_get("currency")
+                .map_err(store::sql_err("reading an account"))?;
             out.push(Account::new(
                 kind_from_code(&kind)?,
                 owner,
@@ -216,11 +225,12 @@ impl Payouts {
 
     /// The balance of one account (zero when it was never used).
     pub async fn balance(&self, account: &Account) -> Result<i64, PayoutsError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT balance FROM ledger_accounts WHERE id = $1")
-            .bind(account.id())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store::sql_err("reading a balance"))?;
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT balance FROM ledger_accounts WHERE id = $1")
+                .bind(account.id())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store::sql_err("reading a balance"))?;
         Ok(v.unwrap_or(0))
     }
 
@@ -250,8 +260,12 @@ impl Payouts {
             let d: i64 = r.try_get("d").map_err(store::sql_err("summing entries"))?;
             let c: i64 = r.try_get("c").map_err(store::sql_err("summing entries"))?;
             if d != c {
-                let id: String = r.try_get("transaction_id").map_err(store::sql_err("summing entries"))?;
-                problems.push(format!("transaction {id} does not balance: debits {d}, credits {c}"));
+                let id: String = r
+                    .try_get("transaction_id")
+                    .map_err(store::sql_err("summing entries"))?;
+                problems.push(format!(
+                    "transaction {id} does not balance: debits {d}, credits {c}"
+                ));
             }
         }
         let rows = sqlx::query(
@@ -267,7 +281,9 @@ impl Payouts {
             let computed: i64 = r.try_get("computed").map_err(c())?;
             let negative_ok: i64 = r.try_get("allow_negative").map_err(c())?;
             if stored != computed {
-                problems.push(format!("account {id}: stored balance {stored}, entries sum to {computed}"));
+                problems.push(format!(
+                    "account {id}: stored balance {stored}, entries sum to {computed}"
+                ));
             }
             if negative_ok == 0 && stored < 0 {
                 problems.push(format!("account {id} is negative ({stored})"));

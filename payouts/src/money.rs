@@ -130,14 +130,14 @@ mod tests {
         assert_eq!(Money::usd(123_456).to_string(), "1234.56 USD");
         assert_eq!(Money::usd(-5).to_string(), "-0.05 USD");
         assert_eq!(
-            Money::new(500, Currency::parse("JPY").unwrap()).to_string(),
+            Money::new(500, Currency::parse("JPY").expect("a code")).to_string(),
             "500 JPY"
         );
     }
 
     #[test]
     fn arithmetic_refuses_mixed_currencies_and_overflow() {
-        let eur = Money::new(1, Currency::parse("EUR").unwrap());
+        let eur = Money::new(1, Currency::parse("EUR").expect("a code"));
         assert!(Money::usd(1).checked_add(eur).is_err());
         assert!(Money::usd(i64::MAX).checked_add(Money::usd(1)).is_err());
         assert_eq!(Money::usd(1_000_001).share_bps(5000), Money::usd(500_000));

@@ -27,7 +27,8 @@ use crate::{Payouts, PayoutsError, fault, tax};
 pub fn check_ref(what: &str, v: &str) -> Result<(), PayoutsError> {
     let ok = !v.is_empty()
         && v.len() <= 128
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
@@ -206,7 +207,12 @@ impl PayoutRow {
     }
     /// The account a submitted payout sits in until it settles.
     pub fn clearing(&self) -> Account {
-        clearing_account(&self.kind, &self.rail, &self.destination_org(), self.amount.currency)
+        clearing_account(
+            &self.kind,
+            &self.rail,
+            &self.destination_org(),
+            self.amount.currency,
+        )
     }
     fn destination_org(&self) -> String {
         self.destination.clone()
@@ -223,7 +229,11 @@ fn clearing_account(kind: &str, rail: &str, org: &str, c: Currency) -> Account {
 
 /// The provider funds account a rail pays from.
 pub fn rail_funds(rail: &str, c: Currency) -> Account {
-    let owner = if rail == "giftcard" { "giftcard" } else { "stripe" };
+    let owner = if rail == "giftcard" {
+        "giftcard"
+    } else {
+        "stripe"
+    };
     Account::new(AccountKind::ProviderFunds, owner, c)
 }
 
@@ -310,7 +320,11 @@ impl Payouts {
 
     /// Sets a patient's payout preferences (checked: a registered organization, a Stripe
     /// connected account id, a product id, a minimum no lower than [`LOWEST_MINIMUM`]).
-    pub async fn set_preferences(&self, patient: &str, p: &Preferences) -> Result<(), PayoutsError> {
+    pub async fn set_preferences(
+        &self,
+        patient: &str,
+        p: &Preferences,
+    ) -> Result<(), PayoutsError> {
         check_ref("patient id", patient)?;
         if p.minimum_minor < LOWEST_MINIMUM {
             return Err(PayoutsError::Invalid(format!(
@@ -328,7 +342,9 @@ impl Payouts {
                 }
             }
             Choice::Direct { stripe_account } => {
-                if !stripe_account.starts_with("acct_") || check_ref("account", stripe_account).is_err() {
+                if !stripe_account.starts_with("acct_")
+                    || check_ref("account", stripe_account).is_err()
+                {
                     return Err(PayoutsError::Invalid(
                         "stripe_account: your Stripe connected account id (acct_…)".into(),
                     ));
@@ -372,7 +388,12 @@ impl Payouts {
     }
 
     /// Records identity verification status (from the identity provider's signed webhook).
-    pub async fn set_identity(&self, patient: &str, status: IdentityStatus, provider_ref: &str) -> Result<(), PayoutsError> {
+    pub async fn set_identity(
+        &self,
+        patient: &str,
+        status: IdentityStatus,
+        provider_ref: &str,
+    ) -> Result<(), PayoutsError> {
         check_ref("patient id", patient)?;
         sqlx::query("INSERT INTO identity_checks (patient, status, provider_ref, updated_at) VALUES ($1, $2, $3, $4) ON CONFLICT (patient) DO UPDATE SET status = excluded.status, provider_ref = excluded.provider_ref, updated_at = excluded.updated_at")
             .bind(patient)
@@ -386,12 +407,15 @@ impl Payouts {
     }
 
     pub async fn identity(&self, patient: &str) -> Result<IdentityStatus, PayoutsError> {
-        let s: Option<String> = sqlx::query_scalar("SELECT status FROM identity_checks WHERE patient = $1")
-            .bind(patient)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(sql_err("reading identity status"))?;
-        Ok(s.as_deref().map(IdentityStatus::parse).unwrap_or(IdentityStatus::Unverified))
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT status FROM identity_checks WHERE patient = $1")
+                .bind(patient)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(sql_err("reading identity status"))?;
+        Ok(s.as_deref()
+            .map(IdentityStatus::parse)
+            .unwrap_or(IdentityStatus::Unverified))
     }
 
     /// Records that a tax form (`W-9`) is on file for a patient.
@@ -411,16 +435,23 @@ impl Payouts {
     }
 
     pub async fn has_tax_form(&self, patient: &str) -> Result<bool, PayoutsError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tax_forms WHERE patient = $1 AND form = 'W-9'")
-            .bind(patient)
-            .fetch_one(self.pool())
-            .await
-            .map_err(sql_err("reading tax forms"))?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tax_forms WHERE patient = $1 AND form = 'W-9'",
+        )
+        .bind(patient)
+        .fetch_one(self.pool())
+        .await
+        .map_err(sql_err("reading tax forms"))?;
         Ok(n > 0)
     }
 
     /// What a patient has been paid (or is being paid) in `year`, in `currency`.
-    pub async fn paid_in_year(&self, patient: &str, year: i32, currency: Currency) -> Result<i64, PayoutsError> {
+    pub async fn paid_in_year(
+        &self,
+        patient: &str,
+        year: i32,
+        currency: Currency,
+    ) -> Result<i64, PayoutsError> {
         sqlx::query_scalar("SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM payouts WHERE patient = $1 AND tax_year = $2 AND currency = $3 AND status IN ('reserved', 'submitting', 'submitted', 'posted')")
             .bind(patient)
             .bind(i64::from(year))
@@ -433,38 +464,59 @@ impl Payouts {
     /// Why a payout of the patient's available balance would not be made on `date` (empty:
     /// it would be made). Donations count towards the reporting threshold too: the patient
     /// earned the money and directed it.
-    pub async fn holds(&self, patient: &str, date: NaiveDate, rails: &Rails) -> Result<Vec<Hold>, PayoutsError> {
+    pub async fn holds(
+        &self,
+        patient: &str,
+        date: NaiveDate,
+        rails: &Rails,
+    ) -> Result<Vec<Hold>, PayoutsError> {
         let prefs = self.preferences(patient).await?;
-        let available = self.balance(&Account::patient_available(patient, prefs.currency)).await?;
+        let available = self
+            .balance(&Account::patient_available(patient, prefs.currency))
+            .await?;
         let mut holds = Vec::new();
         if prefs.choice == Choice::Accumulate {
             holds.push(Hold::Accumulating);
         }
         if available < prefs.minimum_minor {
-            holds.push(Hold::BelowMinimum { available, minimum: prefs.minimum_minor });
+            holds.push(Hold::BelowMinimum {
+                available,
+                minimum: prefs.minimum_minor,
+            });
         }
         let identity = self.identity(patient).await?;
         if identity != IdentityStatus::Verified {
             holds.push(Hold::IdentityNotVerified { status: identity });
         }
-        let paid = self.paid_in_year(patient, tax::tax_year(date), prefs.currency).await?;
+        let paid = self
+            .paid_in_year(patient, tax::tax_year(date), prefs.currency)
+            .await?;
         if available > 0
             && tax::needs_form(date, paid, Money::new(available, prefs.currency))
             && !self.has_tax_form(patient).await?
         {
-            let threshold = tax::reporting_threshold(date, prefs.currency).map(|m| m.minor).unwrap_or(0);
-            holds.push(Hold::TaxFormRequired { paid_this_year: paid, threshold });
+            let threshold = tax::reporting_threshold(date, prefs.currency)
+                .map(|m| m.minor)
+                .unwrap_or(0);
+            holds.push(Hold::TaxFormRequired {
+                paid_this_year: paid,
+                threshold,
+            });
         }
         if let Choice::Donation { organization } = &prefs.choice
             && self.advocacy_org(organization).await?.is_none()
         {
-            holds.push(Hold::OrganizationUnknown { organization: organization.clone() });
+            holds.push(Hold::OrganizationUnknown {
+                organization: organization.clone(),
+            });
         }
         let rail = rail_of(&prefs.choice);
         if let Some(rail) = rail
             && rails.get(rail).is_none()
         {
-            holds.push(Hold::RailNotConfigured { rail: rail.to_string() });
+            holds.push(Hold::RailNotConfigured {
+                rail: rail.to_string(),
+            });
         }
         Ok(holds)
     }
@@ -488,16 +540,25 @@ impl Payouts {
 
     /// Creates a payout of the patient's whole available balance and reserves it, in one
     /// database transaction. Returns `None` when the patient is held (see [`Payouts::holds`]).
-    pub async fn create_payout(&self, patient: &str, date: NaiveDate, rails: &Rails) -> Result<Option<PayoutRow>, PayoutsError> {
+    pub async fn create_payout(
+        &self,
+        patient: &str,
+        date: NaiveDate,
+        rails: &Rails,
+    ) -> Result<Option<PayoutRow>, PayoutsError> {
         if !self.holds(patient, date, rails).await?.is_empty() {
             return Ok(None);
         }
         let prefs = self.preferences(patient).await?;
-        let Some(rail) = rail_of(&prefs.choice) else { return Ok(None) };
+        let Some(rail) = rail_of(&prefs.choice) else {
+            return Ok(None);
+        };
         let destination = match &prefs.choice {
-            Choice::Donation { organization } => {
-                self.advocacy_org(organization).await?.map(|o| o.stripe_account).unwrap_or_default()
-            }
+            Choice::Donation { organization } => self
+                .advocacy_org(organization)
+                .await?
+                .map(|o| o.stripe_account)
+                .unwrap_or_default(),
             other => other.destination().unwrap_or_default().to_string(),
         };
         let org = match &prefs.choice {
@@ -559,21 +620,31 @@ impl Payouts {
     }
 
     pub async fn payout(&self, id: &str) -> Result<Option<PayoutRow>, PayoutsError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(sql_err("reading a payout"))?
-            .as_ref()
-            .map(payout_from)
-            .transpose()
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(sql_err("reading a payout"))?
+        .as_ref()
+        .map(payout_from)
+        .transpose()
     }
 
     /// Payouts, newest first; of one patient when named.
     pub async fn payouts(&self, patient: Option<&str>) -> Result<Vec<PayoutRow>, PayoutsError> {
         let (sql, arg) = match patient {
-            Some(p) => (format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE patient = $1 ORDER BY created_at DESC"), Some(p)),
-            None => (format!("SELECT {PAYOUT_COLUMNS} FROM payouts ORDER BY created_at DESC"), None),
+            Some(p) => (
+                format!(
+                    "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE patient = $1 ORDER BY created_at DESC"
+                ),
+                Some(p),
+            ),
+            None => (
+                format!("SELECT {PAYOUT_COLUMNS} FROM payouts ORDER BY created_at DESC"),
+                None,
+            ),
         };
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         if let Some(a) = arg {
@@ -588,20 +659,37 @@ impl Payouts {
     }
 
     async fn payouts_in(&self, statuses: &[&str]) -> Result<Vec<PayoutRow>, PayoutsError> {
-        let list = statuses.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE status IN ({list}) ORDER BY created_at")))
-            .fetch_all(self.pool())
-            .await
-            .map_err(sql_err("reading payouts"))?
+        let list = statuses
             .iter()
-            .map(payout_from)
-            .collect()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE status IN ({list}) ORDER BY created_at"
+        )))
+        .fetch_all(self.pool())
+        .await
+        .map_err(sql_err("reading payouts"))?
+        .iter()
+        .map(payout_from)
+        .collect()
     }
 
     /// Moves payout `id` from `from` to `to` and posts `t`, in one database transaction.
     /// Returns false (and posts nothing) when the payout is not in `from` any more.
-    async fn step(&self, id: &str, from: &[&str], to: &str, set: Option<(&str, &str)>, t: Option<NewTransaction>) -> Result<bool, PayoutsError> {
-        let list = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+    async fn step(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        set: Option<(&str, &str)>,
+        t: Option<NewTransaction>,
+    ) -> Result<bool, PayoutsError> {
+        let list = from
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         crate::retry(|| async {
             let mut tx = self.begin().await?;
             let extra = match set {
@@ -632,7 +720,11 @@ impl Payouts {
 
     /// Records a top-up of the gift-card provider's funding balance from the Stripe balance
     /// (an operator's bank transfer), once per `reference`.
-    pub async fn fund_giftcard_provider(&self, amount: Money, reference: &str) -> Result<crate::Posted, PayoutsError> {
+    pub async fn fund_giftcard_provider(
+        &self,
+        amount: Money,
+        reference: &str,
+    ) -> Result<crate::Posted, PayoutsError> {
         check_ref("reference", reference)?;
         self.post(&NewTransaction {
             key: format!("provider_funding:{reference}"),
@@ -648,34 +740,50 @@ impl Payouts {
     }
 
     /// `submitting → submitted` (the provider accepted it): reserved → clearing.
-    pub async fn mark_submitted(&self, p: &PayoutRow, provider_ref: &str) -> Result<bool, PayoutsError> {
+    pub async fn mark_submitted(
+        &self,
+        p: &PayoutRow,
+        provider_ref: &str,
+    ) -> Result<bool, PayoutsError> {
         let cur = p.amount.currency;
-        self.step(&p.id, &["submitting", "reserved"], "submitted", Some(("provider_ref", provider_ref)), Some(NewTransaction {
-            key: format!("payout:{}:submit", p.id),
-            kind: "payout_submit".into(),
-            source: payout_source(p),
-            entries: vec![
-                Entry::debit(Account::patient_reserved(&p.patient, cur), p.amount.minor),
-                Entry::credit(p.clearing(), p.amount.minor),
-            ],
-            reverses: None,
-        }))
+        self.step(
+            &p.id,
+            &["submitting", "reserved"],
+            "submitted",
+            Some(("provider_ref", provider_ref)),
+            Some(NewTransaction {
+                key: format!("payout:{}:submit", p.id),
+                kind: "payout_submit".into(),
+                source: payout_source(p),
+                entries: vec![
+                    Entry::debit(Account::patient_reserved(&p.patient, cur), p.amount.minor),
+                    Entry::credit(p.clearing(), p.amount.minor),
+                ],
+                reverses: None,
+            }),
+        )
         .await
     }
 
     /// `submitted → posted` (the provider settled it): clearing → provider funds.
     pub async fn mark_posted(&self, p: &PayoutRow) -> Result<bool, PayoutsError> {
         let cur = p.amount.currency;
-        self.step(&p.id, &["submitted"], "posted", None, Some(NewTransaction {
-            key: format!("payout:{}:post", p.id),
-            kind: "payout_post".into(),
-            source: payout_source(p),
-            entries: vec![
-                Entry::debit(p.clearing(), p.amount.minor),
-                Entry::credit(rail_funds(&p.rail, cur), p.amount.minor),
-            ],
-            reverses: None,
-        }))
+        self.step(
+            &p.id,
+            &["submitted"],
+            "posted",
+            None,
+            Some(NewTransaction {
+                key: format!("payout:{}:post", p.id),
+                kind: "payout_post".into(),
+                source: payout_source(p),
+                entries: vec![
+                    Entry::debit(p.clearing(), p.amount.minor),
+                    Entry::credit(rail_funds(&p.rail, cur), p.amount.minor),
+                ],
+                reverses: None,
+            }),
+        )
         .await
     }
 
@@ -683,18 +791,32 @@ impl Payouts {
     /// money goes back to the patient's available balance.
     pub async fn mark_voided(&self, p: &PayoutRow, failure: &str) -> Result<bool, PayoutsError> {
         let cur = p.amount.currency;
-        let from = if p.status == "submitted" { p.clearing() } else { Account::patient_reserved(&p.patient, cur) };
-        let statuses: &[&str] = if p.status == "submitted" { &["submitted"] } else { &["reserved", "submitting"] };
-        self.step(&p.id, statuses, "voided", Some(("failure", failure)), Some(NewTransaction {
-            key: format!("payout:{}:void", p.id),
-            kind: "payout_void".into(),
-            source: payout_source(p),
-            entries: vec![
-                Entry::debit(from, p.amount.minor),
-                Entry::credit(Account::patient_available(&p.patient, cur), p.amount.minor),
-            ],
-            reverses: None,
-        }))
+        let from = if p.status == "submitted" {
+            p.clearing()
+        } else {
+            Account::patient_reserved(&p.patient, cur)
+        };
+        let statuses: &[&str] = if p.status == "submitted" {
+            &["submitted"]
+        } else {
+            &["reserved", "submitting"]
+        };
+        self.step(
+            &p.id,
+            statuses,
+            "voided",
+            Some(("failure", failure)),
+            Some(NewTransaction {
+                key: format!("payout:{}:void", p.id),
+                kind: "payout_void".into(),
+                source: payout_source(p),
+                entries: vec![
+                    Entry::debit(from, p.amount.minor),
+                    Entry::credit(Account::patient_available(&p.patient, cur), p.amount.minor),
+                ],
+                reverses: None,
+            }),
+        )
         .await
     }
 
@@ -702,22 +824,32 @@ impl Payouts {
     /// provider funds → the patient's available balance.
     pub async fn mark_returned(&self, p: &PayoutRow) -> Result<bool, PayoutsError> {
         let cur = p.amount.currency;
-        self.step(&p.id, &["posted"], "returned", None, Some(NewTransaction {
-            key: format!("payout:{}:return", p.id),
-            kind: "payout_return".into(),
-            source: payout_source(p),
-            entries: vec![
-                Entry::debit(rail_funds(&p.rail, cur), p.amount.minor),
-                Entry::credit(Account::patient_available(&p.patient, cur), p.amount.minor),
-            ],
-            reverses: None,
-        }))
+        self.step(
+            &p.id,
+            &["posted"],
+            "returned",
+            None,
+            Some(NewTransaction {
+                key: format!("payout:{}:return", p.id),
+                kind: "payout_return".into(),
+                source: payout_source(p),
+                entries: vec![
+                    Entry::debit(rail_funds(&p.rail, cur), p.amount.minor),
+                    Entry::credit(Account::patient_available(&p.patient, cur), p.amount.minor),
+                ],
+                reverses: None,
+            }),
+        )
         .await
     }
 
     /// Applies what the provider says of a payout: accepted, settled or failed. Safe to call
     /// any number of times and in any order (a webhook, a lookup, the submit answer).
-    pub async fn apply_provider_record(&self, id: &str, rec: &ProviderRecord) -> Result<(), PayoutsError> {
+    pub async fn apply_provider_record(
+        &self,
+        id: &str,
+        rec: &ProviderRecord,
+    ) -> Result<(), PayoutsError> {
         let Some(mut p) = self.payout(id).await? else {
             return Err(PayoutsError::NotFound(format!("no payout `{id}`")));
         };
@@ -761,7 +893,12 @@ impl Payouts {
 
     /// Sends one payout that is `reserved` or `submitting` (looking it up first when
     /// `submitting`), and applies the answer.
-    async fn send_one(&self, p: &PayoutRow, rails: &Rails, report: &mut RunReport) -> Result<(), PayoutsError> {
+    async fn send_one(
+        &self,
+        p: &PayoutRow,
+        rails: &Rails,
+        report: &mut RunReport,
+    ) -> Result<(), PayoutsError> {
         let Some(rail) = rails.get(&p.rail) else {
             report.unknown += 1;
             return Ok(());
@@ -812,7 +949,12 @@ impl Payouts {
         }
     }
 
-    async fn settle(&self, p: &PayoutRow, rec: &ProviderRecord, report: &mut RunReport) -> Result<(), PayoutsError> {
+    async fn settle(
+        &self,
+        p: &PayoutRow,
+        rec: &ProviderRecord,
+        report: &mut RunReport,
+    ) -> Result<(), PayoutsError> {
         let before = self.payout(&p.id).await?.map(|x| x.status);
         self.apply_provider_record(&p.id, rec).await?;
         let after = self.payout(&p.id).await?.map(|x| x.status);
@@ -831,7 +973,11 @@ impl Payouts {
 
     /// One run of the payout worker: finishes what an earlier run left (payouts `reserved`,
     /// `submitting` or `submitted`), then pays every patient with a balance who is not held.
-    pub async fn run_payouts(&self, rails: &Rails, date: NaiveDate) -> Result<RunReport, PayoutsError> {
+    pub async fn run_payouts(
+        &self,
+        rails: &Rails,
+        date: NaiveDate,
+    ) -> Result<RunReport, PayoutsError> {
         let mut report = RunReport::default();
         self.finish_open(rails, &mut report).await?;
         for (patient, _) in self.patients_with_balance().await? {
@@ -852,9 +998,13 @@ impl Payouts {
             self.send_one(&p, rails, report).await?;
         }
         for p in self.payouts_in(&["submitted"]).await? {
-            let Some(rail) = rails.get(&p.rail) else { continue };
+            let Some(rail) = rails.get(&p.rail) else {
+                continue;
+            };
             match rail.lookup(&p.order()).await {
-                Ok(Some(rec)) if rec.state != ProviderState::Pending => self.settle(&p, &rec, report).await?,
+                Ok(Some(rec)) if rec.state != ProviderState::Pending => {
+                    self.settle(&p, &rec, report).await?
+                }
                 Ok(_) => {}
                 Err(_) => report.unknown += 1,
             }
@@ -882,7 +1032,11 @@ fn rail_of(c: &Choice) -> Option<&'static str> {
 /// A short code for a refusal (the provider's words are not stored: they may quote fields).
 fn failure_code(why: &str) -> String {
     let digits: String = why.chars().filter(|c| c.is_ascii_digit()).take(3).collect();
-    if digits.is_empty() { "rejected".into() } else { format!("rejected_{digits}") }
+    if digits.is_empty() {
+        "rejected".into()
+    } else {
+        format!("rejected_{digits}")
+    }
 }
 
 /// Today's date (UTC), for callers without one of their own.

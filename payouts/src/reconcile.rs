@@ -51,9 +51,16 @@ impl Payouts {
         let known: BTreeSet<&str> = payouts.iter().map(|p| p.id.as_str()).collect();
 
         // Each payout the provider should know of.
-        for p in payouts.iter().filter(|p| matches!(p.status.as_str(), "submitting" | "submitted" | "posted")) {
+        for p in payouts
+            .iter()
+            .filter(|p| matches!(p.status.as_str(), "submitting" | "submitted" | "posted"))
+        {
             let Some(rail) = rails.get(&p.rail) else {
-                r.diff("provider_unreachable", &p.id, format!("rail {} is not configured", p.rail));
+                r.diff(
+                    "provider_unreachable",
+                    &p.id,
+                    format!("rail {} is not configured", p.rail),
+                );
                 continue;
             };
             r.payouts_checked += 1;
@@ -85,7 +92,14 @@ impl Payouts {
                         if let Some(id) = &rec.payout_id
                             && !known.contains(id.as_str())
                         {
-                            r.diff("unknown_to_ledger", &rec.provider_ref, format!("{} holds a payout `{id}` the ledger does not know", rail.name()));
+                            r.diff(
+                                "unknown_to_ledger",
+                                &rec.provider_ref,
+                                format!(
+                                    "{} holds a payout `{id}` the ledger does not know",
+                                    rail.name()
+                                ),
+                            );
                         }
                     }
                 }
@@ -105,20 +119,38 @@ impl Payouts {
                 AccountKind::RailClearing | AccountKind::OrgClearing => {
                     let expected = in_flight.remove(&b.account_id).unwrap_or(0);
                     if b.balance != expected {
-                        r.diff("clearing_mismatch", &b.account_id, format!("balance {}, payouts in flight {expected}", b.balance));
+                        r.diff(
+                            "clearing_mismatch",
+                            &b.account_id,
+                            format!("balance {}, payouts in flight {expected}", b.balance),
+                        );
                     }
                 }
-                AccountKind::PatientPool if b.balance != 0 => {
-                    r.diff("unallocated_pool", &b.account_id, format!("{} not allocated to patients (a license paid with no contributors?)", b.balance))
-                }
-                AccountKind::ProviderFunds if b.balance < 0 => {
-                    r.diff("funds_overdrawn", &b.account_id, format!("the books show {} at the provider: top the provider balance up", b.balance))
-                }
+                AccountKind::PatientPool if b.balance != 0 => r.diff(
+                    "unallocated_pool",
+                    &b.account_id,
+                    format!(
+                        "{} not allocated to patients (a license paid with no contributors?)",
+                        b.balance
+                    ),
+                ),
+                AccountKind::ProviderFunds if b.balance < 0 => r.diff(
+                    "funds_overdrawn",
+                    &b.account_id,
+                    format!(
+                        "the books show {} at the provider: top the provider balance up",
+                        b.balance
+                    ),
+                ),
                 _ => {}
             }
         }
         for (account, expected) in in_flight {
-            r.diff("clearing_mismatch", account, format!("no clearing balance, payouts in flight {expected}"));
+            r.diff(
+                "clearing_mismatch",
+                account,
+                format!("no clearing balance, payouts in flight {expected}"),
+            );
         }
         Ok(r)
     }

@@ -189,7 +189,10 @@ impl Payouts {
     }
 
     /// The Stripe customer of an organization, when one was made.
-    pub async fn stripe_customer(&self, organization: &str) -> Result<Option<String>, PayoutsError> {
+    pub async fn stripe_customer(
+        &self,
+        organization: &str,
+    ) -> Result<Option<String>, PayoutsError> {
         sqlx::query_scalar("SELECT customer_id FROM stripe_customers WHERE organization = $1")
             .bind(organization)
             .fetch_optional(self.pool())
@@ -216,7 +219,11 @@ impl Payouts {
     /// the allocation of the pool to the contributors, largest-remainder, in one database
     /// transaction. A second call for the same invoice changes nothing. A payment that does not
     /// equal the invoice is refused: nothing is recognized and the caller reports it.
-    pub async fn invoice_paid(&self, id: &str, paid: Money) -> Result<PaymentOutcome, PayoutsError> {
+    pub async fn invoice_paid(
+        &self,
+        id: &str,
+        paid: Money,
+    ) -> Result<PaymentOutcome, PayoutsError> {
         let inv = self
             .invoice(id)
             .await?
@@ -237,8 +244,10 @@ impl Payouts {
         .iter()
         .map(|r| {
             Ok((
-                r.try_get::<String, _>("patient").map_err(sql_err("reading contributors"))?,
-                r.try_get::<i64, _>("weight").map_err(sql_err("reading contributors"))? as u64,
+                r.try_get::<String, _>("patient")
+                    .map_err(sql_err("reading contributors"))?,
+                r.try_get::<i64, _>("weight")
+                    .map_err(sql_err("reading contributors"))? as u64,
             ))
         })
         .collect::<Result<_, PayoutsError>>()?;

@@ -21,7 +21,12 @@ pub enum Backend {
 type Migration = (i64, &'static str, &'static str, &'static str);
 
 const MIGRATIONS: &[Migration] = &[
-    (1, "ledger", include_str!("../migrations/0001_ledger.sql"), ""),
+    (
+        1,
+        "ledger",
+        include_str!("../migrations/0001_ledger.sql"),
+        "",
+    ),
     (
         2,
         "append_only",
@@ -89,7 +94,10 @@ async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), PayoutsError> {
             (Backend::Postgres, false) => *postgres,
             _ => *sqlite_or_both,
         };
-        let mut tx = pool.begin().await.map_err(sql_err("starting a migration"))?;
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(sql_err("starting a migration"))?;
         let done: Option<i64> = sqlx::query_scalar(
             "SELECT version FROM tessera_migrations WHERE component = 'payouts' AND version = $1",
         )
@@ -124,7 +132,9 @@ async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), PayoutsError> {
         .execute(&mut *tx)
         .await
         .map_err(sql_err("recording a migration"))?;
-        tx.commit().await.map_err(sql_err("committing a migration"))?;
+        tx.commit()
+            .await
+            .map_err(sql_err("committing a migration"))?;
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ mod tests {
     use super::*;
 
     fn d(s: &str) -> NaiveDate {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("a date")
     }
 
     #[test]
@@ -59,7 +59,10 @@ mod tests {
             reporting_threshold(d("2026-01-01"), Currency::USD),
             Some(Money::usd(200_000))
         );
-        assert_eq!(reporting_threshold(d("2026-06-01"), Currency::parse("EUR").unwrap()), None);
+        assert_eq!(
+            reporting_threshold(d("2026-06-01"), Currency::parse("EUR").expect("a code")),
+            None
+        );
     }
 
     #[test]

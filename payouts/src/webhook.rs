@@ -45,7 +45,12 @@ impl Provider {
 }
 
 /// Verifies a `Stripe-Signature` header over `body` at `now` (Unix seconds).
-pub fn verify_stripe(secret: &[u8], header: &str, body: &[u8], now: i64) -> Result<(), PayoutsError> {
+pub fn verify_stripe(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), PayoutsError> {
     let mut t: Option<i64> = None;
     let mut sigs = Vec::new();
     for part in header.split(',') {
@@ -55,9 +60,12 @@ pub fn verify_stripe(secret: &[u8], header: &str, body: &[u8], now: i64) -> Resu
             _ => {}
         }
     }
-    let t = t.ok_or_else(|| PayoutsError::Webhook("Stripe-Signature has no timestamp (t=…)".into()))?;
+    let t =
+        t.ok_or_else(|| PayoutsError::Webhook("Stripe-Signature has no timestamp (t=…)".into()))?;
     if sigs.is_empty() {
-        return Err(PayoutsError::Webhook("Stripe-Signature has no v1 signature".into()));
+        return Err(PayoutsError::Webhook(
+            "Stripe-Signature has no v1 signature".into(),
+        ));
     }
     if (now - t).abs() > TOLERANCE_SECONDS {
         return Err(PayoutsError::Webhook(format!(
@@ -75,7 +83,9 @@ pub fn verify_stripe(secret: &[u8], header: &str, body: &[u8], now: i64) -> Resu
             return Ok(());
         }
     }
-    Err(PayoutsError::Webhook("no Stripe signature matches the body".into()))
+    Err(PayoutsError::Webhook(
+        "no Stripe signature matches the body".into(),
+    ))
 }
 
 /// Signs `body` as Stripe does (for fixtures, tests and the demo's test webhook).
@@ -83,7 +93,10 @@ pub fn sign_stripe(secret: &[u8], body: &[u8], t: i64) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let mut signed = format!("{t}.").into_bytes();
     signed.extend_from_slice(body);
-    format!("t={t},v1={}", hex::encode(hmac::sign(&key, &signed).as_ref()))
+    format!(
+        "t={t},v1={}",
+        hex::encode(hmac::sign(&key, &signed).as_ref())
+    )
 }
 
 /// Verifies a `sha256=<hex>` signature of `body`.
@@ -92,7 +105,8 @@ pub fn verify_hex_hmac(secret: &[u8], header: &str, body: &[u8]) -> Result<(), P
         .trim()
         .strip_prefix("sha256=")
         .ok_or_else(|| PayoutsError::Webhook("signature header: expected sha256=<hex>".into()))?;
-    let tag = hex::decode(hexsig).map_err(|_| PayoutsError::Webhook("signature is not hex".into()))?;
+    let tag =
+        hex::decode(hexsig).map_err(|_| PayoutsError::Webhook("signature is not hex".into()))?;
     hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), body, &tag)
         .map_err(|_| PayoutsError::Webhook("the signature does not match the body".into()))
 }
@@ -157,12 +171,14 @@ fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
 
 impl Payouts {
     async fn seen(&self, provider: Provider, id: &str) -> Result<bool, PayoutsError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE provider = $1 AND event_id = $2")
-            .bind(provider.code())
-            .bind(id)
-            .fetch_one(self.pool())
-            .await
-            .map_err(sql_err("reading webhook events"))?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_events WHERE provider = $1 AND event_id = $2",
+        )
+        .bind(provider.code())
+        .bind(id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(sql_err("reading webhook events"))?;
         Ok(n > 0)
     }
 
@@ -182,10 +198,24 @@ impl Payouts {
     /// Handles a verified Stripe or identity event (`body` is the raw body whose signature
     /// was checked). The event is recorded after it is applied, so a crash in between means
     /// the provider's retry applies it again — which changes nothing.
-    pub async fn handle_stripe_event(&self, provider: Provider, body: &[u8]) -> Result<Outcome, PayoutsError> {
-        let ev: StripeEvent = serde_json::from_slice(body)
-            .map_err(|e| PayoutsError::Webhook(format!("not a Stripe event (line {}, column {})", e.line(), e.column())))?;
-        let mut out = Outcome { provider, event_id: ev.id.clone(), event_type: ev.kind.clone(), result: "ignored".into() };
+    pub async fn handle_stripe_event(
+        &self,
+        provider: Provider,
+        body: &[u8],
+    ) -> Result<Outcome, PayoutsError> {
+        let ev: StripeEvent = serde_json::from_slice(body).map_err(|e| {
+            PayoutsError::Webhook(format!(
+                "not a Stripe event (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let mut out = Outcome {
+            provider,
+            event_id: ev.id.clone(),
+            event_type: ev.kind.clone(),
+            result: "ignored".into(),
+        };
         if self.seen(provider, &ev.id).await? {
             out.result = "duplicate".into();
             return Ok(out);
@@ -194,21 +224,34 @@ impl Payouts {
         out.result = match ev.kind.as_str() {
             "invoice.paid" | "payment_intent.succeeded" => {
                 let invoice = str_at(obj, &["metadata", "tessera_invoice"]);
-                let amount = obj.get(if ev.kind == "invoice.paid" { "amount_paid" } else { "amount_received" }).and_then(|v| v.as_i64());
-                let currency = obj.get("currency").and_then(|v| v.as_str()).map(|c| c.to_ascii_uppercase());
+                let amount = obj
+                    .get(if ev.kind == "invoice.paid" {
+                        "amount_paid"
+                    } else {
+                        "amount_received"
+                    })
+                    .and_then(|v| v.as_i64());
+                let currency = obj
+                    .get("currency")
+                    .and_then(|v| v.as_str())
+                    .map(|c| c.to_ascii_uppercase());
                 match (invoice, amount, currency) {
                     (Some(inv), Some(a), Some(c)) if self.invoice(inv).await?.is_some() => {
-                        if let Some(r) = str_at(obj, &["id"]) && ev.kind == "invoice.paid" {
+                        if let Some(r) = str_at(obj, &["id"])
+                            && ev.kind == "invoice.paid"
+                        {
                             self.set_invoice_sent(inv, r).await?;
                         }
-                        self.invoice_paid(inv, Money::new(a, Currency::parse(&c)?)).await?;
+                        self.invoice_paid(inv, Money::new(a, Currency::parse(&c)?))
+                            .await?;
                         "applied".into()
                     }
                     _ => "unmatched".into(),
                 }
             }
             "transfer.reversed" => {
-                let payout = str_at(obj, &["metadata", "tessera_payout"]).or_else(|| str_at(obj, &["transfer_group"]));
+                let payout = str_at(obj, &["metadata", "tessera_payout"])
+                    .or_else(|| str_at(obj, &["transfer_group"]));
                 match payout {
                     Some(p) if self.payout(p).await?.is_some() => {
                         self.transfer_reversed(p).await?;
@@ -221,10 +264,12 @@ impl Payouts {
                 let status = match k {
                     "identity.verification_session.verified" => Some(IdentityStatus::Verified),
                     "identity.verification_session.processing" => Some(IdentityStatus::Pending),
-                    "identity.verification_session.requires_input" | "identity.verification_session.canceled" => Some(IdentityStatus::Failed),
+                    "identity.verification_session.requires_input"
+                    | "identity.verification_session.canceled" => Some(IdentityStatus::Failed),
                     _ => None,
                 };
-                let patient = str_at(obj, &["client_reference_id"]).or_else(|| str_at(obj, &["metadata", "tessera_patient"]));
+                let patient = str_at(obj, &["client_reference_id"])
+                    .or_else(|| str_at(obj, &["metadata", "tessera_patient"]));
                 match (status, patient, str_at(obj, &["id"])) {
                     (Some(s), Some(p), Some(session)) if provider == Provider::Identity => {
                         self.set_identity(p, s, session).await?;
@@ -242,35 +287,61 @@ impl Payouts {
 
     /// Handles a verified gift-card provider event: an order completed or failed.
     pub async fn handle_giftcard_event(&self, body: &[u8]) -> Result<Outcome, PayoutsError> {
-        let ev: GiftCardEvent = serde_json::from_slice(body)
-            .map_err(|e| PayoutsError::Webhook(format!("not a gift-card event (line {}, column {})", e.line(), e.column())))?;
-        let mut out = Outcome { provider: Provider::GiftCard, event_id: ev.uuid.clone(), event_type: ev.event.clone(), result: "ignored".into() };
+        let ev: GiftCardEvent = serde_json::from_slice(body).map_err(|e| {
+            PayoutsError::Webhook(format!(
+                "not a gift-card event (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let mut out = Outcome {
+            provider: Provider::GiftCard,
+            event_id: ev.uuid.clone(),
+            event_type: ev.event.clone(),
+            result: "ignored".into(),
+        };
         if self.seen(Provider::GiftCard, &ev.uuid).await? {
             out.result = "duplicate".into();
             return Ok(out);
         }
         let state = match ev.event.as_str() {
             "ORDERS.COMPLETED" | "REWARDS.DELIVERY.SUCCEEDED" => Some(ProviderState::Paid),
-            "ORDERS.FAILED" | "REWARDS.DELIVERY.FAILED" | "ORDERS.CANCELED" => Some(ProviderState::Failed),
+            "ORDERS.FAILED" | "REWARDS.DELIVERY.FAILED" | "ORDERS.CANCELED" => {
+                Some(ProviderState::Failed)
+            }
             _ => None,
         };
         if let Some(state) = state {
-            let by_external = ev.payload.resource.external_id.as_deref().and_then(|e| e.strip_prefix("tessera-payout-")).map(str::to_string);
+            let by_external = ev
+                .payload
+                .resource
+                .external_id
+                .as_deref()
+                .and_then(|e| e.strip_prefix("tessera-payout-"))
+                .map(str::to_string);
             let payout = match by_external {
                 Some(p) => Some(p),
-                None => sqlx::query("SELECT id FROM payouts WHERE provider_ref = $1 AND rail = 'giftcard'")
-                    .bind(&ev.payload.resource.id)
-                    .fetch_optional(self.pool())
-                    .await
-                    .map_err(sql_err("finding a payout"))?
-                    .map(|r| r.try_get::<String, _>("id"))
-                    .transpose()
-                    .map_err(sql_err("finding a payout"))?,
+                None => sqlx::query(
+                    "SELECT id FROM payouts WHERE provider_ref = $1 AND rail = 'giftcard'",
+                )
+                .bind(&ev.payload.resource.id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(sql_err("finding a payout"))?
+                .map(|r| r.try_get::<String, _>("id"))
+                .transpose()
+                .map_err(sql_err("finding a payout"))?,
             };
             out.result = match payout {
                 Some(id) => match self.payout(&id).await? {
                     Some(p) => {
-                        let rec = ProviderRecord { provider_ref: ev.payload.resource.id.clone(), state, amount: p.amount, payout_id: Some(id.clone()), claim_url: None };
+                        let rec = ProviderRecord {
+                            provider_ref: ev.payload.resource.id.clone(),
+                            state,
+                            amount: p.amount,
+                            payout_id: Some(id.clone()),
+                            claim_url: None,
+                        };
                         self.apply_provider_record(&id, &rec).await?;
                         "applied".into()
                     }
@@ -289,10 +360,14 @@ impl Payouts {
     /// Stripe balance and goes back to the patient (a submitted payout is voided; a posted one
     /// is returned).
     async fn transfer_reversed(&self, id: &str) -> Result<(), PayoutsError> {
-        let Some(p) = self.payout(id).await? else { return Ok(()) };
+        let Some(p) = self.payout(id).await? else {
+            return Ok(());
+        };
         match p.status.as_str() {
             "posted" => self.mark_returned(&p).await.map(|_| ()),
-            "submitted" | "submitting" | "reserved" => self.mark_voided(&p, "reversed").await.map(|_| ()),
+            "submitted" | "submitting" | "reserved" => {
+                self.mark_voided(&p, "reversed").await.map(|_| ())
+            }
             _ => Ok(()),
         }
     }

@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{decimal_text, parse_decimal, PayoutOrder, ProviderRecord, ProviderState, Rail, RailError};
-use crate::money::{Currency, Money};
+use super::{
+    PayoutOrder, ProviderRecord, ProviderState, Rail, RailError, decimal_text, parse_decimal,
+};
 use crate::PayoutsError;
+use crate::money::{Currency, Money};
 
 /// The provider's settings: API base (e.g. `https://…/api/v2`), key, funding source.
 #[derive(Clone)]
@@ -26,7 +28,9 @@ pub struct GiftCardProvider {
 
 impl std::fmt::Debug for GiftCardProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GiftCardProvider").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("GiftCardProvider")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,11 +97,19 @@ struct Delivery {
 }
 
 impl GiftCardProvider {
-    pub fn new(base: &str, api_key: &str, funding_source: &str, timeout: Duration) -> Result<GiftCardProvider, PayoutsError> {
+    pub fn new(
+        base: &str,
+        api_key: &str,
+        funding_source: &str,
+        timeout: Duration,
+    ) -> Result<GiftCardProvider, PayoutsError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| PayoutsError::Rail { rail: "giftcard".into(), message: format!("cannot make the HTTP client: {e}") })?;
+            .map_err(|e| PayoutsError::Rail {
+                rail: "giftcard".into(),
+                message: format!("cannot make the HTTP client: {e}"),
+            })?;
         Ok(GiftCardProvider {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -120,7 +132,10 @@ impl GiftCardProvider {
             .await
             .map_err(transport)?;
         let r = check(r).await?;
-        Ok(r.json::<P>().await.map_err(|_| RailError::Unknown("unreadable product catalog".into()))?.products)
+        Ok(r.json::<P>()
+            .await
+            .map_err(|_| RailError::Unknown("unreadable product catalog".into()))?
+            .products)
     }
 
     fn record(o: &Order) -> ProviderRecord {
@@ -152,7 +167,9 @@ impl GiftCardProvider {
                 .as_deref()
                 .and_then(|e| e.strip_prefix("tessera-payout-"))
                 .map(str::to_string),
-            claim_url: reward.and_then(|r| r.delivery.as_ref()).and_then(|d| d.link.clone()),
+            claim_url: reward
+                .and_then(|r| r.delivery.as_ref())
+                .and_then(|d| d.link.clone()),
         }
     }
 
@@ -167,7 +184,10 @@ impl GiftCardProvider {
             .await
             .map_err(transport)?;
         let r = check(r).await?;
-        let list: OrdersEnvelope = r.json().await.map_err(|_| RailError::Unknown("unreadable order list".into()))?;
+        let list: OrdersEnvelope = r
+            .json()
+            .await
+            .map_err(|_| RailError::Unknown("unreadable order list".into()))?;
         Ok(list
             .orders
             .iter()
@@ -189,9 +209,15 @@ async fn check(r: reqwest::Response) -> Result<reqwest::Response, RailError> {
     if s.is_success() {
         Ok(r)
     } else if s.is_client_error() && s.as_u16() != 409 && s.as_u16() != 429 {
-        Err(RailError::Rejected(format!("the gift-card provider answered {}", s.as_u16())))
+        Err(RailError::Rejected(format!(
+            "the gift-card provider answered {}",
+            s.as_u16()
+        )))
     } else {
-        Err(RailError::Unknown(format!("the gift-card provider answered {}", s.as_u16())))
+        Err(RailError::Unknown(format!(
+            "the gift-card provider answered {}",
+            s.as_u16()
+        )))
     }
 }
 
@@ -225,13 +251,15 @@ impl Rail for GiftCardProvider {
             .map_err(transport)?;
         if r.status().as_u16() == 409 {
             // An order with this external id exists already: that one is the payout.
-            return self
-                .find(&order.idempotency_key)
-                .await?
-                .ok_or_else(|| RailError::Unknown("the provider reports a duplicate it cannot list".into()));
+            return self.find(&order.idempotency_key).await?.ok_or_else(|| {
+                RailError::Unknown("the provider reports a duplicate it cannot list".into())
+            });
         }
         let r = check(r).await?;
-        let o: OrderEnvelope = r.json().await.map_err(|_| RailError::Unknown("unreadable order".into()))?;
+        let o: OrderEnvelope = r
+            .json()
+            .await
+            .map_err(|_| RailError::Unknown("unreadable order".into()))?;
         Ok(Self::record(&o.order))
     }
 
@@ -249,7 +277,15 @@ impl Rail for GiftCardProvider {
             .await
             .map_err(transport)?;
         let r = check(r).await?;
-        let list: OrdersEnvelope = r.json().await.map_err(|_| RailError::Unknown("unreadable order list".into()))?;
-        Ok(list.orders.iter().map(Self::record).filter(|r| r.payout_id.is_some()).collect())
+        let list: OrdersEnvelope = r
+            .json()
+            .await
+            .map_err(|_| RailError::Unknown("unreadable order list".into()))?;
+        Ok(list
+            .orders
+            .iter()
+            .map(Self::record)
+            .filter(|r| r.payout_id.is_some())
+            .collect())
     }
 }

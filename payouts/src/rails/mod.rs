@@ -119,14 +119,20 @@ pub fn parse_decimal(text: &str, currency: crate::Currency) -> Option<Money> {
         None => (false, text),
     };
     let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let frac = frac.trim_end_matches('0');
     if frac.len() > exp {
         return None;
     }
-    let mut minor: i64 = whole.parse::<i64>().ok()?.checked_mul(10i64.pow(exp as u32))?;
+    let mut minor: i64 = whole
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(10i64.pow(exp as u32))?;
     if !frac.is_empty() {
         minor += format!("{frac:0<exp$}").parse::<i64>().ok()?;
     }
@@ -143,7 +149,7 @@ mod tests {
         assert_eq!(decimal_text(Money::usd(2500)), "25.00");
         assert_eq!(decimal_text(Money::usd(7)), "0.07");
         for t in ["25.00", "25", "25.5", "0.07", "1234567.89"] {
-            let m = parse_decimal(t, Currency::USD).unwrap();
+            let m = parse_decimal(t, Currency::USD).expect("a decimal");
             assert_eq!(parse_decimal(&decimal_text(m), Currency::USD), Some(m));
         }
         assert_eq!(parse_decimal("25.5", Currency::USD), Some(Money::usd(2550)));

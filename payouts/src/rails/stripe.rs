@@ -11,15 +11,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stripe::{Client, ClientBuilder, RequestStrategy, StripeError, StripeRequest};
 use stripe_billing::invoice::{CreateInvoice, FinalizeInvoiceInvoice, SendInvoiceInvoice};
-use stripe_shared::InvoiceCollectionMethod;
 use stripe_billing::invoice_item::CreateInvoiceItem;
 use stripe_connect::transfer::{CreateTransfer, ListTransfer};
 use stripe_core::customer::CreateCustomer;
+use stripe_shared::InvoiceCollectionMethod;
 use stripe_types::Currency as StripeCurrency;
 
 use super::{PayoutOrder, ProviderRecord, ProviderState, Rail, RailError};
-use crate::money::{Currency, Money};
 use crate::PayoutsError;
+use crate::money::{Currency, Money};
 
 /// A Stripe client: the secret key, and the API base (Stripe's own unless a test or a
 /// stand-in such as localstripe is named).
@@ -35,7 +35,11 @@ impl std::fmt::Debug for Stripe {
 }
 
 impl Stripe {
-    pub fn new(secret_key: &str, base_url: Option<&str>, timeout: Duration) -> Result<Stripe, PayoutsError> {
+    pub fn new(
+        secret_key: &str,
+        base_url: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Stripe, PayoutsError> {
         let mut b = ClientBuilder::new(secret_key).timeout(timeout);
         if let Some(u) = base_url {
             b = b.url(u);
@@ -48,7 +52,11 @@ impl Stripe {
     }
 
     /// Creates (once) the Stripe customer of an organization; returns its id.
-    pub async fn create_customer(&self, organization: &str, name: &str) -> Result<String, RailError> {
+    pub async fn create_customer(
+        &self,
+        organization: &str,
+        name: &str,
+    ) -> Result<String, RailError> {
         let c = CreateCustomer::new()
             .name(name)
             .metadata(meta("tessera_organization", organization))
@@ -83,11 +91,10 @@ impl Stripe {
             .send(&self.client)
             .await
             .map_err(classify)?;
-        let stripe_invoice = created
-            .id
-            .as_ref()
-            .map(|i| i.to_string())
-            .ok_or_else(|| RailError::Unknown("Stripe answered an invoice without an id".into()))?;
+        let stripe_invoice =
+            created.id.as_ref().map(|i| i.to_string()).ok_or_else(|| {
+                RailError::Unknown("Stripe answered an invoice without an id".into())
+            })?;
         CreateInvoiceItem::new()
             .customer(customer)
             .invoice(stripe_invoice.clone())
@@ -140,16 +147,23 @@ fn stripe_currency(c: Currency) -> StripeCurrency {
 /// unknown. Stripe's own message is not passed on (it can quote request fields).
 fn classify(e: StripeError) -> RailError {
     match e {
-        StripeError::Stripe(err, status) if (400..500).contains(&status) && status != 409 && status != 429 => {
+        StripeError::Stripe(err, status)
+            if (400..500).contains(&status) && status != 409 && status != 429 =>
+        {
             RailError::Rejected(format!(
                 "Stripe answered {status} ({})",
-                err.code.as_ref().map(|c| c.as_str().to_string()).unwrap_or_else(|| "no code".into())
+                err.code
+                    .as_ref()
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| "no code".into())
             ))
         }
         StripeError::Stripe(_, status) => RailError::Unknown(format!("Stripe answered {status}")),
         StripeError::Timeout => RailError::Unknown("timed out".into()),
         StripeError::ClientError(_) => RailError::Unknown("connection to Stripe failed".into()),
-        StripeError::JSONDeserialize(_) => RailError::Unknown("unreadable answer from Stripe".into()),
+        StripeError::JSONDeserialize(_) => {
+            RailError::Unknown("unreadable answer from Stripe".into())
+        }
         StripeError::ConfigError(m) => RailError::Rejected(format!("client configuration: {m}")),
     }
 }
@@ -164,10 +178,15 @@ pub struct StripeConnect {
 }
 
 fn transfer_record(t: &stripe_shared::Transfer) -> ProviderRecord {
-    let currency = Currency::parse(&t.currency.to_string().to_ascii_uppercase()).unwrap_or(Currency::USD);
+    let currency =
+        Currency::parse(&t.currency.to_string().to_ascii_uppercase()).unwrap_or(Currency::USD);
     ProviderRecord {
         provider_ref: t.id.to_string(),
-        state: if t.reversed { ProviderState::Failed } else { ProviderState::Paid },
+        state: if t.reversed {
+            ProviderState::Failed
+        } else {
+            ProviderState::Paid
+        },
         amount: Money::new(t.amount, currency),
         payout_id: t
             .metadata
@@ -185,15 +204,18 @@ impl Rail for StripeConnect {
     }
 
     async fn submit(&self, order: &PayoutOrder) -> Result<ProviderRecord, RailError> {
-        let t = CreateTransfer::new(stripe_currency(order.amount.currency), order.destination.clone())
-            .amount(order.amount.minor)
-            .transfer_group(order.payout_id.clone())
-            .metadata(meta("tessera_payout", &order.payout_id))
-            .customize()
-            .request_strategy(idem(&order.idempotency_key)?)
-            .send(&self.stripe.client)
-            .await
-            .map_err(classify)?;
+        let t = CreateTransfer::new(
+            stripe_currency(order.amount.currency),
+            order.destination.clone(),
+        )
+        .amount(order.amount.minor)
+        .transfer_group(order.payout_id.clone())
+        .metadata(meta("tessera_payout", &order.payout_id))
+        .customize()
+        .request_strategy(idem(&order.idempotency_key)?)
+        .send(&self.stripe.client)
+        .await
+        .map_err(classify)?;
         Ok(transfer_record(&t))
     }
 

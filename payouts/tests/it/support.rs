@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tessera_payouts::rails::{PayoutOrder, ProviderRecord, ProviderState, Rail, RailError, Rails};
 use tessera_payouts::Payouts;
+use tessera_payouts::rails::{PayoutOrder, ProviderRecord, ProviderState, Rail, RailError, Rails};
 
 pub async fn fresh() -> (Payouts, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -46,10 +46,17 @@ pub struct FakeRail {
 
 impl FakeRail {
     pub fn new(name: &'static str) -> FakeRail {
-        FakeRail { name, state: Arc::default() }
+        FakeRail {
+            name,
+            state: Arc::default(),
+        }
     }
     pub fn script(&self, modes: &[Mode]) {
-        self.state.lock().unwrap().script.extend(modes.iter().copied());
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .extend(modes.iter().copied());
     }
     pub fn clear_script(&self) {
         self.state.lock().unwrap().script.clear();
@@ -66,7 +73,8 @@ impl FakeRail {
         let mut m = BTreeMap::new();
         for r in self.state.lock().unwrap().records.values() {
             if r.state != ProviderState::Failed {
-                *m.entry(r.payout_id.clone().unwrap_or_default()).or_insert(0) += 1;
+                *m.entry(r.payout_id.clone().unwrap_or_default())
+                    .or_insert(0) += 1;
             }
         }
         m
@@ -113,15 +121,30 @@ impl Rail for FakeRail {
         }
     }
     async fn lookup(&self, o: &PayoutOrder) -> Result<Option<ProviderRecord>, RailError> {
-        Ok(self.state.lock().unwrap().records.get(&o.idempotency_key).cloned())
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .records
+            .get(&o.idempotency_key)
+            .cloned())
     }
     async fn recent(&self) -> Result<Vec<ProviderRecord>, RailError> {
-        Ok(self.state.lock().unwrap().records.values().cloned().collect())
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .records
+            .values()
+            .cloned()
+            .collect())
     }
 }
 
 pub fn rails(gift: &FakeRail, stripe: &FakeRail) -> Rails {
-    Rails::new().with(Arc::new(gift.clone())).with(Arc::new(stripe.clone()))
+    Rails::new()
+        .with(Arc::new(gift.clone()))
+        .with(Arc::new(stripe.clone()))
 }
 
 pub fn fakes() -> (FakeRail, FakeRail) {

@@ -21,14 +21,32 @@ fn stripe_signatures() {
     assert!(webhook::verify_stripe(SECRET, &header, body, now + 299).is_ok());
     let late = webhook::verify_stripe(SECRET, &header, body, now + 301).unwrap_err();
     assert!(late.to_string().contains("tolerance 300"), "{late}");
-    assert!(webhook::verify_stripe(b"other", &header, body, now).is_err(), "wrong secret");
-    assert!(webhook::verify_stripe(SECRET, &header, br#"{"id":"evt_2","type":"invoice.paid"}"#, now).is_err(), "tampered body");
+    assert!(
+        webhook::verify_stripe(b"other", &header, body, now).is_err(),
+        "wrong secret"
+    );
+    assert!(
+        webhook::verify_stripe(
+            SECRET,
+            &header,
+            br#"{"id":"evt_2","type":"invoice.paid"}"#,
+            now
+        )
+        .is_err(),
+        "tampered body"
+    );
     // Several v1 signatures (during secret rotation): any match will do.
     let other = webhook::sign_stripe(b"old", body, now);
     let both = format!("{},v1={}", header, other.split("v1=").nth(1).unwrap());
     assert!(webhook::verify_stripe(SECRET, &both, body, now).is_ok());
-    assert!(webhook::verify_stripe(SECRET, "v1=00", body, now).is_err(), "no timestamp");
-    assert!(webhook::verify_stripe(SECRET, &format!("t={now}"), body, now).is_err(), "no signature");
+    assert!(
+        webhook::verify_stripe(SECRET, "v1=00", body, now).is_err(),
+        "no timestamp"
+    );
+    assert!(
+        webhook::verify_stripe(SECRET, &format!("t={now}"), body, now).is_err(),
+        "no signature"
+    );
 }
 
 #[test]
@@ -53,7 +71,14 @@ fn invoice_paid_event(id: &str, invoice: &str, amount: i64) -> Vec<u8> {
 async fn duplicate_and_repeated_payment_events_change_nothing() {
     let (p, _d) = fresh().await;
     let inv = p
-        .create_invoice(&InvoiceRequest { license: "lic-1".into(), organization: "acme".into(), amount: Money::usd(10_000), patient_share_bps: 5000, contributors: vec![("pa".into(), 1), ("pb".into(), 1)], provider: "stripe".into() })
+        .create_invoice(&InvoiceRequest {
+            license: "lic-1".into(),
+            organization: "acme".into(),
+            amount: Money::usd(10_000),
+            patient_share_bps: 5000,
+            contributors: vec![("pa".into(), 1), ("pb".into(), 1)],
+            provider: "stripe".into(),
+        })
         .await
         .unwrap();
     let ev = invoice_paid_event("evt_1", &inv.id, 10_000);
@@ -63,31 +88,97 @@ async fn duplicate_and_repeated_payment_events_change_nothing() {
     assert_eq!(dup.result, "duplicate");
     // A different event about the same payment (payment_intent.succeeded) changes nothing either.
     let pi = serde_json::to_vec(&json!({"id": "evt_2", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_1", "amount_received": 10_000, "currency": "usd", "metadata": {"tessera_invoice": inv.id}}}})).unwrap();
-    assert_eq!(p.handle_stripe_event(Provider::Stripe, &pi).await.unwrap().result, "applied");
-    assert_eq!(p.transaction_count().await.unwrap(), 2, "one payment, one allocation");
-    assert_eq!(p.balance(&Account::patient_available("pa", Currency::USD)).await.unwrap(), 2_500);
+    assert_eq!(
+        p.handle_stripe_event(Provider::Stripe, &pi)
+            .await
+            .unwrap()
+            .result,
+        "applied"
+    );
+    assert_eq!(
+        p.transaction_count().await.unwrap(),
+        2,
+        "one payment, one allocation"
+    );
+    assert_eq!(
+        p.balance(&Account::patient_available("pa", Currency::USD))
+            .await
+            .unwrap(),
+        2_500
+    );
     assert_eq!(p.invoice(&inv.id).await.unwrap().unwrap().status, "paid");
     // Events Tessera does not act on, and payments of invoices it never issued.
-    let other = serde_json::to_vec(&json!({"id": "evt_3", "type": "customer.created", "data": {"object": {}}})).unwrap();
-    assert_eq!(p.handle_stripe_event(Provider::Stripe, &other).await.unwrap().result, "ignored");
-    assert_eq!(p.handle_stripe_event(Provider::Stripe, &invoice_paid_event("evt_4", "inv_unknown", 1)).await.unwrap().result, "unmatched");
+    let other = serde_json::to_vec(
+        &json!({"id": "evt_3", "type": "customer.created", "data": {"object": {}}}),
+    )
+    .unwrap();
+    assert_eq!(
+        p.handle_stripe_event(Provider::Stripe, &other)
+            .await
+            .unwrap()
+            .result,
+        "ignored"
+    );
+    assert_eq!(
+        p.handle_stripe_event(
+            Provider::Stripe,
+            &invoice_paid_event("evt_4", "inv_unknown", 1)
+        )
+        .await
+        .unwrap()
+        .result,
+        "unmatched"
+    );
     // Not JSON: a clear refusal that quotes nothing of the body.
-    let err = p.handle_stripe_event(Provider::Stripe, b"{\"id\": \"secret-value").await.unwrap_err();
+    let err = p
+        .handle_stripe_event(Provider::Stripe, b"{\"id\": \"secret-value")
+        .await
+        .unwrap_err();
     assert!(!err.to_string().contains("secret-value"), "{err}");
 }
 
 #[tokio::test]
 async fn identity_events_set_the_status_in_any_order() {
     let (p, _d) = fresh().await;
-    let ev = |id: &str, kind: &str| serde_json::to_vec(&json!({"id": id, "type": kind, "data": {"object": {"id": "vs_1", "object": "identity.verification_session", "client_reference_id": "pa"}}})).unwrap();
+    let ev = |id: &str, kind: &str| {
+        serde_json::to_vec(&json!({"id": id, "type": kind, "data": {"object": {"id": "vs_1", "object": "identity.verification_session", "client_reference_id": "pa"}}})).unwrap()
+    };
     assert_eq!(p.identity("pa").await.unwrap(), IdentityStatus::Unverified);
-    p.handle_stripe_event(Provider::Identity, &ev("evt_a", "identity.verification_session.processing")).await.unwrap();
+    p.handle_stripe_event(
+        Provider::Identity,
+        &ev("evt_a", "identity.verification_session.processing"),
+    )
+    .await
+    .unwrap();
     assert_eq!(p.identity("pa").await.unwrap(), IdentityStatus::Pending);
-    p.handle_stripe_event(Provider::Identity, &ev("evt_b", "identity.verification_session.verified")).await.unwrap();
+    p.handle_stripe_event(
+        Provider::Identity,
+        &ev("evt_b", "identity.verification_session.verified"),
+    )
+    .await
+    .unwrap();
     assert_eq!(p.identity("pa").await.unwrap(), IdentityStatus::Verified);
     // The processing event delivered again late is a duplicate: the status stays verified.
-    assert_eq!(p.handle_stripe_event(Provider::Identity, &ev("evt_a", "identity.verification_session.processing")).await.unwrap().result, "duplicate");
+    assert_eq!(
+        p.handle_stripe_event(
+            Provider::Identity,
+            &ev("evt_a", "identity.verification_session.processing")
+        )
+        .await
+        .unwrap()
+        .result,
+        "duplicate"
+    );
     assert_eq!(p.identity("pa").await.unwrap(), IdentityStatus::Verified);
     // Identity events on the payments endpoint are not trusted to set identity.
-    assert_eq!(p.handle_stripe_event(Provider::Stripe, &ev("evt_c", "identity.verification_session.verified")).await.unwrap().result, "unmatched");
+    assert_eq!(
+        p.handle_stripe_event(
+            Provider::Stripe,
+            &ev("evt_c", "identity.verification_session.verified")
+        )
+        .await
+        .unwrap()
+        .result,
+        "unmatched"
+    );
 }
