@@ -4,3 +4,4 @@
 //! `tessera-licensing`, and shape JSON.
 
 pub mod api;
+pub mod payouts;

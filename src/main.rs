@@ -67,6 +67,9 @@ enum Command {
     Release(commands::release::ReleaseCommand),
     /// Serve the HTTP API until SIGTERM or Ctrl-C.
     Serve(commands::serve::ServeArgs),
+    /// License invoices, studies and survey incentives, patients' payouts, reconciliation.
+    #[command(subcommand)]
+    Payouts(commands::payouts::PayoutsCommand),
 }
 
 fn init_tracing(global: &GlobalArgs) {
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::License(c) => commands::license::license(g, c).await,
             Command::Key(c) => commands::license::key(g, c).await,
             Command::Serve(a) => commands::serve::run(g, a).await,
+            Command::Payouts(c) => commands::payouts::run(g, c).await,
         }
     });
     match result {

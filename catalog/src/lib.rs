@@ -483,6 +483,42 @@ impl Catalog {
             .map_err(|e| CatalogError::internal(format!("cohort count task: {e}")))?
     }
 
+    /// Completed survey responses (FHIR QuestionnaireResponse with status `completed`), as
+    /// (internal patient id, record id, questionnaire canonical URL): what survey incentives
+    /// are credited from. Neither answers nor identity leave the store here, and consent is
+    /// not asked: answering a study's survey is what earns its incentive, whatever the
+    /// patient's research consent.
+    pub async fn completed_surveys(&self) -> Result<Vec<(String, String, String)>> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = self.store.list_patients(500, offset).await?;
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len() as i64;
+            for p in page {
+                for (record_id, kind, sealed) in self.store.patient_records(&p.0).await? {
+                    if kind != model::RecordKind::SurveyResponse.as_str() {
+                        continue;
+                    }
+                    let body =
+                        payload::decode(&self.keyring.open(&sealed, &record_aad(&record_id))?)?;
+                    if let model::Clinical::SurveyResponse {
+                        questionnaire: Some(q),
+                        status,
+                        ..
+                    } = &body.clinical
+                        && status.as_deref() == Some("completed")
+                    {
+                        out.push((p.0.clone(), record_id, q.clone()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The internal ids of the patients whose data a version holds.
     pub async fn release_contributors(&self, family: &str, version: i64) -> Result<Vec<String>> {
         self.store.release_contributors(family, version).await

@@ -18,6 +18,10 @@ pub enum Principal {
     },
     /// A platform operator.
     Admin,
+    /// A patient (or caregiver), signed in to their own earnings and consent pages. Refused by
+    /// every licensing decision: a patient's credential reads no research data and
+    /// administers nothing.
+    Patient { patient: String },
 }
 
 /// A presented, recognised credential (an API key already matched by its hash).
@@ -115,11 +119,12 @@ pub enum Reason {
     RowLevelNotAllowed,
     RateLimited,
     QuotaExceeded,
+    PatientCredential,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::NoCredential,
         Reason::CredentialExpired,
         Reason::CredentialRevoked,
@@ -138,6 +143,7 @@ impl Reason {
         Reason::RowLevelNotAllowed,
         Reason::RateLimited,
         Reason::QuotaExceeded,
+        Reason::PatientCredential,
     ];
 
     /// The stable code clients and the audit log see (the serde name).
@@ -161,6 +167,7 @@ impl Reason {
             Reason::RowLevelNotAllowed => "row_level_not_allowed",
             Reason::RateLimited => "rate_limited",
             Reason::QuotaExceeded => "quota_exceeded",
+            Reason::PatientCredential => "patient_credential",
         }
     }
 
@@ -197,6 +204,9 @@ impl Reason {
             Reason::RowLevelNotAllowed => "the license is aggregate-only: ask for aggregates",
             Reason::RateLimited => "too many queries this minute: retry later",
             Reason::QuotaExceeded => "the license's daily or monthly quota is used up",
+            Reason::PatientCredential => {
+                "a patient's sign-in reaches only their own earnings and consent pages"
+            }
         }
     }
 }
@@ -244,6 +254,7 @@ fn check(
             return Ok(());
         }
         (Principal::Admin, _) => return Err(Reason::AdminCannotQuery),
+        (Principal::Patient { .. }, _) => return Err(Reason::PatientCredential),
         (Principal::Analyst { .. }, Request::Admin(_)) => return Err(Reason::NotAdmin),
         (Principal::Analyst { .. }, Request::BrowseCatalog) => return Ok(()),
         (

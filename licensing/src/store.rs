@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "query_log",
         include_str!("../migrations/0004_query_log.sql"),
     ),
+    (
+        5,
+        "patient_keys",
+        include_str!("../migrations/0005_patient_keys.sql"),
+    ),
 ];
 
 /// A storage error: what failed, in words that say what to check.
@@ -542,12 +547,17 @@ impl LicensingStore {
             keys::generate(pepper).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (kind, org, licenses) = match principal {
             Principal::Admin => ("admin", None, Vec::new()),
+            Principal::Patient { .. } => ("patient", None, Vec::new()),
             Principal::Analyst {
                 organization,
                 licenses,
             } => ("analyst", Some(organization.clone()), licenses.clone()),
         };
-        sqlx::query("INSERT INTO api_keys (id, principal, organization, licenses, secret_hmac, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)")
+        let subject = match principal {
+            Principal::Patient { patient } => Some(patient.clone()),
+            _ => None,
+        };
+        sqlx::query("INSERT INTO api_keys (id, principal, organization, licenses, secret_hmac, created_at, expires_at, revoked_at, subject) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)")
             .bind(&stored.id)
             .bind(kind)
             .bind(org)
@@ -555,6 +565,7 @@ impl LicensingStore {
             .bind(&stored.secret_hmac)
             .bind(Utc::now().to_rfc3339())
             .bind(expires_at.map(|t| t.to_rfc3339()))
+            .bind(subject)
             .execute(&self.pool)
             .await
             .map_err(ctx("issuing a key"))?;
@@ -586,7 +597,7 @@ impl LicensingStore {
         let Ok((id, secret)) = keys::parse(presented) else {
             return Ok(None);
         };
-        let Some(row) = sqlx::query("SELECT principal, organization, licenses, secret_hmac, expires_at, revoked_at FROM api_keys WHERE id = $1")
+        let Some(row) = sqlx::query("SELECT principal, organization, licenses, secret_hmac, expires_at, revoked_at, subject FROM api_keys WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -609,6 +620,13 @@ impl LicensingStore {
         let kind: String = row.try_get("principal").map_err(ctx(c))?;
         let principal = if kind == "admin" {
             Principal::Admin
+        } else if kind == "patient" {
+            Principal::Patient {
+                patient: row
+                    .try_get::<Option<String>, _>("subject")
+                    .map_err(ctx(c))?
+                    .unwrap_or_default(),
+            }
         } else {
             let licenses: String = row.try_get("licenses").map_err(ctx(c))?;
             Principal::Analyst {

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod error;
 pub mod licenses;
 pub mod ops;
+pub mod patients;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -80,6 +81,8 @@ pub struct Inner {
     pub limiter: DefaultKeyedRateLimiter<String>,
     pub metrics: Metrics,
     pub config: ApiConfig,
+    /// Payouts, the patients' pages and the providers' webhooks (absent in the HTTP benchmark).
+    pub patients: Option<patients::PatientServices>,
 }
 
 impl std::ops::Deref for AppState {
@@ -112,6 +115,7 @@ impl AppState {
         platform: (Ed25519KeyPair, String),
         pepper: Vec<u8>,
         config: ApiConfig,
+        patients: Option<patients::PatientServices>,
     ) -> AppState {
         let per_second =
             NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -124,6 +128,7 @@ impl AppState {
             limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             metrics: Metrics::new(),
             config,
+            patients,
         }))
     }
 }
@@ -319,6 +324,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let document = Arc::new(doc.to_pretty_json().unwrap_or_default());
     let served = document.clone();
     let router = api
+        .merge(patients::routes())
         .route(
             "/openapi.json",
             axum::routing::get(move || {

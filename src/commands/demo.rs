@@ -139,6 +139,7 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
             super::release::print_summary(&row.path, &manifest);
             let tables: Vec<String> = manifest.files.iter().map(|f| f.table.clone()).collect();
             demo_licenses(g, &tables).await?;
+            demo_payouts(g, &catalog).await?;
         }
         // The shipped fixtures hold fewer patients than the policy's k: say so, and go on.
         Err(e) if e.is_user_error() => say!("no demo release: {e}"),
@@ -289,5 +290,107 @@ async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
         "  cur = conn.cursor(); cur.execute(\"SELECT gender_source_value, count(*) AS n FROM person GROUP BY 1\")"
     );
     say!("  print(cur.fetch_arrow_table())");
+    Ok(())
+}
+
+/// The money side of the demo: a study with an incentive schedule and its completed surveys
+/// credited, an advocacy organization, both demo licenses invoiced (through Stripe when
+/// TESSERA_STRIPE_SECRET_KEY is set, else recorded offline) and marked paid by a test webhook
+/// signed with the server's Stripe webhook secret and handled by the same code as
+/// `POST /v1/webhooks/stripe`, and a sign-in link for a demo patient's earnings page.
+async fn demo_payouts(g: &GlobalArgs, catalog: &tessera_catalog::Catalog) -> Result<()> {
+    use tessera_payouts::incentives::Study;
+    use tessera_payouts::payout::AdvocacyOrg;
+    use tessera_payouts::webhook::{self, Provider};
+    use tessera_payouts::{Money, Payouts};
+
+    let keyring = g.keyring(false)?;
+    let cfg = tessera::payouts::PayoutsConfig::from_env(&keyring);
+    let payouts = Payouts::connect(&g.database_url()).await?;
+    payouts
+        .add_study(&Study {
+            id: "demo-quality-of-life".into(),
+            sponsor: "demo-epilepsy-advocates".into(),
+            questionnaires: vec!["https://tessera.example/Questionnaire/quality-of-life".into()],
+            enrollment: Money::usd(2_500),
+            per_survey: Money::usd(1_500),
+            survey_cap_minor: 10_000,
+            patient_cap_minor: 20_000,
+        })
+        .await?;
+    payouts
+        .add_advocacy_org(&AdvocacyOrg {
+            id: "demo-epilepsy-advocates".into(),
+            name: "Demo Epilepsy Advocates".into(),
+            disease: "epilepsy".into(),
+            stripe_account: "acct_demoepilepsy".into(),
+        })
+        .await?;
+    let credited = tessera::payouts::credit_surveys(&payouts, catalog).await?;
+    say!("survey incentives: {credited} new credits (study demo-quality-of-life)");
+
+    let store = tessera_licensing::store::LicensingStore::connect(&g.database_url()).await?;
+    let invoiced: Vec<String> = payouts
+        .invoices()
+        .await?
+        .into_iter()
+        .map(|i| i.license)
+        .collect();
+    for license_id in ["demo-aggregate-license", "demo-rowlevel-license"] {
+        if invoiced.iter().any(|l| l == license_id) {
+            continue;
+        }
+        let Some(license) = store.find_license(license_id).await? else {
+            continue;
+        };
+        let inv = tessera::payouts::invoice_license(&payouts, catalog, &license, &cfg).await?;
+        // The payment notice a provider would send, signed and verified as the server does.
+        let event = serde_json::to_vec(&serde_json::json!({
+            "id": format!("evt_demo_{}", inv.id), "object": "event", "type": "invoice.paid",
+            "data": {"object": {"id": inv.provider_ref.clone().unwrap_or_else(|| format!("in_demo_{}", inv.id)), "object": "invoice",
+                "amount_paid": inv.amount.minor, "currency": inv.amount.currency.as_str().to_ascii_lowercase(),
+                "metadata": {"tessera_invoice": inv.id, "tessera_license": license_id}}}
+        }))?;
+        let now = Utc::now().timestamp();
+        let header = webhook::sign_stripe(&cfg.stripe_webhook_secret, &event, now);
+        webhook::verify_stripe(&cfg.stripe_webhook_secret, &header, &event, now)?;
+        let out = payouts
+            .handle_stripe_event(Provider::Stripe, &event)
+            .await?;
+        say!(
+            "invoiced {license_id}: {} to {} contributing patients, paid ({})",
+            inv.amount,
+            inv.contributors,
+            out.result
+        );
+    }
+    store.close().await;
+
+    // A demo patient: one who answered the survey, else anyone with earnings.
+    let surveyed = catalog
+        .completed_surveys()
+        .await?
+        .into_iter()
+        .map(|s| s.0)
+        .next();
+    let earner = payouts
+        .balances()
+        .await?
+        .into_iter()
+        .find(|b| b.kind == "available" && b.balance > 0)
+        .map(|b| b.owner);
+    if let Some(patient) = surveyed.or(earner) {
+        let server = format!("http://{DEFAULT_HTTP_ADDR}");
+        let link = super::payouts::sign_in_link(g, catalog, &patient, &server, 30).await?;
+        let path = g.data_dir.join("demo.json");
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            doc["patient"] = serde_json::json!({"patient_id": patient, "sign_in": link});
+            crate::config::replace_private(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        }
+        say!("a demo patient's earnings page, after `tessera serve`: {link}");
+    }
+    payouts.close().await;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod ingest;
 pub mod license;
 pub mod patients;
+pub mod payouts;
 pub mod quarantine;
 pub mod release;
 pub mod serve;

@@ -93,12 +93,21 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         burst: args.burst,
         enforce: true,
     };
+    let payouts_config = tessera::payouts::PayoutsConfig::from_env(&keyring);
+    let patients = tessera::api::patients::PatientServices {
+        payouts: tessera_payouts::Payouts::connect(&g.database_url())
+            .await
+            .context("cannot open the payouts store")?,
+        rails: payouts_config.rails()?,
+        config: payouts_config,
+    };
     let state = AppState::new(
         catalog.clone(),
         Gate::new(store.clone(), pepper.clone()),
         platform,
         pepper,
         config,
+        Some(patients),
     );
     let query = tessera_query::QueryService::new(
         catalog.clone(),

@@ -13,6 +13,7 @@ mod flight;
 mod formats;
 mod http;
 mod licenses;
+mod payouts;
 mod postgres;
 mod privacy;
 mod query;

@@ -1,0 +1,627 @@
+//! Patients' side of the HTTP service, and the payment providers' webhooks.
+//!
+//! - `POST /v1/webhooks/stripe`, `/v1/webhooks/identity`, `/v1/webhooks/giftcard`: the raw
+//!   body's signature is verified (ring) before anything is read; 400 when it does not verify
+//!   (the provider retries), 200 with what was done otherwise (duplicates included).
+//! - `GET /me/sign-in?token=…`: a patient's sign-in link (`tessera payouts sign-in`) sets an
+//!   HttpOnly, SameSite=Strict cookie and leads to `/me`.
+//! - `GET /me`: the earnings page (server-rendered HTML, an inline SVG chart, plain forms: no
+//!   JavaScript build step); `POST /me/payout-choice` and `POST /me/consent` change the payout
+//!   choice and consent (a CSRF token bound to the sign-in is checked).
+//! - `GET /v1/me/earnings`: the same as JSON (cookie or `Authorization: Bearer`).
+//!
+//! A patient's credential is refused by every licensing decision; here it reaches only that
+//! patient's own money and consent.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use ring::hmac;
+use serde_json::json;
+use tessera_catalog::{Grant, Purpose, Scope};
+use tessera_licensing::decision::Principal;
+use tessera_payouts::earnings::Earnings;
+use tessera_payouts::payout::{Choice, Preferences};
+use tessera_payouts::rails::Rails;
+use tessera_payouts::webhook::{self, Provider};
+use tessera_payouts::{Currency, Money, Payouts};
+
+use super::AppState;
+use crate::payouts::PayoutsConfig;
+
+/// What the patients' pages and the webhooks need.
+#[derive(Debug, Clone)]
+pub struct PatientServices {
+    pub payouts: Payouts,
+    pub config: PayoutsConfig,
+    pub rails: Rails,
+}
+
+const COOKIE: &str = "tessera_patient";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks/stripe", post(stripe_hook))
+        .route("/v1/webhooks/identity", post(identity_hook))
+        .route("/v1/webhooks/giftcard", post(giftcard_hook))
+        .route("/me/sign-in", get(sign_in))
+        .route("/me", get(page))
+        .route("/me/payout-choice", post(set_choice))
+        .route("/me/consent", post(set_consent))
+        .route("/v1/me/earnings", get(earnings_json))
+}
+
+fn err(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn services(s: &AppState) -> Result<&PatientServices, Response> {
+    s.patients.as_ref().ok_or_else(|| {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "payouts_unavailable",
+            "payouts are not configured on this server",
+        )
+    })
+}
+
+fn hook_result(r: Result<webhook::Outcome, tessera_payouts::PayoutsError>) -> Response {
+    match r {
+        Ok(o) => (StatusCode::OK, axum::Json(o)).into_response(),
+        Err(e @ tessera_payouts::PayoutsError::Webhook(_)) => {
+            err(StatusCode::BAD_REQUEST, "webhook_refused", &e.to_string())
+        }
+        Err(
+            e @ (tessera_payouts::PayoutsError::Invalid(_)
+            | tessera_payouts::PayoutsError::NotFound(_)),
+        ) => {
+            // Known to Tessera but not applicable (a payment of the wrong amount): answer 200 so
+            // the provider stops retrying; reconciliation reports it.
+            tracing::warn!(error = %e, "webhook not applied");
+            (StatusCode::OK, axum::Json(json!({"result": "not_applied"}))).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "webhook handling failed");
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "could not handle the event now; the provider will retry",
+            )
+        }
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+async fn stripe_like(s: AppState, h: HeaderMap, body: Bytes, provider: Provider) -> Response {
+    let svc = match services(&s) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let secret = if provider == Provider::Identity {
+        &svc.config.identity_webhook_secret
+    } else {
+        &svc.config.stripe_webhook_secret
+    };
+    if let Err(e) = webhook::verify_stripe(
+        secret,
+        header_str(&h, "stripe-signature"),
+        &body,
+        Utc::now().timestamp(),
+    ) {
+        s.metrics.decision("webhook_refused");
+        return err(StatusCode::BAD_REQUEST, "webhook_refused", &e.to_string());
+    }
+    hook_result(svc.payouts.handle_stripe_event(provider, &body).await)
+}
+
+async fn stripe_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
+    stripe_like(s, h, body, Provider::Stripe).await
+}
+
+async fn identity_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
+    stripe_like(s, h, body, Provider::Identity).await
+}
+
+async fn giftcard_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
+    let svc = match services(&s) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(e) = webhook::verify_hex_hmac(
+        &svc.config.giftcard_webhook_secret,
+        header_str(&h, "tremendous-webhook-signature"),
+        &body,
+    ) {
+        return err(StatusCode::BAD_REQUEST, "webhook_refused", &e.to_string());
+    }
+    hook_result(svc.payouts.handle_giftcard_event(&body).await)
+}
+
+/// The signed-in patient: (patient id, key id) from the cookie or a bearer key.
+async fn patient(s: &AppState, h: &HeaderMap) -> Result<(String, String), Response> {
+    let cookie = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
+        .next();
+    let bearer = header_str(h, "authorization")
+        .strip_prefix("Bearer ")
+        .map(str::to_string);
+    let Some(key) = cookie.or(bearer) else {
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "sign_in",
+            "sign in with the link Tessera sent you",
+        ));
+    };
+    let cred = s
+        .gate
+        .store()
+        .credential(&key, &s.pepper)
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"))?;
+    match cred {
+        Some(c) if c.is_live(Utc::now()) => match c.principal {
+            Principal::Patient { patient } => Ok((patient, c.id)),
+            _ => Err(err(
+                StatusCode::FORBIDDEN,
+                "patient_credential",
+                "these pages are for patients: analysts and operators use the API",
+            )),
+        },
+        _ => Err(err(
+            StatusCode::UNAUTHORIZED,
+            "sign_in",
+            "this sign-in link has expired or was revoked: ask for a new one",
+        )),
+    }
+}
+
+fn csrf(s: &AppState, key_id: &str) -> String {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, &s.pepper);
+    hex::encode(&hmac::sign(&k, format!("csrf:{key_id}").as_bytes()).as_ref()[..16])
+}
+
+async fn sign_in(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(token) = q.get("token") else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "token",
+            "the sign-in link is incomplete",
+        );
+    };
+    let mut h = HeaderMap::new();
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        h.insert(header::AUTHORIZATION, v);
+    }
+    match patient(&s, &h).await {
+        Ok(_) => (
+            [(
+                header::SET_COOKIE,
+                format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=86400"),
+            )],
+            Redirect::to("/me"),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn earnings_of(s: &AppState, patient: &str) -> Result<Earnings, Response> {
+    let svc = services(s)?;
+    svc.payouts
+        .earnings(patient, Utc::now().date_naive(), &svc.rails)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading earnings");
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "could not read your earnings now",
+            )
+        })
+}
+
+async fn earnings_json(State(s): State<AppState>, h: HeaderMap) -> Response {
+    let (p, _) = match patient(&s, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match earnings_of(&s, &p).await {
+        Ok(e) => axum::Json(e).into_response(),
+        Err(r) => r,
+    }
+}
+
+fn money(minor: i64, c: Currency) -> String {
+    let sym = if c == Currency::USD { "$" } else { "" };
+    format!(
+        "{sym}{}",
+        tessera_payouts::rails::decimal_text(Money::new(minor, c))
+    )
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Earnings over time as an inline SVG step line (no script).
+fn chart(series: &[(String, i64)], c: Currency) -> String {
+    let (w, h, pad) = (640.0f64, 200.0f64, 36.0f64);
+    if series.is_empty() {
+        return "<p class=\"muted\">No earnings yet.</p>".into();
+    }
+    let max = series.iter().map(|(_, v)| *v).max().unwrap_or(1).max(1) as f64;
+    let n = series.len().max(2) as f64 - 1.0;
+    let mut pts = String::new();
+    for (i, (_, v)) in series.iter().enumerate() {
+        let x = pad + (w - 2.0 * pad) * (i as f64 / n);
+        let y = h - pad - (h - 2.0 * pad) * (*v as f64 / max);
+        let _ = write!(pts, "{x:.1},{y:.1} ");
+    }
+    let first = esc(&series[0].0);
+    let last = esc(&series[series.len() - 1].0);
+    format!(
+        "<svg role=\"img\" aria-label=\"Cumulative earnings over time\" viewBox=\"0 0 {w} {h}\" width=\"100%\" height=\"{h}\">\
+<line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#999\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#999\"/>\
+<polyline fill=\"none\" stroke=\"#1b6ac9\" stroke-width=\"3\" points=\"{pts}\"/>\
+<text x=\"{pad}\" y=\"{ty}\" font-size=\"12\">{first}</text><text x=\"{x1}\" y=\"{ty}\" font-size=\"12\" text-anchor=\"end\">{last}</text>\
+<text x=\"{tx}\" y=\"{ymax}\" font-size=\"12\" text-anchor=\"end\">{top}</text></svg>",
+        y0 = h - pad,
+        x1 = w - pad,
+        ty = h - 12.0,
+        tx = pad - 4.0,
+        ymax = pad + 4.0,
+        top = esc(&money(max as i64, c)),
+    )
+}
+
+fn render(
+    e: &Earnings,
+    token: &str,
+    consents: &[(String, bool)],
+    orgs: &[tessera_payouts::payout::AdvocacyOrg],
+) -> String {
+    let c = e.currency;
+    let mut h = String::with_capacity(8192);
+    h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Your earnings · Tessera</title><style>body{font-family:system-ui,sans-serif;max-width:760px;margin:2rem auto;padding:0 1rem;color:#222}h1{font-size:1.6rem}.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1rem;min-width:9rem}.card b{display:block;font-size:1.4rem}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left}.muted{color:#666}.hold{background:#fff6e0;border:1px solid #f0c36d;padding:.6rem;border-radius:6px}form{margin:.6rem 0}</style></head><body>");
+    h.push_str("<h1>Your earnings</h1><div class=\"cards\">");
+    for (label, v, id) in [
+        ("Available", e.available_minor, "available"),
+        ("Pending", e.pending_minor, "pending"),
+        ("Paid to you", e.paid_minor, "paid"),
+        ("Donated", e.donated_minor, "donated"),
+    ] {
+        let _ = write!(
+            h,
+            "<div class=\"card\" id=\"{id}\">{label}<b>{}</b></div>",
+            money(v, c)
+        );
+    }
+    h.push_str("</div>");
+    for hold in &e.holds {
+        let _ = write!(h, "<p class=\"hold\">{}</p>", esc(&hold.message));
+    }
+    h.push_str("<h2>Earnings over time</h2>");
+    h.push_str(&chart(&e.series, c));
+    h.push_str("<h2>Where it came from</h2><table><tr><th>Source</th><th>Amount</th></tr>");
+    for (l, v) in &e.by_license {
+        let _ = write!(
+            h,
+            "<tr><td>License {}</td><td>{}</td></tr>",
+            esc(l),
+            money(*v, c)
+        );
+    }
+    for (st, v) in &e.by_study {
+        let _ = write!(
+            h,
+            "<tr><td>Study {} (surveys)</td><td>{}</td></tr>",
+            esc(st),
+            money(*v, c)
+        );
+    }
+    h.push_str("</table><h2>History</h2><table><tr><th>Date</th><th>What</th><th>Amount</th></tr>");
+    for l in e.history.iter().rev() {
+        let what = match l.kind.as_str() {
+            "license_share" => format!(
+                "Share of license {}",
+                l.source.license.as_deref().unwrap_or("")
+            ),
+            "survey_incentive" => format!(
+                "Survey {} (study {})",
+                l.source.survey.as_deref().unwrap_or(""),
+                l.source.study.as_deref().unwrap_or("")
+            ),
+            "study_enrollment" => {
+                format!("Joined study {}", l.source.study.as_deref().unwrap_or(""))
+            }
+            "payout_reserve" => "Payout".into(),
+            "payout_void" | "payout_return" => "Payout returned to your balance".into(),
+            other => other.replace('_', " "),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.at[..10.min(l.at.len())]),
+            esc(&what),
+            money(l.amount_minor, c)
+        );
+    }
+    h.push_str("</table><h2>Payouts</h2><table><tr><th>Date</th><th>Kind</th><th>Amount</th><th>Status</th></tr>");
+    for p in &e.payouts {
+        let claim = p
+            .claim_url
+            .as_deref()
+            .map(|u| format!(" · <a href=\"{}\">redeem</a>", esc(u)))
+            .unwrap_or_default();
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{} {}</td><td>{}</td><td>{}{claim}</td></tr>",
+            esc(&p.created_at[..10.min(p.created_at.len())]),
+            esc(&p.kind),
+            esc(&p.destination),
+            money(p.amount_minor, c),
+            esc(&p.status)
+        );
+    }
+    let _ = write!(
+        h,
+        "</table><h2>Tax form</h2><p id=\"tax\">{} in {}: {} paid so far. Reporting threshold: {}. W-9 on file: {}.</p>",
+        "Payments",
+        e.tax.year,
+        money(e.tax.paid_this_year_minor, c),
+        e.tax
+            .threshold_minor
+            .map(|t| money(t, c))
+            .unwrap_or_else(|| "none".into()),
+        if e.tax.w9_on_file { "yes" } else { "no" }
+    );
+    let _ = write!(h, "<p>Identity verification: {}.</p>", e.identity.code());
+    h.push_str(
+        "<h2>How you want to be paid</h2><form method=\"post\" action=\"/me/payout-choice\">",
+    );
+    let _ = write!(h, "<input type=\"hidden\" name=\"csrf\" value=\"{token}\">");
+    let cur = e.preferences.choice.clone();
+    let radio = |value: &str, label: &str, checked: bool| {
+        format!(
+            "<label><input type=\"radio\" name=\"choice\" value=\"{value}\"{}> {label}</label><br>",
+            if checked { " checked" } else { "" }
+        )
+    };
+    h.push_str(&radio(
+        "accumulate",
+        "Keep accumulating",
+        matches!(cur, Choice::Accumulate),
+    ));
+    h.push_str(&radio(
+        "gift_card",
+        "Gift card",
+        matches!(cur, Choice::GiftCard { .. }),
+    ));
+    h.push_str(&radio(
+        "donation",
+        "Donate to an advocacy organization",
+        matches!(cur, Choice::Donation { .. }),
+    ));
+    h.push_str(&radio(
+        "direct",
+        "Direct payment to my Stripe account",
+        matches!(cur, Choice::Direct { .. }),
+    ));
+    h.push_str("<label>Organization <select name=\"organization\"><option value=\"\">—</option>");
+    for o in orgs {
+        let sel = matches!(&cur, Choice::Donation { organization } if organization == &o.id);
+        let _ = write!(
+            h,
+            "<option value=\"{}\"{}>{} ({})</option>",
+            esc(&o.id),
+            if sel { " selected" } else { "" },
+            esc(&o.name),
+            esc(&o.disease)
+        );
+    }
+    let _ = write!(
+        h,
+        "</select></label><br><label>Gift card product <input name=\"product\" value=\"{}\"></label><br><label>Stripe account <input name=\"stripe_account\" value=\"{}\"></label><br><label>Minimum payout ({}) <input name=\"minimum\" value=\"{}\"></label><br><button type=\"submit\">Save</button></form>",
+        match &cur {
+            Choice::GiftCard { product } => esc(product),
+            _ => String::new(),
+        },
+        match &cur {
+            Choice::Direct { stripe_account } => esc(stripe_account),
+            _ => String::new(),
+        },
+        c,
+        tessera_payouts::rails::decimal_text(Money::new(e.preferences.minimum_minor, c))
+    );
+    h.push_str("<h2>Your consent</h2><table>");
+    for (purpose, granted) in consents {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/me/consent\"><input type=\"hidden\" name=\"csrf\" value=\"{token}\"><input type=\"hidden\" name=\"purpose\" value=\"{}\"><input type=\"hidden\" name=\"action\" value=\"{}\"><button type=\"submit\">{}</button></form></td></tr>",
+            esc(purpose),
+            if *granted { "shared" } else { "not shared" },
+            esc(purpose),
+            if *granted { "revoke" } else { "grant" },
+            if *granted { "Stop sharing" } else { "Share" }
+        );
+    }
+    h.push_str("</table></body></html>");
+    h
+}
+
+async fn consents(s: &AppState, patient: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for purpose in tessera_catalog::consent::KNOWN_PURPOSES {
+        let granted = match Purpose::parse(purpose) {
+            Ok(p) => s
+                .catalog
+                .consent_state(patient, &p, Utc::now())
+                .await
+                .map(|st| matches!(st, tessera_catalog::consent::ConsentState::Granted { .. }))
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        out.push((purpose.to_string(), granted));
+    }
+    out
+}
+
+async fn page(State(s): State<AppState>, h: HeaderMap) -> Response {
+    let (p, key_id) = match patient(&s, &h).await {
+        Ok(v) => v,
+        Err(_) => return (StatusCode::UNAUTHORIZED, Html("<!doctype html><title>Sign in</title><p>Sign in with the link Tessera sent you.</p>".to_string())).into_response(),
+    };
+    let e = match earnings_of(&s, &p).await {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let orgs = match services(&s) {
+        Ok(svc) => svc.payouts.advocacy_orgs().await.unwrap_or_default(),
+        Err(r) => return r,
+    };
+    let c = consents(&s, &p).await;
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(render(&e, &csrf(&s, &key_id), &c, &orgs)),
+    )
+        .into_response()
+}
+
+async fn set_choice(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let (p, key_id) = match patient(&s, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if f.get("csrf").map(String::as_str) != Some(csrf(&s, &key_id).as_str()) {
+        return err(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "reload the page and try again",
+        );
+    }
+    let svc = match services(&s) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let get = |k: &str| f.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+    let choice = match get("choice").as_str() {
+        "gift_card" => Choice::GiftCard {
+            product: get("product"),
+        },
+        "donation" => Choice::Donation {
+            organization: get("organization"),
+        },
+        "direct" => Choice::Direct {
+            stripe_account: get("stripe_account"),
+        },
+        _ => Choice::Accumulate,
+    };
+    let minimum = tessera_payouts::rails::parse_decimal(&get("minimum"), Currency::USD);
+    let Some(minimum) = minimum else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "minimum",
+            "minimum payout: an amount such as 25.00",
+        );
+    };
+    match svc
+        .payouts
+        .set_preferences(
+            &p,
+            &Preferences {
+                choice,
+                currency: Currency::USD,
+                minimum_minor: minimum.minor,
+            },
+        )
+        .await
+    {
+        Ok(()) => Redirect::to("/me").into_response(),
+        Err(e @ tessera_payouts::PayoutsError::Invalid(_)) => {
+            err(StatusCode::BAD_REQUEST, "invalid", &e.to_string())
+        }
+        Err(_) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry",
+            "could not save your choice now",
+        ),
+    }
+}
+
+async fn set_consent(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let (p, key_id) = match patient(&s, &h).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if f.get("csrf").map(String::as_str) != Some(csrf(&s, &key_id).as_str()) {
+        return err(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "reload the page and try again",
+        );
+    }
+    let Some(purpose) = f.get("purpose").and_then(|v| Purpose::parse(v).ok()) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "purpose",
+            "unknown consent purpose",
+        );
+    };
+    let r = match f.get("action").map(String::as_str) {
+        Some("grant") => s
+            .catalog
+            .grant(Grant {
+                patient_id: p.clone(),
+                purpose,
+                scope: Scope::All,
+                valid_from: None,
+                valid_until: None,
+                actor: "patient".into(),
+            })
+            .await
+            .map(|_| ()),
+        Some("revoke") => s.catalog.revoke(&p, &purpose, "patient").await.map(|_| ()),
+        _ => return err(StatusCode::BAD_REQUEST, "action", "grant or revoke"),
+    };
+    match r {
+        Ok(()) => Redirect::to("/me").into_response(),
+        Err(_) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry",
+            "could not change your consent now",
+        ),
+    }
+}
