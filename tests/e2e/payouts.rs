@@ -449,9 +449,10 @@ async fn the_payout_worker_killed_at_each_step_settles_every_payout_once() {
     );
     for x in &payouts {
         let o = &m.orders[&x.idempotency_key];
+        let denomination = o["rewards"][0]["value"]["denomination"].to_string();
         assert_eq!(
-            o["rewards"][0]["value"]["denomination"].to_string(),
-            tessera_payouts::rails::decimal_text(x.amount)
+            tessera_payouts::rails::parse_decimal(&denomination, Currency::USD),
+            Some(x.amount)
         );
     }
     drop(m);
