@@ -512,22 +512,32 @@ async fn page(State(s): State<AppState>, h: HeaderMap) -> Response {
         .into_response()
 }
 
+/// The signed-in patient of a form post, whose CSRF token matches their sign-in.
+async fn form_patient(
+    s: &AppState,
+    h: &HeaderMap,
+    f: &HashMap<String, String>,
+) -> Result<String, Response> {
+    let (p, key_id) = patient(s, h).await?;
+    if f.get("csrf").map(String::as_str) != Some(csrf(s, &key_id).as_str()) {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "reload the page and try again",
+        ));
+    }
+    Ok(p)
+}
+
 async fn set_choice(
     State(s): State<AppState>,
     h: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let (p, key_id) = match patient(&s, &h).await {
+    let p = match form_patient(&s, &h, &f).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if f.get("csrf").map(String::as_str) != Some(csrf(&s, &key_id).as_str()) {
-        return err(
-            StatusCode::FORBIDDEN,
-            "csrf",
-            "reload the page and try again",
-        );
-    }
     let svc = match services(&s) {
         Ok(v) => v,
         Err(r) => return r,
@@ -582,17 +592,10 @@ async fn set_consent(
     h: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let (p, key_id) = match patient(&s, &h).await {
+    let p = match form_patient(&s, &h, &f).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if f.get("csrf").map(String::as_str) != Some(csrf(&s, &key_id).as_str()) {
-        return err(
-            StatusCode::FORBIDDEN,
-            "csrf",
-            "reload the page and try again",
-        );
-    }
     let Some(purpose) = f.get("purpose").and_then(|v| Purpose::parse(v).ok()) else {
         return err(
             StatusCode::BAD_REQUEST,

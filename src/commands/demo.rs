@@ -366,20 +366,22 @@ async fn demo_payouts(g: &GlobalArgs, catalog: &tessera_catalog::Catalog) -> Res
     }
     store.close().await;
 
-    // A demo patient: one who answered the survey, else anyone with earnings.
-    let surveyed = catalog
+    // A demo patient: the one with the most earnings among those who answered the survey,
+    // else anyone with earnings.
+    let surveyed: std::collections::BTreeSet<String> = catalog
         .completed_surveys()
         .await?
         .into_iter()
         .map(|s| s.0)
-        .next();
-    let earner = payouts
+        .collect();
+    let mut earners: Vec<_> = payouts
         .balances()
         .await?
         .into_iter()
-        .find(|b| b.kind == "available" && b.balance > 0)
-        .map(|b| b.owner);
-    if let Some(patient) = surveyed.or(earner) {
+        .filter(|b| b.kind == "available" && b.balance > 0)
+        .collect();
+    earners.sort_by_key(|b| (!surveyed.contains(&b.owner), -b.balance));
+    if let Some(patient) = earners.into_iter().next().map(|b| b.owner) {
         let server = format!("http://{DEFAULT_HTTP_ADDR}");
         let link = super::payouts::sign_in_link(g, catalog, &patient, &server, 30).await?;
         let path = g.data_dir.join("demo.json");

@@ -173,12 +173,12 @@ impl GiftCardProvider {
         }
     }
 
-    /// The order sent with `external_id`, if any.
-    async fn find(&self, external_id: &str) -> Result<Option<ProviderRecord>, RailError> {
+    /// Orders matching `query` (`external_id`, `limit`).
+    async fn list_orders(&self, query: &[(&str, &str)]) -> Result<Vec<Order>, RailError> {
         let r = self
             .http
             .get(format!("{}/orders", self.base))
-            .query(&[("external_id", external_id)])
+            .query(query)
             .bearer_auth(&self.api_key)
             .send()
             .await
@@ -188,8 +188,14 @@ impl GiftCardProvider {
             .json()
             .await
             .map_err(|_| RailError::Unknown("unreadable order list".into()))?;
-        Ok(list
-            .orders
+        Ok(list.orders)
+    }
+
+    /// The order sent with `external_id`, if any.
+    async fn find(&self, external_id: &str) -> Result<Option<ProviderRecord>, RailError> {
+        Ok(self
+            .list_orders(&[("external_id", external_id)])
+            .await?
             .iter()
             .find(|o| o.external_id.as_deref() == Some(external_id))
             .map(Self::record))
@@ -268,21 +274,9 @@ impl Rail for GiftCardProvider {
     }
 
     async fn recent(&self) -> Result<Vec<ProviderRecord>, RailError> {
-        let r = self
-            .http
-            .get(format!("{}/orders", self.base))
-            .query(&[("limit", "100")])
-            .bearer_auth(&self.api_key)
-            .send()
-            .await
-            .map_err(transport)?;
-        let r = check(r).await?;
-        let list: OrdersEnvelope = r
-            .json()
-            .await
-            .map_err(|_| RailError::Unknown("unreadable order list".into()))?;
-        Ok(list
-            .orders
+        Ok(self
+            .list_orders(&[("limit", "100")])
+            .await?
             .iter()
             .map(Self::record)
             .filter(|r| r.payout_id.is_some())
