@@ -276,7 +276,8 @@ fn chart(series: &[(String, i64)], c: Currency) -> String {
     }
     let max = series.iter().map(|(_, v)| *v).max().unwrap_or(1).max(1) as f64;
     let n = series.len().max(2) as f64 - 1.0;
-    let mut pts = String::new();
+    // From zero at the first day, so a single day of earnings still draws a line.
+    let mut pts = format!("{pad:.1},{:.1} ", h - pad);
     for (i, (_, v)) in series.iter().enumerate() {
         let x = pad + (w - 2.0 * pad) * (i as f64 / n);
         let y = h - pad - (h - 2.0 * pad) * (*v as f64 / max);

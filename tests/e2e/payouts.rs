@@ -237,6 +237,19 @@ async fn the_demo_pays_patients_and_their_page_shows_it() {
         "one payment and one allocation"
     );
 
+    // The webhook's payment reached the patient too: the page shows the balance as it is now.
+    let now = p
+        .earnings(
+            &patient,
+            chrono::Utc::now().date_naive(),
+            &tessera_payouts::rails::Rails::new(),
+        )
+        .await
+        .expect("earnings");
+    let shown = format!(
+        "${}",
+        tessera_payouts::rails::decimal_text(Money::usd(now.available_minor))
+    );
     // The page in a real browser, when Debian's chromium is installed (scripts/install-deps).
     let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
