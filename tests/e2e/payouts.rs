@@ -454,21 +454,20 @@ async fn the_payout_worker_killed_at_each_step_settles_every_payout_once() {
         "{:?}",
         payouts.iter().map(|x| &x.status).collect::<Vec<_>>()
     );
-    let m = provider.lock().expect("lock");
+    let orders = provider.lock().expect("lock").orders.clone();
     assert_eq!(
-        m.orders.len(),
+        orders.len(),
         points.len(),
         "each payout ordered exactly once at the provider"
     );
     for x in &payouts {
-        let o = &m.orders[&x.idempotency_key];
+        let o = &orders[&x.idempotency_key];
         let denomination = o["rewards"][0]["value"]["denomination"].to_string();
         assert_eq!(
             tessera_payouts::rails::parse_decimal(&denomination, Currency::USD),
             Some(x.amount)
         );
     }
-    drop(m);
     assert!(p.verify_ledger().await.expect("verify").is_empty());
     let funded: i64 = payouts.iter().map(|x| x.amount.minor).sum();
     p.fund_giftcard_provider(Money::usd(funded), "e2e-topup")
