@@ -390,24 +390,17 @@ pub(crate) async fn post_in(
             .map_err(sql_err("writing ledger entries"))?;
     }
 
-    // Balances: one conditional update per chunk of accounts. An account that would go below
-    // zero is not updated, the count falls short, and the whole transaction is refused.
-    for chunk in list.chunks(CHUNK) {
-        let mut sql = String::from(
-            "UPDATE ledger_accounts SET balance = ledger_accounts.balance + v.column2 FROM (VALUES ",
-        );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("(${}, CAST(${} AS BIGINT))", i * 2 + 1, i * 2 + 2));
-        }
-        sql.push_str(") AS v WHERE ledger_accounts.id = v.column1 AND (ledger_accounts.allow_negative = 1 OR ledger_accounts.balance + v.column2 >= 0)");
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, (_, delta)) in chunk {
-            q = q.bind(id.as_str()).bind(*delta);
-        }
-        let done = q.execute(&mut **tx).await.map_err(|e| {
+    // Balances: one conditional update per account (one prepared statement, reused). An
+    // account that would go below zero is not updated, and the whole transaction is refused.
+    for (account, (_, delta)) in &list {
+        let done = sqlx::query(
+            "UPDATE ledger_accounts SET balance = balance + $1 WHERE id = $2 AND (allow_negative = 1 OR balance + $1 >= 0)",
+        )
+        .bind(*delta)
+        .bind(account.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
             if crate::store::check_violation(&e) {
                 PayoutsError::InsufficientFunds(t.key.clone())
             } else {
@@ -417,7 +410,7 @@ pub(crate) async fn post_in(
                 }
             }
         })?;
-        if done.rows_affected() != chunk.len() as u64 {
+        if done.rows_affected() != 1 {
             return Err(PayoutsError::InsufficientFunds(t.key.clone()));
         }
     }
