@@ -490,30 +490,17 @@ impl Catalog {
     /// patient's research consent.
     pub async fn completed_surveys(&self) -> Result<Vec<(String, String, String)>> {
         let mut out = Vec::new();
-        let mut offset = 0;
-        loop {
-            let page = self.store.list_patients(500, offset).await?;
-            if page.is_empty() {
-                break;
-            }
-            offset += page.len() as i64;
-            for p in page {
-                for (record_id, kind, sealed) in self.store.patient_records(&p.0).await? {
-                    if kind != model::RecordKind::SurveyResponse.as_str() {
-                        continue;
-                    }
-                    let body =
-                        payload::decode(&self.keyring.open(&sealed, &record_aad(&record_id))?)?;
-                    if let model::Clinical::SurveyResponse {
-                        questionnaire: Some(q),
-                        status,
-                        ..
-                    } = &body.clinical
-                        && status.as_deref() == Some("completed")
-                    {
-                        out.push((p.0.clone(), record_id, q.clone()));
-                    }
-                }
+        let kind = model::RecordKind::SurveyResponse.as_str();
+        for (patient_id, record_id, sealed) in self.store.records_of_kind(kind).await? {
+            let body = payload::decode(&self.keyring.open(&sealed, &record_aad(&record_id))?)?;
+            if let model::Clinical::SurveyResponse {
+                questionnaire: Some(q),
+                status,
+                ..
+            } = &body.clinical
+                && status.as_deref() == Some("completed")
+            {
+                out.push((patient_id, record_id, q.clone()));
             }
         }
         Ok(out)

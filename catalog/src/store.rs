@@ -390,6 +390,26 @@ impl Store {
             .collect()
     }
 
+    /// Sealed records of one kind across all patients: (patient_id, record_id, sealed payload).
+    pub async fn records_of_kind(&self, kind: &str) -> Result<Vec<(String, String, Sealed)>> {
+        let rows = sqlx::query(
+            "SELECT patient_id, record_id, key_id, nonce, payload FROM records WHERE kind = $1 ORDER BY patient_id, record_id",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading records")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("patient_id").ctx("reading records")?,
+                    r.try_get("record_id").ctx("reading records")?,
+                    sealed_from(r, "key_id", "nonce", "payload")?,
+                ))
+            })
+            .collect()
+    }
+
     pub async fn list_quarantine(&self, limit: i64) -> Result<Vec<QuarantineListRow>> {
         let rows = sqlx::query(
             "SELECT quarantine_id, run_id, file_sha256, entry_index, field, reason, key_id, nonce, detail,

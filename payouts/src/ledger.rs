@@ -66,6 +66,17 @@ pub enum AccountKind {
 }
 
 impl AccountKind {
+    pub const ALL: [AccountKind; 8] = [
+        AccountKind::ProviderFunds,
+        AccountKind::PlatformRevenue,
+        AccountKind::PatientPool,
+        AccountKind::PatientAvailable,
+        AccountKind::PatientReserved,
+        AccountKind::RailClearing,
+        AccountKind::OrgClearing,
+        AccountKind::StudyIncentives,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             AccountKind::ProviderFunds => "funds",
@@ -252,6 +263,26 @@ impl NewTransaction {
     }
 }
 
+/// `($1, …, $cols<suffix>), (…)` for a multi-row `VALUES` of `rows` rows.
+pub(crate) fn values_placeholders(rows: usize, cols: usize, suffix: &str) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", r * cols + c + 1));
+        }
+        out.push_str(suffix);
+        out.push(')');
+    }
+    out
+}
+
 /// Rows per multi-row statement (well inside SQLite's and PostgreSQL's bind limits).
 const CHUNK: usize = 400;
 
@@ -300,25 +331,11 @@ pub(crate) async fn post_in(
     let now = now_text();
     let list: Vec<(&String, &(&Account, i64))> = accounts.iter().collect();
     for chunk in list.chunks(CHUNK) {
+        // The balance starts at 0: a literal, so the row binds seven values.
         let mut sql = String::from(
-            "INSERT INTO ledger_accounts (id, kind, owner, currency, normal, allow_negative, balance, created_at) VALUES ",
+            "INSERT INTO ledger_accounts (id, kind, owner, currency, normal, allow_negative, created_at, balance) VALUES ",
         );
-        for i in 0..chunk.len() {
-            let b = i * 7;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, 0, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7
-            ));
-        }
+        sql.push_str(&values_placeholders(chunk.len(), 7, ", 0"));
         sql.push_str(" ON CONFLICT (id) DO NOTHING");
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (id, (a, _)) in chunk {
@@ -360,21 +377,7 @@ pub(crate) async fn post_in(
         let mut sql = String::from(
             "INSERT INTO ledger_entries (transaction_id, seq, account_id, side, amount, currency) VALUES ",
         );
-        for i in 0..chunk.len() {
-            let b = i * 6;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
-        }
+        sql.push_str(&values_placeholders(chunk.len(), 6, ""));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (i, e) in chunk.iter().enumerate() {
             q = q
@@ -480,6 +483,12 @@ mod tests {
 
     fn usd() -> Currency {
         Currency::USD
+    }
+
+    #[test]
+    fn placeholders_number_every_row() {
+        assert_eq!(values_placeholders(2, 2, ""), "($1, $2),($3, $4)");
+        assert_eq!(values_placeholders(1, 3, ", 0"), "($1, $2, $3, 0)");
     }
 
     #[test]

@@ -328,20 +328,10 @@ fn transaction_from(
 }
 
 pub(crate) fn kind_from_code(code: &str) -> Result<AccountKind, PayoutsError> {
-    use AccountKind::*;
-    [
-        ProviderFunds,
-        PlatformRevenue,
-        PatientPool,
-        PatientAvailable,
-        PatientReserved,
-        RailClearing,
-        OrgClearing,
-        StudyIncentives,
-    ]
-    .into_iter()
-    .find(|k| k.code() == code)
-    .ok_or_else(|| PayoutsError::Invalid(format!("unknown account kind `{code}`")))
+    AccountKind::ALL
+        .into_iter()
+        .find(|k| k.code() == code)
+        .ok_or_else(|| PayoutsError::Invalid(format!("unknown account kind `{code}`")))
 }
 
 /// Runs `f` again (up to 20 times, with a short pause) while it reports a lost race.

@@ -210,12 +210,9 @@ impl PayoutRow {
         clearing_account(
             &self.kind,
             &self.rail,
-            &self.destination_org(),
+            &self.destination,
             self.amount.currency,
         )
-    }
-    fn destination_org(&self) -> String {
-        self.destination.clone()
     }
 }
 

@@ -105,12 +105,7 @@ impl Payouts {
         for chunk in r.contributors.chunks(300) {
             let mut sql =
                 String::from("INSERT INTO invoice_contributors (invoice, patient, weight) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
-            }
+            sql.push_str(&ledger::values_placeholders(chunk.len(), 3, ""));
             sql.push_str(" ON CONFLICT (invoice, patient) DO NOTHING");
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (p, w) in chunk {
