@@ -52,6 +52,7 @@ async fn start(data: &Path, enforce: bool) -> (String, tokio::sync::oneshot::Sen
         pepper,
         config,
         None,
+        None,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -430,7 +430,8 @@ pub fn omop_tables(summaries: &[PatientSummary], person_id: &dyn Fn(&str) -> Str
                 .text("person_id", Some(pid.clone()))
                 .text("observation_period_start_date", Some(f.to_string()))
                 .text("observation_period_end_date", Some(l.to_string()))
-                .integer("days_since_index", index.map(|i| (f - i).num_days()));
+                .integer("days_since_index", index.map(|i| (f - i).num_days()))
+                .integer("end_days_since_index", index.map(|i| (l - i).num_days()));
         }
         if id.deceased_date.is_some() || id.deceased == Some(true) {
             death
@@ -462,6 +463,7 @@ pub fn omop_tables(summaries: &[PatientSummary], person_id: &dyn Fn(&str) -> Str
                 t("observation_period_start_date"),
                 t("observation_period_end_date"),
                 i("days_since_index"),
+                i("end_days_since_index"),
             ],
         ),
         condition.finish(

@@ -34,7 +34,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "patient_keys",
         include_str!("../migrations/0005_patient_keys.sql"),
     ),
+    (6, "cohorts", include_str!("../migrations/0006_cohorts.sql")),
 ];
+
+/// A cohort definition saved under a license (its JSON as saved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedCohort {
+    pub license: String,
+    pub name: String,
+    pub definition: String,
+    pub saved_at: DateTime<Utc>,
+    pub saved_by: String,
+}
 
 /// A storage error: what failed, in words that say what to check.
 #[derive(Debug, thiserror::Error)]
@@ -744,6 +755,66 @@ impl LicensingStore {
                 })
             })
             .collect()
+    }
+
+    /// Saves (or replaces) a cohort definition under a license. `definition` is its JSON,
+    /// `by` the principal that saved it (an audit name, never a secret).
+    pub async fn save_cohort(
+        &self,
+        license: &str,
+        name: &str,
+        definition: &str,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cohort_definitions (license, name, definition, saved_at_ms, saved_by) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (license, name) DO UPDATE SET definition = excluded.definition, saved_at_ms = excluded.saved_at_ms, saved_by = excluded.saved_by",
+        )
+        .bind(license)
+        .bind(name)
+        .bind(definition)
+        .bind(at.timestamp_millis())
+        .bind(by)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("saving a cohort definition"))?;
+        Ok(())
+    }
+
+    /// The cohort definitions saved under a license, by name.
+    pub async fn cohorts(&self, license: &str) -> Result<Vec<SavedCohort>, StoreError> {
+        let c = "reading cohort definitions";
+        let rows = sqlx::query(
+            "SELECT name, definition, saved_at_ms, saved_by FROM cohort_definitions WHERE license = $1 ORDER BY name",
+        )
+        .bind(license)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(c))?;
+        rows.iter()
+            .map(|r| {
+                let at: i64 = r.try_get("saved_at_ms").map_err(ctx(c))?;
+                Ok(SavedCohort {
+                    license: license.to_string(),
+                    name: r.try_get("name").map_err(ctx(c))?,
+                    definition: r.try_get("definition").map_err(ctx(c))?,
+                    saved_at: DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default(),
+                    saved_by: r.try_get("saved_by").map_err(ctx(c))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a saved cohort; `false` when there was none of that name.
+    pub async fn delete_cohort(&self, license: &str, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM cohort_definitions WHERE license = $1 AND name = $2")
+            .bind(license)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("deleting a cohort definition"))?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Records one completed query under a license: the rows it returned, the distinct persons

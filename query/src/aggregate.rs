@@ -75,6 +75,26 @@ fn reads_identifier(e: &Expr, identifying: &[String]) -> bool {
         .any(|c| c.name == "person_id" || identifying.contains(&c.name))
 }
 
+/// Whether an aggregate stands below `node` through the nodes allowed above one.
+fn reaches_aggregate(node: &LogicalPlan) -> bool {
+    let mut node = node;
+    loop {
+        match node {
+            LogicalPlan::Aggregate(_) => return true,
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Distinct(_) => match node.inputs().as_slice() {
+                [input] => node = input,
+                _ => return false,
+            },
+            _ => return false,
+        }
+    }
+}
+
 const NOT_AGGREGATE: &str = "this license is aggregate-only: the result must be an aggregate over persons (GROUP BY with count, sum or avg), without a row-level part";
 
 /// Checks an analyst's plan against the aggregate-only rules and adds [`PERSONS`].
@@ -118,6 +138,11 @@ pub fn rewrite(plan: LogicalPlan, identifying: &[String]) -> Result<LogicalPlan,
             | LogicalPlan::SubqueryAlias(_)
             | LogicalPlan::Distinct(_) => {
                 if node.expressions().iter().any(has_subquery) {
+                    // A row-level result (a saved cohort's rows, with its criteria's
+                    // subqueries) is refused for what it is.
+                    if !reaches_aggregate(&node) {
+                        return Err(QueryError::refused("not_aggregate", NOT_AGGREGATE));
+                    }
                     return Err(QueryError::refused(
                         "subquery_outside_aggregate",
                         "a subquery outside the aggregate could show a person-level value: move it inside the aggregated query",

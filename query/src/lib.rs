@@ -9,6 +9,9 @@
 //!   rewritten so each group carries its number of distinct persons, and groups below the
 //!   license's minimum cell size are suppressed.
 //!
+//! - [`cohort`]: saved cohort definitions (inclusion and exclusion criteria as JSON), compiled
+//!   to SQL over the licensed tables and exposed as `cohort_<name>` in the license's sessions.
+//!
 //! - [`service`]: the core any transport calls: key, license and SQL in; the audited decision
 //!   about what the plan reads, the session, the output rules and metering out.
 //!
@@ -18,6 +21,7 @@
 //! Must not: decide who may query (it asks `tessera-licensing`), or know HTTP.
 
 pub mod aggregate;
+pub mod cohort;
 pub mod flight;
 pub mod service;
 pub mod session;
@@ -27,7 +31,8 @@ pub use datafusion;
 /// Arrow, as the query service returns it.
 pub use datafusion::arrow;
 pub use service::{
-    CatalogReleases, Described, Differencing, Limits, QueryService, Releases, ServiceError,
+    CatalogReleases, Described, Differencing, Limits, QueryService, Releases, SavedCohortReport,
+    ServiceError,
 };
 pub use session::{QueryError, QueryOutput, ReleaseSource, Scope, Session};
 

@@ -20,6 +20,7 @@ use tessera_licensing::decision::{Credential, Decision, Principal, Request, Usag
 use tessera_licensing::gate::{Ask, Gate};
 use tessera_licensing::{AccessMode, License, Reason, VersionPin};
 
+use crate::cohort::CohortDefinition;
 use crate::session::{QueryError, QueryOutput, ReleaseSource, Scope, Session, schema_name};
 
 /// Per-query resource limits, and the differencing limits of aggregate-only licenses.
@@ -64,6 +65,20 @@ impl Default for Differencing {
             window: chrono::Duration::days(30),
         }
     }
+}
+
+/// A cohort saved under a license, with its size as the license's output rules let it show.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SavedCohortReport {
+    pub license: String,
+    pub family: String,
+    /// The table it is exposed as in the family's schema.
+    pub table: String,
+    /// Persons in the cohort now (rounded as the license says); `None` when withheld as a
+    /// small cell.
+    pub persons: Option<u64>,
+    pub suppressed: bool,
+    pub definition: CohortDefinition,
 }
 
 /// What a statement answers with and the parameters it takes.
@@ -322,12 +337,173 @@ impl QueryService {
         license: &License,
         now: DateTime<Utc>,
     ) -> Result<Scope, ServiceError> {
+        let cohorts = self
+            .gate
+            .store()
+            .cohorts(&license.id)
+            .await?
+            .into_iter()
+            .filter_map(|saved| match CohortDefinition::parse(&saved.definition) {
+                Ok(def) => Some(def),
+                Err(e) => {
+                    tracing::warn!(license = %license.id, cohort = %saved.name, error = %e, "a saved cohort definition no longer reads and is left out");
+                    None
+                }
+            })
+            .collect();
         Ok(Scope {
             license: license.clone(),
             releases: self.releases.covered(license, now).await?,
             memory_limit: self.limits.memory,
             time_limit: self.limits.time,
+            cohorts,
         })
+    }
+
+    /// Saves a cohort definition under the caller's license, after evaluating it: it must plan
+    /// over the license's tables, and its size is counted by an ordinary audited and metered
+    /// aggregate query (`SELECT count(*) FROM cohort_<name>`), with the license's output rules
+    /// (under an aggregate-only license a cohort smaller than the minimum cell size is saved,
+    /// and its size withheld). Replaces a cohort of the same name.
+    pub async fn save_cohort(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        definition: CohortDefinition,
+    ) -> Result<SavedCohortReport, ServiceError> {
+        let now = Utc::now();
+        let license = self.usable_license(credential, named, "", now).await?;
+        definition
+            .validate()
+            .map_err(|e| QueryError::Invalid(e.to_string()))?;
+        let scope = self.scope(&license, now).await?;
+        let family = match (&definition.family, scope.releases.as_slice()) {
+            (Some(f), releases) if releases.iter().any(|r| &r.family == f) => f.clone(),
+            (Some(f), _) => {
+                return Err(QueryError::Invalid(format!(
+                    "cohort definition: family: the license covers no live release of `{f}`"
+                ))
+                .into());
+            }
+            (None, [only]) => only.family.clone(),
+            (None, []) => {
+                return Err(QueryError::Invalid(
+                    "cohort definition: the license covers no live release to draw a cohort from"
+                        .into(),
+                )
+                .into());
+            }
+            (None, _) => {
+                return Err(QueryError::Invalid(
+                    "cohort definition: family: the license covers several release families: name one".into(),
+                )
+                .into());
+            }
+        };
+        let table = definition.table();
+        let sql = format!(
+            "SELECT count(*) AS persons FROM \"{}\".\"{}\".\"{table}\"",
+            crate::session::CATALOG,
+            schema_name(&family)
+        );
+        // Evaluated with the new definition in place of any saved one of that name.
+        let output = self
+            .run(
+                credential,
+                Some(&license.id),
+                &sql,
+                Vec::new(),
+                Some(&definition),
+            )
+            .await?;
+        let persons = output
+            .batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                datafusion::arrow::compute::cast(
+                    b.column(0),
+                    &datafusion::arrow::datatypes::DataType::Int64,
+                )
+                .ok()
+            })
+            .and_then(|a| {
+                use datafusion::arrow::array::{Array, AsArray};
+                let a = a.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).max(0) as u64)
+            });
+        let text = serde_json::to_string(&definition)
+            .map_err(|e| ServiceError::Store(format!("cannot write the cohort definition: {e}")))?;
+        let by = tessera_licensing::gate::principal_name(credential);
+        self.gate
+            .store()
+            .save_cohort(&license.id, &definition.name, &text, &by, now)
+            .await?;
+        self.gate
+            .store()
+            .append_audit(tessera_licensing::audit::Event {
+                at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                principal: by,
+                license: Some(license.id.clone()),
+                action: "cohort_save".into(),
+                resource: format!("cohort/{}", definition.name),
+                decision: "allow".into(),
+                query_sha256: Some(crate::session::sha256_hex(&text)),
+                rows: None,
+                persons,
+            })
+            .await?;
+        Ok(SavedCohortReport {
+            license: license.id,
+            family,
+            table,
+            persons,
+            suppressed: persons.is_none(),
+            definition,
+        })
+    }
+
+    /// The cohorts saved under the caller's license.
+    pub async fn cohorts(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+    ) -> Result<(String, Vec<tessera_licensing::store::SavedCohort>), ServiceError> {
+        let license = self
+            .usable_license(credential, named, "", Utc::now())
+            .await?;
+        let saved = self.gate.store().cohorts(&license.id).await?;
+        Ok((license.id, saved))
+    }
+
+    /// Deletes a cohort saved under the caller's license (audited); `false` when there was
+    /// none of that name.
+    pub async fn delete_cohort(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        name: &str,
+    ) -> Result<bool, ServiceError> {
+        let now = Utc::now();
+        let license = self.usable_license(credential, named, "", now).await?;
+        let deleted = self.gate.store().delete_cohort(&license.id, name).await?;
+        if deleted {
+            self.gate
+                .store()
+                .append_audit(tessera_licensing::audit::Event {
+                    at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    principal: tessera_licensing::gate::principal_name(credential),
+                    license: Some(license.id.clone()),
+                    action: "cohort_delete".into(),
+                    resource: format!("cohort/{name}"),
+                    decision: "allow".into(),
+                    query_sha256: None,
+                    rows: None,
+                    persons: None,
+                })
+                .await?;
+        }
+        Ok(deleted)
     }
 
     /// The license a caller may use, or the audited refusal. Nothing is planned for a caller
@@ -422,6 +598,7 @@ impl QueryService {
                 sql,
                 &crate::session::sha256_hex(sql),
                 now,
+                None,
             )
             .await?;
         Ok(Described {
@@ -440,6 +617,7 @@ impl QueryService {
         sql: &str,
         sha: &str,
         now: DateTime<Utc>,
+        cohort: Option<&CohortDefinition>,
     ) -> Result<
         (
             License,
@@ -450,7 +628,25 @@ impl QueryService {
         ServiceError,
     > {
         let license = self.usable_license(credential, named, sha, now).await?;
-        let scope = self.scope(&license, now).await?;
+        let mut scope = self.scope(&license, now).await?;
+        if let Some(cohort) = cohort {
+            scope.cohorts.retain(|c| c.name != cohort.name);
+            let family = cohort
+                .family
+                .clone()
+                .or_else(|| scope.releases.first().map(|r| r.family.clone()))
+                .unwrap_or_default();
+            // The new definition must plan: its error is the analyst's to see.
+            let probe = Session::new(Scope {
+                cohorts: Vec::new(),
+                ..scope.clone()
+            })
+            .await?;
+            if let Err(e) = crate::session::cohort_view(probe.context(), cohort, &family).await {
+                return Err(self.refuse(credential, &license.id, e, sha, now).await);
+            }
+            scope.cohorts.push(cohort.clone());
+        }
         let covered = scope
             .releases
             .iter()
@@ -483,11 +679,23 @@ impl QueryService {
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<QueryOutput, ServiceError> {
+        self.run(credential, named, sql, params, None).await
+    }
+
+    /// A query, with `cohort` in place of any saved cohort of its name.
+    async fn run(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        cohort: Option<&CohortDefinition>,
+    ) -> Result<QueryOutput, ServiceError> {
         let now = Utc::now();
         let sha = crate::session::sha256_hex(sql);
         // Plan first (it touches no data): the decision is about what the plan reads.
         let (license, covered, session, planned) =
-            self.plan(credential, named, sql, &sha, now).await?;
+            self.plan(credential, named, sql, &sha, now, cohort).await?;
         let planned = match planned.bind(params) {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(credential, &license.id, e, &sha, now).await),

@@ -103,6 +103,9 @@ pub struct Scope {
     pub memory_limit: usize,
     /// Time one query may take.
     pub time_limit: Duration,
+    /// The cohorts saved under the license, each exposed as `cohort_<name>` in its family's
+    /// schema ([`crate::cohort`]).
+    pub cohorts: Vec<crate::cohort::CohortDefinition>,
 }
 
 /// The result of a query after the license's output rules.
@@ -286,8 +289,10 @@ impl Session {
         // The private context that plans the views' file scans.
         let inner = SessionContext::new();
         let catalog = Arc::new(MemoryCatalogProvider::new());
+        let mut schemas = Vec::new();
         for release in &scope.releases {
             let schema = Arc::new(MemorySchemaProvider::new());
+            schemas.push((release.family.clone(), schema.clone()));
             let filter = (!release.withdrawn.is_empty()).then(|| {
                 ScalarUDF::from(Consented {
                     withdrawn: release.withdrawn.clone(),
@@ -339,6 +344,34 @@ impl Session {
                 .map_err(|e| QueryError::Internal(e.to_string()))?;
         }
         ctx.register_catalog(CATALOG, catalog);
+        // Saved cohorts: views planned over the licensed views above, so they inherit the
+        // license's tables, columns and consent filter, and are inlined into each query's plan
+        // (the plan rules, the decision and differencing see what they read).
+        for cohort in &scope.cohorts {
+            let family = cohort
+                .family
+                .as_deref()
+                .or(scope.releases.first().map(|r| r.family.as_str()));
+            let Some((_, schema)) = schemas.iter().find(|(f, _)| Some(f.as_str()) == family) else {
+                continue; // the license no longer covers the family
+            };
+            match cohort_view(&ctx, cohort, family.unwrap_or_default()).await {
+                Ok(view) => {
+                    if schema.table_exist(&cohort.table()) {
+                        continue;
+                    }
+                    schema
+                        .register_table(cohort.table(), view)
+                        .map_err(|e| QueryError::Internal(e.to_string()))?;
+                }
+                Err(e) => tracing::warn!(
+                    license = %license.id,
+                    cohort = %cohort.name,
+                    error = %e,
+                    "a saved cohort cannot be evaluated under its license and is left out of the session"
+                ),
+            }
+        }
         Ok(Session {
             ctx,
             license,
@@ -470,6 +503,25 @@ impl Session {
             None => Ok(row_level(batches, self.license.output.max_rows)),
         }
     }
+}
+
+/// A cohort definition planned as a view in `ctx` (whose catalog holds the licensed tables).
+pub(crate) async fn cohort_view(
+    ctx: &SessionContext,
+    cohort: &crate::cohort::CohortDefinition,
+    family: &str,
+) -> Result<Arc<dyn TableProvider>, QueryError> {
+    let sql = cohort
+        .to_sql(&schema_name(family))
+        .map_err(|e| QueryError::Invalid(e.to_string()))?;
+    let df = ctx.sql(&sql).await.map_err(|e| {
+        QueryError::Invalid(format!(
+            "cohort `{}` cannot be evaluated under this license: {}",
+            cohort.name,
+            e.strip_backtrace()
+        ))
+    })?;
+    Ok(df.into_view())
 }
 
 /// One table a plan reads.
@@ -616,6 +668,10 @@ impl Planned {
                 },
             }
         };
+        // A saved cohort is inlined into the plan under its table's name: the name is masked
+        // too, so that saving the same criteria under another name (or a sweep of literal
+        // values under many names) does not tell aggregates apart.
+        let text = mask_cohort_names(&text);
         Some(tessera_licensing::store::Fingerprint {
             same: sha256_hex(&text),
             shape: sha256_hex(&mask_literals(&text)),
@@ -627,6 +683,29 @@ impl Planned {
 /// `usage_log` (never the text itself: it can hold literals).
 pub(crate) fn sha256_hex(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// A plan's text with every `cohort_<name>` identifier as `cohort_?`.
+pub(crate) fn mask_cohort_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("cohort_") {
+        let starts_word = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        out.push_str(&rest[..at + "cohort_".len()]);
+        rest = &rest[at + "cohort_".len()..];
+        if starts_word {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len());
+            out.push('?');
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A plan's text with literal values (`Utf8("J00.0")`, `Int64(40)`, `Float64(90)`: a

@@ -169,6 +169,7 @@ async fn session(f: &Fixture, license: License) -> Session {
         releases: vec![f.source.clone()],
         memory_limit: 256 << 20,
         time_limit: Duration::from_secs(30),
+        cohorts: Vec::new(),
     })
     .await
     .expect("session")
@@ -606,5 +607,16 @@ fn literals_are_masked_but_keywords_and_names_are_not() {
     assert_eq!(
         mask_literals("Decimal128(Some(12),5,2) + Float64(1.5)"),
         "? + ?"
+    );
+}
+
+#[test]
+fn cohort_table_names_are_masked_in_fingerprints() {
+    use crate::session::mask_cohort_names;
+    assert_eq!(
+        mask_cohort_names(
+            "SubqueryAlias: cohort_adults_40\n  TableScan: my_cohort_x, cohort_b.person_id"
+        ),
+        "SubqueryAlias: cohort_?\n  TableScan: my_cohort_x, cohort_?.person_id"
     );
 }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
+pub mod cohorts;
 pub mod error;
 pub mod licenses;
 pub mod ops;
@@ -83,6 +84,8 @@ pub struct Inner {
     pub config: ApiConfig,
     /// Payouts, the patients' pages and the providers' webhooks (absent in the HTTP benchmark).
     pub patients: Option<patients::PatientServices>,
+    /// The query service, for saved cohorts (absent in the HTTP benchmark).
+    pub query: Option<tessera_query::QueryService>,
 }
 
 impl std::ops::Deref for AppState {
@@ -116,6 +119,7 @@ impl AppState {
         pepper: Vec<u8>,
         config: ApiConfig,
         patients: Option<patients::PatientServices>,
+        query: Option<tessera_query::QueryService>,
     ) -> AppState {
         let per_second =
             NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -129,6 +133,7 @@ impl AppState {
             metrics: Metrics::new(),
             config,
             patients,
+            query,
         }))
     }
 }
@@ -287,6 +292,7 @@ async fn method_not_allowed() -> ApiError {
     modifiers(&BearerAuth),
     tags(
         (name = "catalog", description = "Releases, tables, the data dictionary and cohort counts"),
+        (name = "cohorts", description = "Saved cohort definitions, evaluated as tables in the license's Flight SQL sessions"),
         (name = "licenses", description = "The caller's licenses, usage and remaining quota"),
         (name = "admin", description = "Organizations, licenses, signatures, keys and the audit log (operator keys)"),
         (name = "ops", description = "Health, readiness and metrics")
@@ -316,6 +322,7 @@ impl utoipa::Modify for BearerAuth {
 pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(catalog::routes())
+        .merge(cohorts::routes())
         .merge(licenses::routes())
         .merge(admin::routes())
         .merge(ops::routes())

@@ -25,7 +25,7 @@ pub struct DemoArgs {
     pub fixtures: PathBuf,
 
     /// The policy of the demo release (natural-history family).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/safe-harbor.toml"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/natural-history.toml"))]
     pub release_policy: PathBuf,
 }
 

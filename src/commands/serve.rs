@@ -101,14 +101,6 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         rails: payouts_config.rails()?,
         config: payouts_config,
     };
-    let state = AppState::new(
-        catalog.clone(),
-        Gate::new(store.clone(), pepper.clone()),
-        platform,
-        pepper,
-        config,
-        Some(patients),
-    );
     let query = tessera_query::QueryService::new(
         catalog.clone(),
         Gate::new(
@@ -124,6 +116,15 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
                 window: chrono::Duration::days(args.repeat_window_days.max(1)),
             },
         },
+    );
+    let state = AppState::new(
+        catalog.clone(),
+        Gate::new(store.clone(), pepper.clone()),
+        platform,
+        pepper,
+        config,
+        Some(patients),
+        Some(query.clone()),
     );
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)

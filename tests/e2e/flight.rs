@@ -41,7 +41,10 @@ async fn fetch(
     Ok(out)
 }
 
-async fn sql(c: &mut FlightSqlServiceClient<Channel>, q: &str) -> Result<Vec<RecordBatch>, String> {
+pub async fn sql(
+    c: &mut FlightSqlServiceClient<Channel>,
+    q: &str,
+) -> Result<Vec<RecordBatch>, String> {
     let info = c
         .execute(q.to_string(), None)
         .await

@@ -6,6 +6,7 @@ mod support;
 
 mod audit;
 mod broken_input;
+mod cohorts;
 mod consent;
 mod corpus;
 mod deid;
@@ -13,6 +14,7 @@ mod flight;
 mod formats;
 mod http;
 mod licenses;
+mod notebooks;
 mod payouts;
 mod postgres;
 mod privacy;

@@ -160,6 +160,9 @@ fn describe(column: &str) -> &'static str {
         "ethnicity_source_value" => "ethnicity as recorded, generalized as the policy says",
         "zip" => "ZIP code after the policy's transform (first three digits; restricted to 000)",
         "days_since_index" => "days from the patient's first diagnosis to the event",
+        "end_days_since_index" => {
+            "days from the patient's first diagnosis to the period's end (the last dated event)"
+        }
         "value_as_number" => "numeric value",
         "unit_source_value" => "unit as recorded (UCUM where the source used it)",
         "excluded" => "true when the phenotype was explicitly excluded",
