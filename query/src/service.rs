@@ -430,28 +430,25 @@ impl QueryService {
             .and_then(|a| {
                 use datafusion::arrow::array::{Array, AsArray};
                 let a = a.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).max(0) as u64)
+                (!a.is_empty() && a.is_valid(0)).then(|| a.value(0).max(0) as u64)
             });
         let text = serde_json::to_string(&definition)
             .map_err(|e| ServiceError::Store(format!("cannot write the cohort definition: {e}")))?;
+        // Audited first: a save the audit log cannot record does not happen.
+        self.audit_cohort(
+            credential,
+            &license.id,
+            "cohort_save",
+            &definition.name,
+            Some(crate::session::sha256_hex(&text)),
+            persons,
+            now,
+        )
+        .await?;
         let by = tessera_licensing::gate::principal_name(credential);
         self.gate
             .store()
             .save_cohort(&license.id, &definition.name, &text, &by, now)
-            .await?;
-        self.gate
-            .store()
-            .append_audit(tessera_licensing::audit::Event {
-                at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                principal: by,
-                license: Some(license.id.clone()),
-                action: "cohort_save".into(),
-                resource: format!("cohort/{}", definition.name),
-                decision: "allow".into(),
-                query_sha256: Some(crate::session::sha256_hex(&text)),
-                rows: None,
-                persons,
-            })
             .await?;
         Ok(SavedCohortReport {
             license: license.id,
@@ -488,22 +485,47 @@ impl QueryService {
         let license = self.usable_license(credential, named, "", now).await?;
         let deleted = self.gate.store().delete_cohort(&license.id, name).await?;
         if deleted {
-            self.gate
-                .store()
-                .append_audit(tessera_licensing::audit::Event {
-                    at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    principal: tessera_licensing::gate::principal_name(credential),
-                    license: Some(license.id.clone()),
-                    action: "cohort_delete".into(),
-                    resource: format!("cohort/{name}"),
-                    decision: "allow".into(),
-                    query_sha256: None,
-                    rows: None,
-                    persons: None,
-                })
-                .await?;
+            self.audit_cohort(
+                credential,
+                &license.id,
+                "cohort_delete",
+                name,
+                None,
+                None,
+                now,
+            )
+            .await?;
         }
         Ok(deleted)
+    }
+
+    /// Audits a change to a saved cohort (the definition's SHA-256, never its text).
+    #[allow(clippy::too_many_arguments)]
+    async fn audit_cohort(
+        &self,
+        credential: Option<&Credential>,
+        license: &str,
+        action: &str,
+        name: &str,
+        sha: Option<String>,
+        persons: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), ServiceError> {
+        self.gate
+            .store()
+            .append_audit(tessera_licensing::audit::Event {
+                at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                principal: tessera_licensing::gate::principal_name(credential),
+                license: Some(license.to_string()),
+                action: action.into(),
+                resource: format!("cohort/{name}"),
+                decision: "allow".into(),
+                query_sha256: sha,
+                rows: None,
+                persons,
+            })
+            .await?;
+        Ok(())
     }
 
     /// The license a caller may use, or the audited refusal. Nothing is planned for a caller

@@ -165,9 +165,15 @@ pub async fn save_cohort(
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<Json<CohortSaved>> {
     tessera_query::cohort::check_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mut body = body;
+    let serde_json::Value::Object(mut body) = body else {
+        return Err(ApiError::invalid(
+            "cohort definition: (document): a JSON object is expected",
+        ));
+    };
     match body.get("name") {
-        None => body["name"] = serde_json::Value::String(name.clone()),
+        None => {
+            body.insert("name".into(), serde_json::Value::String(name.clone()));
+        }
         Some(serde_json::Value::String(n)) if *n == name => {}
         Some(_) => {
             return Err(ApiError::invalid(
@@ -175,8 +181,8 @@ pub async fn save_cohort(
             ));
         }
     }
-    let definition =
-        CohortDefinition::parse(&body.to_string()).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let definition = CohortDefinition::parse(&serde_json::Value::Object(body).to_string())
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let report = service(&state)?
         .save_cohort(
             caller.credential.as_ref(),
