@@ -2,7 +2,7 @@
 //! service under the license, and exposed as `cohort_<name>` in Flight SQL sessions. The
 //! cohort's members are checked against a computation made here from the release's Parquet
 //! files; the aggregate-only rules hold over the cohort table; definitions are checked field by
-//! field; cohorts belong to their license; and a sweep of near-identical definitions is
+//! field; cohorts belong to their license; a revoked consent leaves the cohort at once; and a sweep of near-identical definitions is
 //! refused as differencing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -336,6 +336,62 @@ async fn saved_cohorts_are_tables_in_the_licenses_sessions() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
     assert_eq!(answer["error"]["code"], "differencing", "{answer}");
     assert!(i <= 4, "refused after at most the limit: at {i}");
+
+    // Consent is live in a cohort too: a member who revokes leaves it on the next query.
+    let catalog = tessera_catalog::Catalog::open(
+        &t.database_url(),
+        tessera_catalog::Keyring::new(&crate::support::test_key(), &[]),
+    )
+    .await
+    .expect("catalog");
+    let family_key = tessera_catalog::Keyring::new(&crate::support::test_key(), &[])
+        .release_family_key("demo-natural-history");
+    let leaving = catalog
+        .list_patients(1000, 0)
+        .await
+        .expect("patients")
+        .into_iter()
+        .map(|p| {
+            let pseudonym = tessera_catalog::release::family_pseudonym(&family_key, &p.patient_id);
+            (p.patient_id, pseudonym)
+        })
+        .find(|(_, pseudonym)| members.contains(pseudonym))
+        .expect("a cohort member among the patients");
+    catalog
+        .revoke(
+            &leaving.0,
+            &tessera_catalog::Purpose::parse("research.natural_history").expect("purpose"),
+            "cohort test",
+        )
+        .await
+        .expect("revoke");
+    catalog.close().await;
+    let after = sql(
+        &mut rows,
+        &format!(
+            "SELECT count(*) AS n, sum(CASE WHEN person_id = '{}' THEN 1 ELSE 0 END) AS gone FROM cohort_prediabetes",
+            leaving.1
+        ),
+    )
+    .await
+    .expect("the cohort after a revocation");
+    let counts: Vec<i64> = ["n", "gone"]
+        .iter()
+        .map(|c| {
+            let a = tessera_query::arrow::compute::cast(
+                after[0].column_by_name(c).expect("column"),
+                &tessera_query::arrow::datatypes::DataType::Int64,
+            )
+            .expect("int");
+            let a = a.as_primitive::<tessera_query::arrow::datatypes::Int64Type>();
+            if a.is_valid(0) { a.value(0) } else { 0 }
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        vec![expected.len() as i64 - 1, 0],
+        "the revoked member left the cohort"
+    );
 
     // Deleted, the table is gone from the license's sessions.
     let deleted = reqwest::Client::new()
