@@ -302,26 +302,30 @@ async fn external_control(server: &Server, uri: &str, key: &str) -> Analysis {
     let caliper = 0.2 * sd(&logit);
 
     // Greedy 1:1 matching without replacement: trial patients by decreasing logit (ties by
-    // id), each to the nearest unmatched control in id order, within the caliper.
+    // id), each to the nearest unmatched control in id order, within the caliper; distances in
+    // whole units of 1e-8 (as the notebook: equal distances are ties, broken by id).
+    const UNIT: f64 = 1e-8;
+    let distance = |a: f64, b: f64| ((a - b).abs() / UNIT).round() as i64;
     let n_trial = trial.len();
     let mut order: Vec<usize> = (0..n_trial).collect();
+    let rank = |i: usize| (logit[i] / UNIT).round() as i64;
     order.sort_by(|&a, &b| {
-        logit[b]
-            .total_cmp(&logit[a])
+        rank(b)
+            .cmp(&rank(a))
             .then_with(|| all[a].id.cmp(&all[b].id))
     });
     let mut available: Vec<usize> = (n_trial..all.len()).collect();
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     for t in order {
-        let mut best: Option<(usize, f64)> = None;
+        let mut best: Option<(usize, i64)> = None;
         for (slot, &c) in available.iter().enumerate() {
-            let d = (logit[t] - logit[c]).abs();
+            let d = distance(logit[t], logit[c]);
             if best.is_none_or(|(_, bd)| d < bd) {
                 best = Some((slot, d));
             }
         }
         if let Some((slot, d)) = best
-            && d <= caliper
+            && d as f64 * UNIT <= caliper
         {
             pairs.push((t, available.remove(slot)));
         }
