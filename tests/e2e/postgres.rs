@@ -301,6 +301,41 @@ async fn licensing_on_postgres(
     assert_eq!((usage.queries_today, usage.rows_today), (3, 3));
     assert_eq!(usage.queries_last_minute, 3);
     assert_eq!(store.verify_audit().await.expect("read"), Ok(23));
+
+    // Saved cohort definitions: saved, replaced in place (ON CONFLICT ... excluded), listed by
+    // name, deleted.
+    for (definition, at) in [
+        ("{\"v\":1}", now),
+        ("{\"v\":2}", now + chrono::Duration::seconds(1)),
+    ] {
+        store
+            .save_cohort("acme-pg", "adults", definition, "key:pg", at)
+            .await
+            .expect("save cohort");
+    }
+    store
+        .save_cohort("acme-pg", "adolescents", "{}", "key:pg", now)
+        .await
+        .expect("save cohort");
+    let saved = store.cohorts("acme-pg").await.expect("cohorts");
+    let names: Vec<(&str, &str)> = saved
+        .iter()
+        .map(|c| (c.name.as_str(), c.definition.as_str()))
+        .collect();
+    assert_eq!(names, vec![("adolescents", "{}"), ("adults", "{\"v\":2}")]);
+    assert!(
+        store
+            .delete_cohort("acme-pg", "adults")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_cohort("acme-pg", "adults")
+            .await
+            .expect("delete")
+    );
+    assert!(store.cohorts("other").await.expect("cohorts").is_empty());
     store.close().await;
 }
 
