@@ -121,6 +121,23 @@ pub struct RunTotals {
     pub quarantined: i64,
 }
 
+/// Rows of `records` as (`first`, `second`, sealed payload).
+fn sealed_records(
+    rows: &[AnyRow],
+    first: &str,
+    second: &str,
+) -> Result<Vec<(String, String, Sealed)>> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(first).ctx("reading records")?,
+                r.try_get(second).ctx("reading records")?,
+                sealed_from(r, "key_id", "nonce", "payload")?,
+            ))
+        })
+        .collect()
+}
+
 fn sealed_from(row: &AnyRow, key: &str, nonce: &str, data: &str) -> Result<Sealed> {
     Ok(Sealed {
         key_id: row.try_get(key).ctx("reading a sealed value")?,
@@ -379,15 +396,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .ctx("reading records")?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("record_id").ctx("reading records")?,
-                    r.try_get("kind").ctx("reading records")?,
-                    sealed_from(r, "key_id", "nonce", "payload")?,
-                ))
-            })
-            .collect()
+        sealed_records(&rows, "record_id", "kind")
     }
 
     /// Sealed records of one kind across all patients: (patient_id, record_id, sealed payload).
@@ -399,15 +408,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .ctx("reading records")?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("patient_id").ctx("reading records")?,
-                    r.try_get("record_id").ctx("reading records")?,
-                    sealed_from(r, "key_id", "nonce", "payload")?,
-                ))
-            })
-            .collect()
+        sealed_records(&rows, "patient_id", "record_id")
     }
 
     pub async fn list_quarantine(&self, limit: i64) -> Result<Vec<QuarantineListRow>> {

@@ -376,30 +376,8 @@ impl QueryService {
         definition
             .validate()
             .map_err(|e| QueryError::Invalid(e.to_string()))?;
-        let scope = self.scope(&license, now).await?;
-        let family = match (&definition.family, scope.releases.as_slice()) {
-            (Some(f), releases) if releases.iter().any(|r| &r.family == f) => f.clone(),
-            (Some(f), _) => {
-                return Err(QueryError::Invalid(format!(
-                    "cohort definition: family: the license covers no live release of `{f}`"
-                ))
-                .into());
-            }
-            (None, [only]) => only.family.clone(),
-            (None, []) => {
-                return Err(QueryError::Invalid(
-                    "cohort definition: the license covers no live release to draw a cohort from"
-                        .into(),
-                )
-                .into());
-            }
-            (None, _) => {
-                return Err(QueryError::Invalid(
-                    "cohort definition: family: the license covers several release families: name one".into(),
-                )
-                .into());
-            }
-        };
+        let releases = self.releases.covered(&license, now).await?;
+        let family = crate::session::cohort_family(&definition, &releases)?.to_string();
         let table = definition.table();
         let sql = format!(
             "SELECT count(*) AS persons FROM \"{}\".\"{}\".\"{table}\"",
@@ -653,20 +631,6 @@ impl QueryService {
         let mut scope = self.scope(&license, now).await?;
         if let Some(cohort) = cohort {
             scope.cohorts.retain(|c| c.name != cohort.name);
-            let family = cohort
-                .family
-                .clone()
-                .or_else(|| scope.releases.first().map(|r| r.family.clone()))
-                .unwrap_or_default();
-            // The new definition must plan: its error is the analyst's to see.
-            let probe = Session::new(Scope {
-                cohorts: Vec::new(),
-                ..scope.clone()
-            })
-            .await?;
-            if let Err(e) = crate::session::cohort_view(probe.context(), cohort, &family).await {
-                return Err(self.refuse(credential, &license.id, e, sha, now).await);
-            }
             scope.cohorts.push(cohort.clone());
         }
         let covered = scope
@@ -674,7 +638,11 @@ impl QueryService {
             .iter()
             .map(|r| (r.family.clone(), r.version, r.manifest.purpose.clone()))
             .collect();
-        let session = Session::new(scope).await?;
+        let mut session = Session::new(scope).await?;
+        // The new definition must plan: its error is the analyst's to see.
+        if let Some(e) = cohort.and_then(|c| session.cohort_left_out(&c.name)) {
+            return Err(self.refuse(credential, &license.id, e, sha, now).await);
+        }
         match session.plan(sql).await {
             Ok(planned) => Ok((license, covered, session, planned)),
             Err(e) => Err(self.refuse(credential, &license.id, e, sha, now).await),

@@ -128,6 +128,8 @@ pub struct Session {
     ctx: SessionContext,
     license: License,
     time_limit: Duration,
+    /// Saved cohorts left out of the session, by name, with why.
+    cohorts_left_out: Vec<(String, QueryError)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -347,36 +349,47 @@ impl Session {
         // Saved cohorts: views planned over the licensed views above, so they inherit the
         // license's tables, columns and consent filter, and are inlined into each query's plan
         // (the plan rules, the decision and differencing see what they read).
+        let mut cohorts_left_out = Vec::new();
         for cohort in &scope.cohorts {
-            let family = cohort
-                .family
-                .as_deref()
-                .or(scope.releases.first().map(|r| r.family.as_str()));
-            let Some((_, schema)) = schemas.iter().find(|(f, _)| Some(f.as_str()) == family) else {
-                continue; // the license no longer covers the family
+            let planned = match cohort_family(cohort, &scope.releases) {
+                Ok(family) => cohort_view(&ctx, cohort, family)
+                    .await
+                    .map(|view| (family, view)),
+                Err(e) => Err(e),
             };
-            match cohort_view(&ctx, cohort, family.unwrap_or_default()).await {
-                Ok(view) => {
-                    if schema.table_exist(&cohort.table()) {
-                        continue;
+            match planned {
+                Ok((family, view)) => {
+                    if let Some((_, schema)) = schemas.iter().find(|(f, _)| f == family)
+                        && !schema.table_exist(&cohort.table())
+                    {
+                        schema
+                            .register_table(cohort.table(), view)
+                            .map_err(|e| QueryError::Internal(e.to_string()))?;
                     }
-                    schema
-                        .register_table(cohort.table(), view)
-                        .map_err(|e| QueryError::Internal(e.to_string()))?;
                 }
-                Err(e) => tracing::warn!(
-                    license = %license.id,
-                    cohort = %cohort.name,
-                    error = %e,
-                    "a saved cohort cannot be evaluated under its license and is left out of the session"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        license = %license.id,
+                        cohort = %cohort.name,
+                        error = %e,
+                        "a saved cohort cannot be evaluated under its license and is left out of the session"
+                    );
+                    cohorts_left_out.push((cohort.name.clone(), e));
+                }
             }
         }
         Ok(Session {
             ctx,
             license,
             time_limit: scope.time_limit,
+            cohorts_left_out,
         })
+    }
+
+    /// Why the saved cohort `name` is not in this session, when it is not.
+    pub fn cohort_left_out(&mut self, name: &str) -> Option<QueryError> {
+        let at = self.cohorts_left_out.iter().position(|(n, _)| n == name)?;
+        Some(self.cohorts_left_out.swap_remove(at).1)
     }
 
     /// The session, for catalog browsing (Flight SQL's GetTables and friends).
@@ -505,8 +518,30 @@ impl Session {
     }
 }
 
+/// The release family a cohort is drawn from: the one it names, which the license must cover,
+/// else the license's only family.
+pub fn cohort_family<'a>(
+    cohort: &'a crate::cohort::CohortDefinition,
+    releases: &'a [ReleaseSource],
+) -> Result<&'a str, QueryError> {
+    match (&cohort.family, releases) {
+        (Some(f), releases) if releases.iter().any(|r| &r.family == f) => Ok(f),
+        (Some(f), _) => Err(QueryError::Invalid(format!(
+            "cohort definition: family: the license covers no live release of `{f}`"
+        ))),
+        (None, [only]) => Ok(&only.family),
+        (None, []) => Err(QueryError::Invalid(
+            "cohort definition: the license covers no live release to draw a cohort from".into(),
+        )),
+        (None, _) => Err(QueryError::Invalid(
+            "cohort definition: family: the license covers several release families: name one"
+                .into(),
+        )),
+    }
+}
+
 /// A cohort definition planned as a view in `ctx` (whose catalog holds the licensed tables).
-pub(crate) async fn cohort_view(
+async fn cohort_view(
     ctx: &SessionContext,
     cohort: &crate::cohort::CohortDefinition,
     family: &str,

@@ -160,10 +160,11 @@ impl AppState {
             }
             Err(denied) => {
                 self.metrics.decision(denied.reason.code());
-                let retry = denied
-                    .retry_after
-                    .map(|t| (t - now).num_seconds().max(1) as u64);
-                Err(ApiError::denied(denied.reason, retry))
+                Err(ApiError::denied_until(
+                    denied.reason,
+                    denied.retry_after,
+                    now,
+                ))
             }
         }
     }

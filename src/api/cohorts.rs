@@ -80,10 +80,7 @@ fn from_service(e: ServiceError) -> ApiError {
         ServiceError::Denied {
             reason,
             retry_after,
-        } => ApiError::denied(
-            reason,
-            retry_after.map(|t| (t - chrono::Utc::now()).num_seconds().max(1) as u64),
-        ),
+        } => ApiError::denied_until(reason, retry_after, chrono::Utc::now()),
         ServiceError::LicenseRequired(_) => {
             ApiError::invalid("this key is bound to several licenses: name one with `?license=`")
         }

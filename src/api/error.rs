@@ -74,6 +74,19 @@ impl ApiError {
         )
     }
 
+    /// A refusal by the authorization decision that may be retried at `retry_at`
+    /// (`Retry-After` in whole seconds from `now`, at least 1).
+    pub fn denied_until(
+        reason: Reason,
+        retry_at: Option<chrono::DateTime<chrono::Utc>>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> ApiError {
+        ApiError::denied(
+            reason,
+            retry_at.map(|t| (t - now).num_seconds().max(1) as u64),
+        )
+    }
+
     /// A refusal by the authorization decision.
     pub fn denied(reason: Reason, retry_after: Option<u64>) -> ApiError {
         let status = match reason {

@@ -11,10 +11,9 @@ use arrow_flight::sql::CommandGetTables;
 use futures::TryStreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tessera_query::arrow::array::{Array, AsArray};
 
-use crate::flight::{client, sql};
-use crate::http::{Server, demo_copy, demo_json, demo_org, release_dir};
+use crate::flight::{client, column_i64, column_text, sql};
+use crate::http::{Server, demo_copy, demo_json, demo_org, flight_uri, release_dir};
 
 const PREDIABETES: &str = "15777000";
 const DIABETES: &str = "44054006";
@@ -133,10 +132,7 @@ async fn saved_cohorts_are_tables_in_the_licenses_sessions() {
     let t = demo_copy();
     let server = Server::start(&t, &["--near-repeat-limit", "4"]);
     let demo = demo_json(&t);
-    let uri = demo["services"]["flight_sql"]
-        .as_str()
-        .expect("flight uri")
-        .to_string();
+    let uri = flight_uri(&demo);
     let (agg_key, agg_license, _) = demo_org(&demo, "demo-aggregate");
     let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
     let expected = expected_members(18);
@@ -167,24 +163,13 @@ async fn saved_cohorts_are_tables_in_the_licenses_sessions() {
     .expect("row-level query of the cohort");
     let mut members = BTreeSet::new();
     for b in &batches {
-        let ids = tessera_query::arrow::compute::cast(
-            b.column_by_name("person_id").expect("person_id"),
-            &tessera_query::arrow::datatypes::DataType::Utf8,
-        )
-        .expect("text");
-        let ids = ids.as_string::<i32>();
-        let age = tessera_query::arrow::compute::cast(
-            b.column_by_name("age_at_index").expect("age"),
-            &tessera_query::arrow::datatypes::DataType::Int64,
-        )
-        .expect("int");
-        let age = age.as_primitive::<tessera_query::arrow::datatypes::Int64Type>();
-        for i in 0..b.num_rows() {
+        let ids = column_text(b, "person_id");
+        for (id, age) in ids.into_iter().zip(column_i64(b, "age_at_index")) {
             assert!(
-                (18..=64).contains(&age.value(i)),
+                age.is_some_and(|a| (18..=64).contains(&a)),
                 "age at index within the bounds"
             );
-            members.insert(ids.value(i).to_string());
+            members.insert(id.expect("person_id"));
         }
     }
     assert_eq!(members, expected, "the cohort's members");
@@ -210,13 +195,8 @@ async fn saved_cohorts_are_tables_in_the_licenses_sessions() {
         .expect("batches");
     let names: Vec<String> = listed
         .iter()
-        .flat_map(|b| {
-            let c = b.column_by_name("table_name").expect("table_name");
-            let c = c.as_string::<i32>();
-            (0..c.len())
-                .map(|i| c.value(i).to_string())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|b| column_text(b, "table_name"))
+        .map(|n| n.expect("table_name"))
         .collect();
     assert_eq!(names, vec!["cohort_prediabetes".to_string()]);
 
@@ -257,17 +237,8 @@ async fn saved_cohorts_are_tables_in_the_licenses_sessions() {
     .expect("an aggregate over the cohort");
     let shown: i64 = counted
         .iter()
-        .map(|b| {
-            let n = tessera_query::arrow::compute::cast(
-                b.column_by_name("n").expect("n"),
-                &tessera_query::arrow::datatypes::DataType::Int64,
-            )
-            .expect("int");
-            n.as_primitive::<tessera_query::arrow::datatypes::Int64Type>()
-                .values()
-                .iter()
-                .sum::<i64>()
-        })
+        .flat_map(|b| column_i64(b, "n"))
+        .map(|n| n.unwrap_or(0))
         .sum();
     assert!(
         shown as usize <= expected.len() && shown > 0,
@@ -344,17 +315,9 @@ async fn saved_cohorts_are_tables_in_the_licenses_sessions() {
     )
     .await
     .expect("catalog");
-    let family_key = tessera_catalog::Keyring::new(&crate::support::test_key(), &[])
-        .release_family_key("demo-natural-history");
-    let leaving = catalog
-        .list_patients(1000, 0)
+    let leaving = crate::http::demo_pseudonyms(&catalog)
         .await
-        .expect("patients")
         .into_iter()
-        .map(|p| {
-            let pseudonym = tessera_catalog::release::family_pseudonym(&family_key, &p.patient_id);
-            (p.patient_id, pseudonym)
-        })
         .find(|(_, pseudonym)| members.contains(pseudonym))
         .expect("a cohort member among the patients");
     catalog
@@ -377,15 +340,7 @@ async fn saved_cohorts_are_tables_in_the_licenses_sessions() {
     .expect("the cohort after a revocation");
     let counts: Vec<i64> = ["n", "gone"]
         .iter()
-        .map(|c| {
-            let a = tessera_query::arrow::compute::cast(
-                after[0].column_by_name(c).expect("column"),
-                &tessera_query::arrow::datatypes::DataType::Int64,
-            )
-            .expect("int");
-            let a = a.as_primitive::<tessera_query::arrow::datatypes::Int64Type>();
-            if a.is_valid(0) { a.value(0) } else { 0 }
-        })
+        .map(|c| column_i64(&after[0], c)[0].unwrap_or(0))
         .collect();
     assert_eq!(
         counts,

@@ -12,7 +12,7 @@ use tessera_query::arrow::array::{Array, Int64Array, StringArray};
 use tessera_query::arrow::record_batch::RecordBatch;
 use tonic::transport::Channel;
 
-use crate::http::{Server, demo_copy, demo_json, demo_org, persons_by};
+use crate::http::{Server, demo_copy, demo_json, demo_org, flight_uri, persons_by};
 
 pub async fn client(uri: &str, key: Option<&str>) -> FlightSqlServiceClient<Channel> {
     let channel = Channel::from_shared(uri.replace("grpc://", "http://"))
@@ -52,6 +52,34 @@ pub async fn sql(
     fetch(c, info).await
 }
 
+/// A result column as integers (cast from whatever integer type the server sent).
+pub fn column_i64(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
+    use tessera_query::arrow::array::AsArray;
+    let a = tessera_query::arrow::compute::cast(
+        b.column_by_name(name).expect(name),
+        &tessera_query::arrow::datatypes::DataType::Int64,
+    )
+    .expect("int");
+    let a = a.as_primitive::<tessera_query::arrow::datatypes::Int64Type>();
+    (0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i)))
+        .collect()
+}
+
+/// A result column as text (cast from Utf8View and friends).
+pub fn column_text(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
+    use tessera_query::arrow::array::AsArray;
+    let a = tessera_query::arrow::compute::cast(
+        b.column_by_name(name).expect(name),
+        &tessera_query::arrow::datatypes::DataType::Utf8,
+    )
+    .expect("text");
+    let a = a.as_string::<i32>();
+    (0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+        .collect()
+}
+
 fn rows(b: &[RecordBatch]) -> usize {
     b.iter().map(RecordBatch::num_rows).sum()
 }
@@ -61,10 +89,7 @@ async fn flight_sql_with_real_clients_enforces_the_license() {
     let t = demo_copy();
     let server = Server::start(&t, &[]);
     let demo = demo_json(&t);
-    let uri = demo["services"]["flight_sql"]
-        .as_str()
-        .expect("flight uri")
-        .to_string();
+    let uri = flight_uri(&demo);
     assert!(uri.starts_with("grpc://127.0.0.1:"), "{uri}");
     let (agg_key, _, _) = demo_org(&demo, "demo-aggregate");
     let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
@@ -359,10 +384,7 @@ async fn python_clients_over_plain_grpc_and_tls() {
         ],
     );
     let demo = demo_json(&t);
-    let uri = demo["services"]["flight_sql"]
-        .as_str()
-        .expect("uri")
-        .to_string();
+    let uri = flight_uri(&demo);
     assert!(uri.starts_with("grpc+tls://127.0.0.1:"), "{uri}");
     run_python_clients(&t, Some(&ca_file));
 
@@ -423,10 +445,7 @@ async fn flight_calls_are_throttled_per_key() {
     let t = demo_copy();
     let server = Server::start(&t, &["--rate-limit", "1", "--burst", "2"]);
     let demo = demo_json(&t);
-    let uri = demo["services"]["flight_sql"]
-        .as_str()
-        .expect("uri")
-        .to_string();
+    let uri = flight_uri(&demo);
     let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
     let (agg_key, _, _) = demo_org(&demo, "demo-aggregate");
     let mut row = client(&uri, Some(&row_key)).await;

@@ -125,6 +125,31 @@ pub fn demo_json(t: &Tessera) -> Value {
     .expect("json")
 }
 
+/// The Flight SQL address `tessera serve` wrote into demo.json.
+pub fn flight_uri(demo: &Value) -> String {
+    demo["services"]["flight_sql"]
+        .as_str()
+        .expect("the Flight SQL address in demo.json")
+        .to_string()
+}
+
+/// Every patient of the catalog with their pseudonym in the demo release family:
+/// (internal patient id, `person_id`).
+pub async fn demo_pseudonyms(catalog: &tessera_catalog::Catalog) -> Vec<(String, String)> {
+    let family_key = tessera_catalog::Keyring::new(&crate::support::test_key(), &[])
+        .release_family_key("demo-natural-history");
+    catalog
+        .list_patients(100_000, 0)
+        .await
+        .expect("patients")
+        .into_iter()
+        .map(|p| {
+            let pseudonym = tessera_catalog::release::family_pseudonym(&family_key, &p.patient_id);
+            (p.patient_id, pseudonym)
+        })
+        .collect()
+}
+
 /// (key, license) of a demo organization.
 pub fn demo_org(demo: &Value, org: &str) -> (String, String, String) {
     let o = demo["organizations"]

@@ -17,12 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tessera_query::arrow::array::{Array, AsArray, RecordBatch};
-use tessera_query::arrow::compute::cast;
-use tessera_query::arrow::datatypes::DataType;
 
-use crate::flight::{client, sql};
-use crate::http::{Server, demo_copy, demo_json, demo_org};
+use crate::flight::{client, column_i64, column_text, sql};
+use crate::http::{Server, demo_copy, demo_json, demo_org, flight_uri};
 use crate::support::venv_program;
 
 const NOTEBOOKS: [&str; 3] = [
@@ -40,10 +37,7 @@ async fn notebooks_run_against_the_demo_server_and_the_external_control_is_repro
     let t = demo_copy();
     let server = Server::start(&t, &[]);
     let demo = demo_json(&t);
-    let uri = demo["services"]["flight_sql"]
-        .as_str()
-        .expect("flight uri")
-        .to_string();
+    let uri = flight_uri(&demo);
     let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts/notebooks");
@@ -126,22 +120,6 @@ struct Subject {
     time: f64,
     death: bool,
     treated: bool,
-}
-
-fn column_i64(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
-    let a = cast(b.column_by_name(name).expect(name), &DataType::Int64).expect("int");
-    let a = a.as_primitive::<tessera_query::arrow::datatypes::Int64Type>();
-    (0..a.len())
-        .map(|i| a.is_valid(i).then(|| a.value(i)))
-        .collect()
-}
-
-fn column_text(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
-    let a = cast(b.column_by_name(name).expect(name), &DataType::Utf8).expect("text");
-    let a = a.as_string::<i32>();
-    (0..a.len())
-        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-        .collect()
 }
 
 async fn external_control(server: &Server, uri: &str, key: &str) -> Analysis {

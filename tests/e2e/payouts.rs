@@ -31,6 +31,17 @@ fn token_of(link: &str) -> String {
         .to_string()
 }
 
+/// A patient's earnings as of today.
+async fn earnings_today(p: &Payouts, patient: &str) -> tessera_payouts::earnings::Earnings {
+    p.earnings(
+        patient,
+        chrono::Utc::now().date_naive(),
+        &tessera_payouts::rails::Rails::new(),
+    )
+    .await
+    .expect("earnings")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_pays_patients_and_their_page_shows_it() {
     let t = demo_copy();
@@ -45,14 +56,7 @@ async fn the_demo_pays_patients_and_their_page_shows_it() {
     let p = Payouts::connect(&t.database_url())
         .await
         .expect("payouts store");
-    let e = p
-        .earnings(
-            &patient,
-            chrono::Utc::now().date_naive(),
-            &tessera_payouts::rails::Rails::new(),
-        )
-        .await
-        .expect("earnings");
+    let e = earnings_today(&p, &patient).await;
     assert!(e.earned_minor > 0, "the demo patient earned something");
     assert!(
         e.by_license.contains_key("demo-aggregate-license"),
@@ -238,14 +242,7 @@ async fn the_demo_pays_patients_and_their_page_shows_it() {
     );
 
     // The webhook's payment reached the patient too: the page shows the balance as it is now.
-    let now = p
-        .earnings(
-            &patient,
-            chrono::Utc::now().date_naive(),
-            &tessera_payouts::rails::Rails::new(),
-        )
-        .await
-        .expect("earnings");
+    let now = earnings_today(&p, &patient).await;
     let shown = format!(
         "${}",
         tessera_payouts::rails::decimal_text(Money::usd(now.available_minor))

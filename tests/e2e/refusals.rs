@@ -403,17 +403,10 @@ async fn refusal_cases() {
     let catalog = Catalog::open(&t.database_url(), Keyring::new(&test_key(), &[]))
         .await
         .expect("catalog");
-    let family_key = Keyring::new(&test_key(), &[]).release_family_key("demo-natural-history");
     let released = persons_by("person", "person_id");
-    let mut pairs = catalog
-        .list_patients(1000, 0)
+    let mut pairs = crate::http::demo_pseudonyms(&catalog)
         .await
-        .expect("patients")
         .into_iter()
-        .map(|p| {
-            let pseudonym = tessera_catalog::release::family_pseudonym(&family_key, &p.patient_id);
-            (p.patient_id, pseudonym)
-        })
         .filter(|(_, pseudonym)| released.contains_key(pseudonym));
     let (revoked_patient, revoked) = pairs.next().expect("a released patient");
     let (_, person) = pairs.next().expect("another released patient");
