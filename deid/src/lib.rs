@@ -11,6 +11,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod events;
 pub mod flash;
 pub mod frame;
 pub mod generate;

@@ -23,6 +23,10 @@ pub struct Policy {
     pub pseudonym: PseudonymSection,
     #[serde(rename = "column", default)]
     pub columns: Vec<ColumnPolicy>,
+    /// The event model ((k, k^m)-anonymity of event tables) for research releases; absent: the
+    /// release build's protective defaults.
+    #[serde(default)]
+    pub events: Option<EventsSection>,
     /// Folder of the policy file: relative hierarchy paths start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -106,6 +110,128 @@ pub struct TSection {
 
 fn default_distance() -> String {
     "equal".into()
+}
+
+/// `[events]`: (k, k^m)-anonymity of the event tables of a release (`crate::events`). The
+/// attacker knows a person's released quasi-identifiers and up to `m` items (an event's code
+/// and time). See docs/deid-policy.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// `false` releases event tables with only the rare-code rule (not recommended: kept for
+    /// comparison and for tables that hold no person's history).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The number of items the attacker knows (default 3).
+    #[serde(default = "default_m")]
+    pub m: usize,
+    /// Persons every combination must match (default: `[privacy] k`).
+    #[serde(default)]
+    pub k: Option<u32>,
+    /// Widths of the year bands of an item's time, finest first; the year is dropped above the
+    /// last. Empty: no year in items (and none in the tables' event dates).
+    #[serde(default = "default_years")]
+    pub years: Vec<u32>,
+    /// Widths of the bands of `days_since_index`, finest first; dropped above the last. The
+    /// first band is also the finest any interval column of the release shows. Empty: no
+    /// interval is released.
+    #[serde(default = "default_interval_days")]
+    pub interval_days: Vec<u32>,
+    /// The highest hierarchy level a code may climb to by global recoding (0: never; beyond
+    /// it, violating items are suppressed).
+    #[serde(default = "default_max_code_level")]
+    pub max_code_level: usize,
+    /// The tables whose events are items; absent: the release's defaults.
+    #[serde(rename = "table", default)]
+    pub tables: Vec<EventTable>,
+    /// Code hierarchies, one per code system.
+    #[serde(rename = "hierarchy", default)]
+    pub hierarchies: Vec<CodeHierarchy>,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection {
+            enabled: true,
+            m: default_m(),
+            k: None,
+            years: default_years(),
+            interval_days: default_interval_days(),
+            max_code_level: default_max_code_level(),
+            tables: Vec::new(),
+            hierarchies: Vec::new(),
+        }
+    }
+}
+
+fn default_m() -> usize {
+    3
+}
+fn default_years() -> Vec<u32> {
+    vec![1, 5, 10]
+}
+fn default_interval_days() -> Vec<u32> {
+    vec![365, 1826]
+}
+fn default_max_code_level() -> usize {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTable {
+    pub name: String,
+    /// Whether the event's time (year, interval) is part of its items.
+    #[serde(default = "default_true")]
+    pub time: bool,
+}
+
+/// A code system's hierarchy: a `;`-separated file, one code per line followed by its
+/// ancestors, nearest first (rows may differ in length; no `*` needed at the end).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeHierarchy {
+    /// The code system as the release's vocabulary column names it (`HP`,
+    /// `http://snomed.info/sct`, `http://hl7.org/fhir/sid/icd-10-cm`).
+    pub system: String,
+    pub file: String,
+    /// The vocabulary generalized codes are released under (default: `system`).
+    #[serde(default)]
+    pub generalized_system: Option<String>,
+}
+
+impl CodeHierarchy {
+    /// Reads the file (relative to `base_dir`): code → ancestors, nearest first.
+    pub fn load(&self, base_dir: &Path) -> Result<std::collections::HashMap<String, Vec<String>>> {
+        let path = base_dir.join(&self.file);
+        let text = std::fs::read_to_string(&path).map_err(|source| DeidError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut out = std::collections::HashMap::new();
+        for (line, row) in text.lines().enumerate() {
+            let row = row.trim();
+            if row.is_empty() || row.starts_with('#') {
+                continue;
+            }
+            let mut cells = row.split(';').map(str::trim);
+            let code = cells.next().unwrap_or_default().to_string();
+            let ancestors: Vec<String> = cells
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect();
+            if out.insert(code, ancestors).is_some() {
+                return Err(DeidError::Hierarchy {
+                    name: path.display().to_string(),
+                    message: format!("line {} repeats a code of an earlier line", line + 1),
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Where the pseudonym and date-shift key comes from: an environment variable (64 hex
@@ -256,6 +382,23 @@ impl Policy {
             ));
         }
         self.privacy_models()?;
+        if let Some(e) = &self.events {
+            if e.m == 0 || e.m > 6 {
+                return bad(format!(
+                    "[events] m = {}: give 1 to 6 (the number of items an attacker knows; 3 is the default)",
+                    e.m
+                ));
+            }
+            if e.years.iter().chain(&e.interval_days).any(|&w| w == 0)
+                || !e.years.windows(2).all(|w| w[0] < w[1])
+                || !e.interval_days.windows(2).all(|w| w[0] < w[1])
+            {
+                return bad(
+                    "[events] years and interval_days are band widths: positive and increasing"
+                        .into(),
+                );
+            }
+        }
         let sensitive: Vec<&str> = self
             .columns
             .iter()

@@ -65,6 +65,11 @@ pub struct ReleaseDetail {
     /// The person table's de-identification report (k, levels, loss, risk).
     #[schema(value_type = Object)]
     pub person_deid: serde_json::Value,
+    /// The event model: (k, k^m)-anonymity of the event tables, the columns each item is made
+    /// of, and its report (items kept, generalized, suppressed; violations before and after;
+    /// risk with m known items; NCP). Null for releases built before the event model.
+    #[schema(value_type = Object)]
+    pub events: serde_json::Value,
     /// The 18 HIPAA Safe Harbor identifier kinds and how the release handled each.
     pub safe_harbor: Vec<SafeHarborItem>,
     pub files: Vec<FileSummary>,
@@ -353,6 +358,7 @@ pub async fn get_release(
         birth_years_pooled: m.birth_years_pooled,
         rare_codes_suppressed: m.rare_codes_suppressed.clone(),
         person_deid: m.person_deid.clone(),
+        events: m.events.clone(),
         safe_harbor: m
             .safe_harbor
             .iter()

@@ -137,4 +137,32 @@ pub fn print_summary(path: &str, m: &tessera_catalog::release::build::Manifest) 
         "  rare codes suppressed: {rare}; dates: {}",
         m.date_handling
     );
+    let e = &m.events;
+    if let Some(r) = e.get("report") {
+        let share = |key: &str| -> f64 {
+            let domains = r["domains"].as_object();
+            let (mut sum, mut n) = (0.0, 0.0);
+            for d in domains.into_iter().flat_map(|d| d.values()) {
+                let items = d["items_before"].as_f64().unwrap_or(0.0);
+                sum += d[key].as_f64().unwrap_or(0.0) * items;
+                n += items;
+            }
+            if n > 0.0 { 100.0 * sum / n } else { 0.0 }
+        };
+        say!(
+            "  event tables: (k = {}, k^m)-anonymous with m = {}: items kept {:.1}%, code kept or first level {:.1}%, suppressed {:.1}%; violating itemsets {} before, {} after; risk with m items max {:.3}",
+            e["k"],
+            e["m"],
+            share("kept"),
+            share("code_kept_or_first_level"),
+            share("suppressed"),
+            r["violations_before"]
+                .as_array()
+                .map_or(0, |v| v.iter().filter_map(|x| x.as_u64()).sum::<u64>()),
+            r["violations_after"]
+                .as_array()
+                .map_or(0, |v| v.iter().filter_map(|x| x.as_u64()).sum::<u64>()),
+            r["max_risk"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
 }

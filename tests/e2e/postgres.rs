@@ -142,7 +142,8 @@ async fn catalog_on_postgres() {
     .expect("policy")
     .replace("k = 5", "k = 2")
     .replace("suppression_limit = 0.05", "suppression_limit = 0.5");
-    let policy = tessera_deid::policy::Policy::parse(&text).expect("policy");
+    let mut policy = tessera_deid::policy::Policy::parse(&text).expect("policy");
+    policy.base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let releases = tempfile::tempdir().expect("temp");
     let request = tessera_catalog::ReleaseRequest {
         family: "pg",

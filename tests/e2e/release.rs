@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use polars::prelude::{DataFrame, DataType, ParquetReader, SerReader, SerWriter};
 use serde_json::Value;
@@ -354,6 +355,69 @@ async fn no_identifier_reaches_a_release_and_pycanon_confirms_k() {
         .expect("write csv");
     let checked = crate::deid::pycanon(&csv, ",", &qis, None);
     assert!(checked["k"].as_i64().is_some_and(|k| k >= 5), "{checked}");
+
+    // The event model, proved by the independent checker for m = 1, 2, 3, and the attacker
+    // who knows sex, birth year and up to three diagnoses with their years.
+    assert_event_model_holds(&v1, Some(synthea_dir()));
+}
+
+/// Runs `tests/python/km_check.py` (independent of the anonymizer): `check` for m = 1..3 finds
+/// no combination below k, and, given the source bundles, `attack` finds for no patient
+/// between 1 and k - 1 candidates. Returns the checker's answers.
+pub(crate) fn assert_event_model_holds(release: &Path, sources: Option<&Path>) -> Vec<Value> {
+    let python = crate::support::venv_program("TESSERA_FLIGHT_VENV", "venv-flight", "bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/km_check.py");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(release.join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let report = &manifest["events"]["report"];
+    assert!(
+        report["violations_after"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|x| x == 0)),
+        "the manifest reports violations left: {report}"
+    );
+    let mut answers = Vec::new();
+    let run = |args: &[&str]| -> Value {
+        let out = Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .output()
+            .expect("run km_check.py");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "km_check {args:?} failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(text.trim()).expect("km_check json")
+    };
+    let dir = release.to_str().expect("utf-8");
+    for m in ["1", "2", "3"] {
+        let v = run(&["check", dir, "--m", m]);
+        assert!(
+            v["items"].as_u64().is_some_and(|n| n > 100),
+            "items were checked: {v}"
+        );
+        assert_eq!(
+            v["violations_by_size"]
+                .as_array()
+                .map(|a| a.iter().all(|x| x == 0)),
+            Some(true),
+            "{v}"
+        );
+        answers.push(v);
+    }
+    if let Some(src) = sources {
+        for m in ["1", "2", "3"] {
+            let v = run(&["attack", dir, src.to_str().expect("utf-8"), "--m", m]);
+            assert_eq!(v["below_k"], 0, "{v}");
+            assert!(v["patients"].as_u64().is_some_and(|n| n > 300), "{v}");
+            answers.push(v);
+        }
+    }
+    answers
 }
 
 /// FHIR element names a `nodesByType` rule of Microsoft's configuration reaches, as JSON keys.
@@ -617,6 +681,8 @@ fn the_demo_builds_a_release() {
     ))
     .expect("manifest");
     assert_eq!(manifest["safe_harbor"].as_array().map(Vec::len), Some(18));
+    let release = t.data_dir().join("releases/demo-natural-history/v1");
+    assert_event_model_holds(&release, Some(synthea_dir()));
 
     // Two demo organizations with active licenses and working keys, in demo.json (0600).
     let demo_json = t.data_dir().join("demo.json");

@@ -19,10 +19,12 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use polars::prelude::{DataFrame, ParquetCompression, ParquetWriter};
 use ring::{digest, hmac};
 use serde::{Deserialize, Serialize};
+use tessera_deid::events::{Anonymized, EventData, Released};
 use tessera_deid::frame::{self, Options};
 use tessera_deid::policy::{Policy, Role, Transform};
 use tessera_deid::safe_harbor;
 
+use super::events::{self, EventPolicy};
 use super::{Column, Table};
 use crate::error::{CatalogError, Result};
 use crate::model::PatientSummary;
@@ -86,7 +88,13 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// The person table's de-identification report (k achieved, levels, loss, risk).
     pub person_deid: serde_json::Value,
-    /// Per event table and column, how many distinct codes were suppressed as rare.
+    /// The event model: (k, k^m)-anonymity of the event tables, the columns each item is made
+    /// of, and its report (items kept, generalized, suppressed; violations before and after;
+    /// risk for an attacker with m items; NCP). Null in releases built before it existed.
+    #[serde(default)]
+    pub events: serde_json::Value,
+    /// Per table and column outside the event model, how many distinct codes were suppressed
+    /// as rare.
     pub rare_codes_suppressed: BTreeMap<String, BTreeMap<String, usize>>,
     pub date_handling: String,
     /// Birth years of patients 90 or older pooled into the threshold year (Safe Harbor).
@@ -261,6 +269,16 @@ pub struct Builder<'a> {
     person_report: serde_json::Value,
     included: usize,
     pooled: usize,
+    events: EventPolicy,
+    /// Interned code keys of the event model.
+    codes: Vec<String>,
+    code_ids: HashMap<String, u32>,
+    /// Per person id, the items of their events (domain, code, year, days since index).
+    person_events: HashMap<String, Vec<(u16, u32, Option<i32>, Option<i64>)>>,
+    /// Person id → the model's person index.
+    person_index: HashMap<String, u32>,
+    anonymized: Option<Anonymized>,
+    events_report: serde_json::Value,
 }
 
 impl std::fmt::Debug for Builder<'_> {
@@ -318,6 +336,13 @@ impl<'a> Builder<'a> {
             person_report: serde_json::Value::Null,
             included: 0,
             pooled: 0,
+            events: EventPolicy::from_policy(spec.policy)?,
+            codes: Vec::new(),
+            code_ids: HashMap::new(),
+            person_events: HashMap::new(),
+            person_index: HashMap::new(),
+            anonymized: None,
+            events_report: serde_json::Value::Null,
         })
     }
 
@@ -340,6 +365,10 @@ impl<'a> Builder<'a> {
                 Some(Column::Text(v)) => v.clone(),
                 _ => Vec::new(),
             };
+            if self.events.domain(t.name).is_some() {
+                self.scan_items(&t, &ids);
+                continue;
+            }
             for (name, col) in &t.columns {
                 let Column::Text(values) = col else { continue };
                 if !is_code(name) {
@@ -355,6 +384,248 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+    }
+
+    /// The model's code key of each row of an item table, with the row's year and interval
+    /// (when time is part of the item).
+    fn row_items(
+        &mut self,
+        t: &Table,
+        ids: &[Option<String>],
+    ) -> Vec<Option<(u16, String, Option<i32>, Option<i64>)>> {
+        let Some((domain, spec, time)) = self.events.domain(t.name) else {
+            return Vec::new();
+        };
+        let text = |c: &str| match t.column(c) {
+            Some(Column::Text(v)) => v.clone(),
+            _ => vec![None; t.rows()],
+        };
+        let codes = text(spec.code);
+        let systems = spec.vocabulary.map(text);
+        let dates = spec.date.map(text);
+        let (hgvs, vcf) = (text("hgvs"), text("vcf"));
+        let excluded: Vec<Option<bool>> = match t.column("excluded") {
+            Some(Column::Boolean(v)) => v.clone(),
+            _ => vec![None; t.rows()],
+        };
+        let days: Vec<Option<i64>> = match t.column("days_since_index") {
+            Some(Column::Integer(v)) => v.clone(),
+            _ => vec![None; t.rows()],
+        };
+        let mut out = Vec::with_capacity(t.rows());
+        for r in 0..t.rows() {
+            let Some(person) = ids.get(r).and_then(|p| p.as_deref()) else {
+                out.push(None);
+                continue;
+            };
+            let key = if t.name == "genomic_variant" {
+                if codes[r].is_none() && hgvs[r].is_none() && vcf[r].is_none() {
+                    out.push(None);
+                    continue;
+                }
+                let (exact, gene) =
+                    events::variant_key(codes[r].as_deref(), hgvs[r].as_deref(), vcf[r].as_deref());
+                events::add_variant_hierarchy(&mut self.events.model, domain, &exact, &gene);
+                exact
+            } else {
+                let Some(code) = codes[r].as_deref() else {
+                    out.push(None);
+                    continue;
+                };
+                let system = systems.as_ref().and_then(|s| s[r].as_deref());
+                events::code_key(system, code, excluded[r] == Some(true))
+            };
+            let (year, interval) = if time {
+                let year = dates
+                    .as_ref()
+                    .and_then(|d| d[r].as_deref())
+                    .and_then(|d| self.date(d, Some(person)).get(..4)?.parse::<i32>().ok());
+                (year, days[r])
+            } else {
+                (None, None)
+            };
+            out.push(Some((domain, key, year, interval)));
+        }
+        out
+    }
+
+    /// Pass 1 for an item table: every person's items, for the event model.
+    fn scan_items(&mut self, t: &Table, ids: &[Option<String>]) {
+        let rows = self.row_items(t, ids);
+        for (r, item) in rows.into_iter().enumerate() {
+            let (Some((domain, key, year, days)), Some(Some(person))) = (item, ids.get(r)) else {
+                continue;
+            };
+            let next = self.codes.len() as u32;
+            let code = *self.code_ids.entry(key.clone()).or_insert_with(|| {
+                self.codes.push(key);
+                next
+            });
+            self.person_events
+                .entry(person.clone())
+                .or_default()
+                .push((domain, code, year, days));
+        }
+    }
+
+    /// After the person table: the event model over every person's items, grouped by the
+    /// released quasi-identifiers (every person column but `person_id`, as the person table
+    /// shows them).
+    fn anonymize_events(&mut self, df: &DataFrame) -> Result<()> {
+        let fail = |what: &str| {
+            err(format!(
+                "event model: reading the released person table ({what})"
+            ))
+        };
+        let ids = df
+            .column("person_id")
+            .map_err(|_| fail("person_id"))?
+            .cast(&polars::prelude::DataType::String)
+            .map_err(|_| fail("person_id"))?;
+        let ids = ids.str().map_err(|_| fail("person_id"))?;
+        let mut others = Vec::new();
+        for c in df.columns() {
+            if c.name().as_str() == "person_id" {
+                continue;
+            }
+            let text = c
+                .cast(&polars::prelude::DataType::String)
+                .map_err(|_| fail(c.name().as_str()))?;
+            others.push(text);
+        }
+        let mut data = EventData::new();
+        for row in 0..df.height() {
+            let mut group = String::new();
+            for c in &others {
+                let v = c.str().ok().and_then(|s| s.get(row));
+                group.push_str(v.unwrap_or("\u{0}null"));
+                group.push('\u{1e}');
+            }
+            let p = data.add_person(&group);
+            if let Some(id) = ids.get(row) {
+                self.person_index.insert(id.to_string(), p);
+                let mut items = self.person_events.remove(id).unwrap_or_default();
+                items.sort_unstable();
+                items.dedup();
+                for (domain, code, year, days) in items {
+                    data.add_event(
+                        &self.events.model,
+                        p,
+                        domain,
+                        &self.codes[code as usize],
+                        year,
+                        days,
+                    );
+                }
+            }
+        }
+        self.person_events = HashMap::new();
+        if !self.events.enabled {
+            self.events_report = serde_json::json!({"model": "off ([events] enabled = false): only codes held by fewer than k persons are suppressed"});
+            return Ok(());
+        }
+        let anonymized = data
+            .anonymize(&self.events.model)
+            .map_err(|e| err(format!("event model: {e}")))?;
+        let items: serde_json::Map<String, serde_json::Value> = self
+            .events
+            .item_columns()
+            .into_iter()
+            .map(|(t, cols)| (t, serde_json::json!(cols)))
+            .collect();
+        self.events_report = serde_json::json!({
+            "model": "(k, k^m)-anonymity: every combination of a person's released quasi-identifiers and up to m of their items is shared by at least k persons",
+            "k": self.events.model.k,
+            "m": self.events.model.m,
+            "items": items,
+            "group_by": "every person column but person_id, as released",
+            "interval_days": self.events.interval_days,
+            "report": anonymized.report,
+        });
+        self.anonymized = Some(anonymized);
+        Ok(())
+    }
+
+    /// An item table's rows as released: code, vocabulary and time from the model; rows of
+    /// suppressed items left out; time columns outside the item not released.
+    fn release_items(&mut self, t: &mut Table, ids: &[Option<String>]) -> Result<()> {
+        let Some((_, spec, time)) = self.events.domain(t.name) else {
+            return Ok(());
+        };
+        let items = self.row_items(t, ids);
+        let anonymized = self
+            .anonymized
+            .as_ref()
+            .ok_or_else(|| err("event model: rows written before the model ran"))?;
+        let n = t.rows();
+        let mut keep = vec![false; n];
+        let mut code: Vec<Option<String>> = vec![None; n];
+        let mut system: Vec<Option<String>> = vec![None; n];
+        let mut hgvs: Vec<Option<String>> = vec![None; n];
+        let mut vcf: Vec<Option<String>> = vec![None; n];
+        let mut year: Vec<Option<String>> = vec![None; n];
+        let mut days: Vec<Option<i64>> = vec![None; n];
+        for (r, item) in items.into_iter().enumerate() {
+            let Some((domain, key, y, d)) = item else {
+                continue;
+            };
+            let Some(&person) = ids[r].as_ref().and_then(|p| self.person_index.get(p)) else {
+                continue; // not in the person table: nothing to release
+            };
+            let Released::Item {
+                code: released,
+                code_level,
+                time: level,
+                year: ry,
+                days: rd,
+            } = anonymized.release(person, domain, &key, y, d)
+            else {
+                continue;
+            };
+            keep[r] = true;
+            if t.name == "genomic_variant" {
+                let (g, h, v) = events::variant_parts(&released);
+                code[r] = g;
+                hgvs[r] = h;
+                vcf[r] = v;
+            } else {
+                let (s, c) = events::split_key(&released);
+                code[r] = Some(c.to_string());
+                system[r] = (!s.is_empty()).then(|| s.to_string());
+                let _ = code_level;
+            }
+            if time {
+                year[r] = level.year_label(ry);
+                days[r] = rd;
+            }
+        }
+        for (name, col) in t.columns.iter_mut() {
+            let name: &str = name;
+            match col {
+                Column::Text(v) if name == spec.code => *v = std::mem::take(&mut code),
+                Column::Text(v) if Some(name) == spec.vocabulary => {
+                    *v = std::mem::take(&mut system)
+                }
+                Column::Text(v) if t.name == "genomic_variant" && name == "hgvs" => {
+                    *v = std::mem::take(&mut hgvs)
+                }
+                Column::Text(v) if t.name == "genomic_variant" && name == "vcf" => {
+                    *v = std::mem::take(&mut vcf)
+                }
+                Column::Text(v) if time && Some(name) == spec.date => {
+                    *v = std::mem::take(&mut year)
+                }
+                Column::Integer(v) if time && name == "days_since_index" => {
+                    *v = std::mem::take(&mut days)
+                }
+                Column::Text(v) if spec.dropped.contains(&name) => {
+                    v.iter_mut().for_each(|x| *x = None)
+                }
+                _ => {}
+            }
+        }
+        t.retain(&keep);
+        Ok(())
     }
 
     /// After the scan: decides the rare codes and writes the de-identified person table.
@@ -419,6 +690,7 @@ impl<'a> Builder<'a> {
             sha256: sha256_file(&path)?,
             columns: column_entries(&df),
         });
+        self.anonymize_events(&df)?;
         Ok(())
     }
 
@@ -432,8 +704,33 @@ impl<'a> Builder<'a> {
                 Some(Column::Text(v)) => v.clone(),
                 _ => Vec::new(),
             };
+            let item_table = self.events.domain(t.name);
+            if item_table.is_some() {
+                self.release_items(&mut t, &ids)?;
+            }
+            let ids: Vec<Option<String>> = match t.column("person_id") {
+                Some(Column::Text(v)) => v.clone(),
+                _ => Vec::new(),
+            };
+            let item_time = item_table.is_some_and(|(_, _, time)| time);
             for (name, col) in t.columns.iter_mut() {
+                // Intervals outside the items: the finest band the policy allows, or none.
+                if let Column::Integer(values) = col
+                    && !item_time
+                    && name.ends_with("days_since_index")
+                {
+                    for v in values.iter_mut() {
+                        *v = self.events.interval(*v);
+                    }
+                }
                 let Column::Text(values) = col else { continue };
+                if item_time && item_table.is_some_and(|(_, spec, _)| spec.date == Some(*name)) {
+                    continue; // the item's own time, already released by the model
+                }
+                if name.ends_with("_date") && !self.events.years {
+                    values.iter_mut().for_each(|v| *v = None);
+                    continue;
+                }
                 if let Some(rare) = self.rare.get(&(t.name, *name)) {
                     for v in values.iter_mut().flatten() {
                         if rare.contains(v) {
@@ -549,6 +846,7 @@ impl<'a> Builder<'a> {
             .collect(),
             files: std::mem::take(&mut self.files),
             person_deid: std::mem::take(&mut self.person_report),
+            events: std::mem::take(&mut self.events_report),
             rare_codes_suppressed: rare,
             safe_harbor: checklist(
                 spec.policy,
