@@ -18,13 +18,15 @@
 //! without its year is still a diagnosis.
 //!
 //! The anonymization has two phases, both on all cores (groups in parallel):
-//! 1. **Global recoding**, Apriori-style (AA, Terrovitis et al. 2008): for `i = 1..=m`, find the
-//!    itemsets of size `i` whose support in their group is between 1 and `k - 1`; for each,
-//!    pick the item whose generalization costs least (normalized certainty penalty, NCP),
-//!    generalize all picks at once (a tree cut: the node's parent becomes the image of every
-//!    leaf below it), and repeat until no violation of size `i` remains or every pick would
-//!    generalize a code above the policy's `max_code_level`. The cut is global: one
-//!    generalization for the whole release, so an item means the same thing in every row.
+//! 1. **Global recoding**, Apriori-style (AA, Terrovitis et al. 2008): for `i = 1..=m` (or only
+//!    `i = 1`, the default: see [`Model::recode_combinations`]), find the itemsets of size `i`
+//!    whose support in their group is between 1 and `k - 1`; for each, pick the item whose
+//!    generalization adds least normalized certainty penalty (NCP), generalize the picks where
+//!    that costs less than suppressing them, and repeat until no violation of size `i` remains,
+//!    nothing is worth generalizing, or a code would climb above the policy's
+//!    `max_code_level`. A generalized node is released as its parent while its siblings keep
+//!    their own values (a rare code joins its group; a common sibling stays exact). The mapping
+//!    is global: the same for every person, so an item means the same thing in every row.
 //! 2. **Local suppression** of what still violates, per item and not per person: in each group,
 //!    repeatedly take the violating itemsets and remove from the persons holding each one the
 //!    item of it with the lowest support (ties by item), until none is left. Removing items
@@ -131,6 +133,12 @@ pub struct Model {
     pub k: usize,
     pub m: usize,
     pub domains: Vec<Domain>,
+    /// Whether global recoding also answers violating combinations (sizes 2..m), as
+    /// Terrovitis et al.'s AA does, or only single items (the default), leaving combinations to
+    /// local suppression. Measured on the dev release (docs/benchmarks.md): recoding for
+    /// combinations generalizes common codes for everyone to fix a few persons, and keeps fewer
+    /// diagnoses at their code or first hierarchy level.
+    pub recode_combinations: bool,
 }
 
 /// An item node: a code at some level of its hierarchy and a time at some level of the ladder.
@@ -258,8 +266,11 @@ pub struct Anonymized {
     data: EventData,
     /// `parent[node]`, `None` at the top (suppressed above it).
     parent: Vec<Option<NodeId>>,
-    /// Nodes of the cut above the leaves (a leaf's image is its topmost ancestor in the cut).
-    cut: HashSet<NodeId>,
+    /// Nodes released as their parent (a leaf's image climbs while its node is in the set). One
+    /// node climbing leaves its siblings as they are: a rare code joins its group label, a
+    /// common sibling keeps its own code. The mapping is the same for every person, so an
+    /// attacker who knows it finds exactly the holders of the released item.
+    generalized: HashSet<NodeId>,
     /// (person, released node) removed by local suppression.
     suppressed: HashSet<(u32, NodeId)>,
     pub report: Report,
@@ -516,7 +527,7 @@ impl EventData {
         let mut out = Anonymized {
             model: model.clone(),
             parent,
-            cut: HashSet::new(),
+            generalized: HashSet::new(),
             suppressed: HashSet::new(),
             report: Report {
                 k: model.k,
@@ -570,15 +581,14 @@ impl Anonymized {
     /// The node a leaf is released as under the cut (before local suppression): its topmost
     /// ancestor in the cut, or the leaf itself.
     fn image(&self, leaf: NodeId) -> NodeId {
-        let mut top = leaf;
         let mut n = leaf;
-        while let Some(p) = self.parent[n as usize] {
-            if self.cut.contains(&p) {
-                top = p;
+        while self.generalized.contains(&n) {
+            match self.parent[n as usize] {
+                Some(p) => n = p,
+                None => break,
             }
-            n = p;
         }
-        top
+        n
     }
 
     /// Each group's persons and their item sets under the cut and the local suppressions.
@@ -657,16 +667,23 @@ impl Anonymized {
         let (k, m) = (self.model.k, self.model.m);
         let under = self.node_leaves();
         let domain_leaves = self.domain_leaves();
-        for size in 1..=m {
+        let recode_up_to = if self.model.recode_combinations { m } else { 1 };
+        for size in 1..=recode_up_to {
             loop {
                 let groups = self.group_sets();
-                let found: Vec<Violation> = groups
+                // Violations with their holders as person numbers.
+                let found: Vec<(Vec<NodeId>, Vec<u32>)> = groups
                     .par_iter()
                     .filter(|(persons, _)| persons.len() >= k)
-                    .flat_map_iter(|(_, sets)| {
+                    .flat_map_iter(|(persons, sets)| {
                         violations(sets, k, size, 200_000)
                             .into_iter()
                             .filter(move |v| v.items.len() == size)
+                            .map(|v| {
+                                let holders = v.holders.iter().map(|&h| persons[h]).collect();
+                                (v.items, holders)
+                            })
+                            .collect::<Vec<_>>()
                     })
                     .collect();
                 if found.is_empty() {
@@ -681,12 +698,16 @@ impl Anonymized {
                         }
                     }
                 }
-                // For each violating itemset, the item whose generalization adds least NCP per
-                // leaf, among those allowed to climb; the parent gathers the holders it fixes.
-                let mut gain: HashMap<NodeId, (f64, u64)> = HashMap::new();
-                for v in &found {
-                    let best = v
-                        .items
+                // For each violating itemset, the item whose generalization adds least NCP
+                // (the NCP it adds to each holder, times its holders), among those allowed to
+                // climb. It climbs only where that costs less than suppressing it from the
+                // persons of the violations it is picked for (an item suppressed costs NCP 1):
+                // an item common everywhere but rare in one group is suppressed there rather
+                // than generalized for everyone.
+                let mut saves: HashMap<NodeId, HashSet<u32>> = HashMap::new();
+                let mut cost_of: HashMap<NodeId, f64> = HashMap::new();
+                for (items, holders) in &found {
+                    let best = items
                         .iter()
                         .filter_map(|&n| {
                             let p = self.parent[n as usize]?;
@@ -696,34 +717,24 @@ impl Anonymized {
                                 return None;
                             }
                             let total = domain_leaves[key.domain as usize].max(2) as f64;
-                            let cost = (under[p as usize] as f64 - under[n as usize] as f64)
+                            let per_holder = (under[p as usize] as f64 - under[n as usize] as f64)
                                 / (total - 1.0);
-                            Some((cost, p))
+                            let cost = per_holder * held.get(&n).copied().unwrap_or(0) as f64;
+                            Some((cost, n))
                         })
                         .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                    if let Some((cost, p)) = best {
-                        let e = gain.entry(p).or_insert((cost, 0));
-                        e.0 = e.0.max(cost);
-                        e.1 += v.holders.len() as u64;
+                    if let Some((cost, n)) = best {
+                        cost_of.insert(n, cost);
+                        saves.entry(n).or_default().extend(holders.iter().copied());
                     }
                 }
-                // Occurrences that a generalization to each candidate parent would touch.
-                let mut touched: HashMap<NodeId, u64> = HashMap::new();
-                for (&n, &h) in &held {
-                    if let Some(p) = self.parent[n as usize]
-                        && gain.contains_key(&p)
-                    {
-                        *touched.entry(p).or_default() += h;
+                let before = self.generalized.len();
+                for (n, persons) in saves {
+                    if cost_of[&n] <= persons.len() as f64 {
+                        self.generalized.insert(n);
                     }
                 }
-                let before = self.cut.len();
-                for (p, (cost, fixes)) in gain {
-                    let affected = touched.get(&p).copied().unwrap_or(0) as f64;
-                    if affected * cost <= fixes as f64 {
-                        self.cut.insert(p);
-                    }
-                }
-                if self.cut.len() == before {
+                if self.generalized.len() == before {
                     break; // generalizing costs more than suppressing what is left
                 }
                 self.report.recoding_rounds[size - 1] += 1;
@@ -758,15 +769,19 @@ impl Anonymized {
                             *support.entry(i).or_default() += 1;
                         }
                     }
+                    let mut found = found;
+                    found.sort_by_key(|v| v.items.len());
                     for v in found {
-                        let Some(&item) = v
-                            .items
-                            .iter()
-                            .min_by_key(|&&i| (support.get(&i).copied().unwrap_or(0), i))
-                        else {
-                            continue;
-                        };
                         for h in v.holders {
+                            if !v.items.iter().all(|i| sets[h].contains(i)) {
+                                continue; // already fixed for this holder
+                            }
+                            let item = v
+                                .items
+                                .iter()
+                                .copied()
+                                .min_by_key(|&i| (support.get(&i).copied().unwrap_or(0), i));
+                            let Some(item) = item else { continue };
                             if let Some(pos) = sets[h].iter().position(|&i| i == item) {
                                 sets[h].remove(pos);
                                 removed.push((persons[h], item));
@@ -949,6 +964,7 @@ mod tests {
         Model {
             k,
             m,
+            recode_combinations: hierarchy,
             domains: vec![Domain {
                 name: "condition_occurrence".into(),
                 ladder: time_ladder(&[1, 5], &[]),
@@ -1102,6 +1118,7 @@ pub fn anonymize_transactions(
     let model = Model {
         k: spec.k,
         m: spec.m,
+        recode_combinations: false,
         domains: vec![Domain {
             name: spec.item.clone(),
             ladder: vec![TimeLevel::NONE],

@@ -141,6 +141,10 @@ pub struct EventsSection {
     /// it, violating items are suppressed).
     #[serde(default = "default_max_code_level")]
     pub max_code_level: usize,
+    /// Whether global recoding also answers violating combinations of items (AA over every
+    /// size), not only single items; default false (combinations are suppressed locally).
+    #[serde(default)]
+    pub recode_combinations: bool,
     /// The tables whose events are items; absent: the release's defaults.
     #[serde(rename = "table", default)]
     pub tables: Vec<EventTable>,
@@ -158,6 +162,7 @@ impl Default for EventsSection {
             years: default_years(),
             interval_days: default_interval_days(),
             max_code_level: default_max_code_level(),
+            recode_combinations: false,
             tables: Vec::new(),
             hierarchies: Vec::new(),
         }

@@ -184,6 +184,7 @@ impl EventPolicy {
                 k,
                 m: section.m,
                 domains,
+                recode_combinations: section.recode_combinations,
             },
             tables: chosen,
             interval_days: section.interval_days.first().copied(),
