@@ -88,11 +88,9 @@ async fn versions_revocation_retirement_and_file_integrity() {
     );
     let patients = grant_all(&t).await;
     let policy = t.dir.path().join("k2.toml");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::fs::write(
         &policy,
-        std::fs::read_to_string(root.join("policies/expert-determination.toml"))
-            .expect("policy")
+        crate::support::shipped_policy("expert-determination.toml")
             .replace("k = 5", "k = 2")
             .replace("suppression_limit = 0.05", "suppression_limit = 0.3"),
     )
@@ -530,11 +528,7 @@ async fn microsoft_safe_harbor_paths_are_dropped_or_transformed() {
     let policy = t.dir.path().join("k1.toml");
     std::fs::write(
         &policy,
-        std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/safe-harbor.toml"),
-        )
-        .expect("policy")
-        .replace("k = 5", "k = 1"),
+        crate::support::shipped_policy("safe-harbor.toml").replace("k = 5", "k = 1"),
     )
     .expect("policy");
     t.expect(

@@ -283,3 +283,15 @@ impl Tessera {
         .expect("open catalog")
     }
 }
+
+/// A shipped release policy's text with its hierarchy files named by absolute path, for tests
+/// that write a changed copy elsewhere.
+pub fn shipped_policy(name: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    std::fs::read_to_string(dir.join(name))
+        .expect("policy")
+        .replace(
+            "file = \"hierarchies/",
+            &format!("file = \"{}/hierarchies/", dir.display()),
+        )
+}
