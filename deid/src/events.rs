@@ -371,46 +371,50 @@ fn violations(sets: &[Vec<NodeId>], k: usize, m: usize, limit: usize) -> Vec<Vio
         }
     }
     let items: Vec<(NodeId, Bits)> = tids.into_iter().collect();
-    let all = Bits::all(n);
-    let mut out = Vec::new();
-    let mut prefix: Vec<NodeId> = Vec::new();
-    fn dfs(
-        items: &[(NodeId, Bits)],
-        start: usize,
-        tid: Option<&Bits>,
-        prefix: &mut Vec<NodeId>,
+    /// The walk's fixed inputs and its findings.
+    struct Walk<'a> {
+        items: &'a [(NodeId, Bits)],
         k: usize,
         m: usize,
         limit: usize,
-        out: &mut Vec<Violation>,
-    ) {
-        for j in start..items.len() {
-            if out.len() >= limit {
-                return;
+        prefix: Vec<NodeId>,
+        out: Vec<Violation>,
+    }
+    impl Walk<'_> {
+        fn dfs(&mut self, start: usize, tid: &Bits) {
+            for j in start..self.items.len() {
+                if self.out.len() >= self.limit {
+                    return;
+                }
+                let (item, bits) = &self.items[j];
+                let next = tid.and(bits);
+                let c = next.count();
+                if c == 0 {
+                    continue;
+                }
+                self.prefix.push(*item);
+                if c < self.k {
+                    self.out.push(Violation {
+                        items: self.prefix.clone(),
+                        holders: next.ones(),
+                    });
+                } else if self.prefix.len() < self.m && *tid != next {
+                    self.dfs(j + 1, &next);
+                }
+                self.prefix.pop();
             }
-            let (item, bits) = &items[j];
-            let next = match tid {
-                Some(t) => t.and(bits),
-                None => bits.clone(),
-            };
-            let c = next.count();
-            if c == 0 {
-                continue;
-            }
-            prefix.push(*item);
-            if c < k {
-                out.push(Violation {
-                    items: prefix.clone(),
-                    holders: next.ones(),
-                });
-            } else if prefix.len() < m && tid.is_none_or(|t| *t != next) {
-                dfs(items, j + 1, Some(&next), prefix, k, m, limit, out);
-            }
-            prefix.pop();
         }
     }
-    dfs(&items, 0, Some(&all), &mut prefix, k, m, limit, &mut out);
-    out
+    let mut walk = Walk {
+        items: &items,
+        k,
+        m,
+        limit,
+        prefix: Vec::new(),
+        out: Vec::new(),
+    };
+    walk.dfs(0, &Bits::all(n));
+    walk.out
 }
 
 /// Support of every combination of up to `m` items of each person of a group: for the risk,

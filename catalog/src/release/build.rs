@@ -236,6 +236,12 @@ fn is_code(column: &str) -> bool {
             || matches!(column, "gene" | "hgvs" | "vcf" | "onset"))
 }
 
+/// An item as the scan keeps it: domain, interned code, year, days since the index event.
+type ScannedItem = (u16, u32, Option<i32>, Option<i64>);
+
+/// A row's item: domain, code key, year, days since the index event.
+type RowItem = (u16, String, Option<i32>, Option<i64>);
+
 /// One event table being written.
 struct Output {
     table: &'static str,
@@ -274,7 +280,7 @@ pub struct Builder<'a> {
     codes: Vec<String>,
     code_ids: HashMap<String, u32>,
     /// Per person id, the items of their events (domain, code, year, days since index).
-    person_events: HashMap<String, Vec<(u16, u32, Option<i32>, Option<i64>)>>,
+    person_events: HashMap<String, Vec<ScannedItem>>,
     /// Person id → the model's person index.
     person_index: HashMap<String, u32>,
     anonymized: Option<Anonymized>,
@@ -388,11 +394,7 @@ impl<'a> Builder<'a> {
 
     /// The model's code key of each row of an item table, with the row's year and interval
     /// (when time is part of the item).
-    fn row_items(
-        &mut self,
-        t: &Table,
-        ids: &[Option<String>],
-    ) -> Vec<Option<(u16, String, Option<i32>, Option<i64>)>> {
+    fn row_items(&mut self, t: &Table, ids: &[Option<String>]) -> Vec<Option<RowItem>> {
         let Some((domain, spec, time)) = self.events.domain(t.name) else {
             return Vec::new();
         };
