@@ -662,6 +662,32 @@ impl Anonymized {
         under
     }
 
+    /// Distinct codes under each node (1 for a code at any time level), and per domain the
+    /// number of distinct codes: the NCP of a code's climb is the share of the domain's codes
+    /// its new node covers (a climb by time costs by time leaves instead).
+    fn node_codes(&self) -> (Vec<u64>, Vec<u64>) {
+        let mut under = vec![0u64; self.parent.len()];
+        let mut per_domain = vec![0u64; self.model.domains.len()];
+        for (i, key) in self.data.nodes.iter().enumerate() {
+            let d = &self.model.domains[key.domain as usize];
+            let top_time = key.time_level as usize + 1 == d.ladder.len();
+            if key.code_level != 0 {
+                continue;
+            }
+            if !top_time {
+                under[i] = under[i].max(1);
+                continue;
+            }
+            per_domain[key.domain as usize] += 1;
+            let mut n = Some(i as NodeId);
+            while let Some(x) = n {
+                under[x as usize] += 1;
+                n = self.parent[x as usize];
+            }
+        }
+        (under, per_domain)
+    }
+
     /// Phase 1: global recoding, size by size. A generalization is made only when it costs
     /// less than suppressing what it would fix: the NCP it adds to every occurrence of the
     /// generalized node's children against one unit (a suppressed item's NCP) per person
@@ -671,6 +697,7 @@ impl Anonymized {
         let (k, m) = (self.model.k, self.model.m);
         let under = self.node_leaves();
         let domain_leaves = self.domain_leaves();
+        let (codes_under, domain_codes) = self.node_codes();
         let recode_up_to = if self.model.recode_combinations { m } else { 1 };
         for size in 1..=recode_up_to {
             loop {
@@ -720,9 +747,17 @@ impl Anonymized {
                             if key.code_level as usize > d.max_code_level {
                                 return None;
                             }
-                            let total = domain_leaves[key.domain as usize].max(2) as f64;
-                            let per_holder = (under[p as usize] as f64 - under[n as usize] as f64)
-                                / (total - 1.0);
+                            let climbs_code =
+                                key.code_level > self.data.nodes[n as usize].code_level;
+                            let per_holder = if climbs_code {
+                                let total = domain_codes[key.domain as usize].max(2) as f64;
+                                (codes_under[p as usize] as f64 - codes_under[n as usize] as f64)
+                                    / (total - 1.0)
+                            } else {
+                                let total = domain_leaves[key.domain as usize].max(2) as f64;
+                                (under[p as usize] as f64 - under[n as usize] as f64)
+                                    / (total - 1.0)
+                            };
                             let cost = per_holder * held.get(&n).copied().unwrap_or(0) as f64;
                             Some((cost, n))
                         })

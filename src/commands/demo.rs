@@ -140,6 +140,25 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
             let tables: Vec<String> = manifest.files.iter().map(|f| f.table.clone()).collect();
             demo_licenses(g, &tables).await?;
             demo_payouts(g, &catalog).await?;
+            // The same patients under Safe Harbor with the event model on ((k, k^m)-anonymity
+            // of the event tables): the release that withstands an attacker who knows a
+            // patient's diagnoses with their years (docs/releases.md). No demo license covers
+            // it; an operator issues one.
+            let safe_harbor = args.release_policy.with_file_name("safe-harbor.toml");
+            if safe_harbor.is_file() {
+                let text = std::fs::read_to_string(&safe_harbor)?;
+                let policy = tessera_deid::policy::Policy::from_file(&safe_harbor)?;
+                let (row, manifest) = catalog
+                    .build_release(&tessera_catalog::ReleaseRequest {
+                        family: "demo-safe-harbor",
+                        purpose: &purpose,
+                        policy: &policy,
+                        policy_text: &text,
+                        releases_dir: &releases_dir,
+                    })
+                    .await?;
+                super::release::print_summary(&row.path, &manifest);
+            }
         }
         // The shipped fixtures hold fewer patients than the policy's k: say so, and go on.
         Err(e) if e.is_user_error() => say!("no demo release: {e}"),

@@ -454,6 +454,7 @@ impl<'a> Builder<'a> {
     /// Pass 1 for an item table: every person's items, for the event model.
     fn scan_items(&mut self, t: &Table, ids: &[Option<String>]) {
         let rows = self.row_items(t, ids);
+        let mut touched: HashSet<&str> = HashSet::new();
         for (r, item) in rows.into_iter().enumerate() {
             let (Some((domain, key, year, days)), Some(Some(person))) = (item, ids.get(r)) else {
                 continue;
@@ -467,6 +468,15 @@ impl<'a> Builder<'a> {
                 .entry(person.clone())
                 .or_default()
                 .push((domain, code, year, days));
+            touched.insert(person.as_str());
+        }
+        // Repeated events of one item (yearly vitals, refills) are one item: keep the scan's
+        // memory to distinct items per person.
+        for p in touched {
+            if let Some(items) = self.person_events.get_mut(p) {
+                items.sort_unstable();
+                items.dedup();
+            }
         }
     }
 
