@@ -392,6 +392,10 @@ pub(crate) fn assert_event_model_holds(release: &Path, sources: Option<&Path>) -
         serde_json::from_str(text.trim()).expect("km_check json")
     };
     let dir = release.to_str().expect("utf-8");
+    let hierarchy = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("policies/hierarchies/synthea-snomed-conditions.csv")
+        .display()
+        .to_string();
     for m in ["1", "2", "3"] {
         let v = run(&["check", dir, "--m", m]);
         assert!(
@@ -409,7 +413,14 @@ pub(crate) fn assert_event_model_holds(release: &Path, sources: Option<&Path>) -
     }
     if let Some(src) = sources {
         for m in ["1", "2", "3"] {
-            let v = run(&["attack", dir, src.to_str().expect("utf-8"), "--m", m]);
+            let v = run(&[
+                "attack",
+                dir,
+                src.to_str().expect("utf-8"),
+                &hierarchy,
+                "--m",
+                m,
+            ]);
             assert_eq!(v["below_k"], 0, "{v}");
             assert!(v["patients"].as_u64().is_some_and(|n| n > 300), "{v}");
             answers.push(v);
@@ -686,6 +697,23 @@ fn the_demo_builds_a_release() {
     );
     let release = t.data_dir().join("releases/demo-safe-harbor/v1");
     assert_event_model_holds(&release, Some(synthea_dir()));
+    // The same attacker against the family without the event model finds most patients among
+    // fewer than k candidates: the attack is real, and the model is what stops it.
+    let python = crate::support::venv_program("TESSERA_FLIGHT_VENV", "venv-flight", "bin/python");
+    let out = Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/km_check.py"))
+        .arg("attack")
+        .arg(t.data_dir().join("releases/demo-natural-history/v1"))
+        .arg(synthea_dir())
+        .args(["--m", "2"])
+        .output()
+        .expect("km_check");
+    let broken: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(!out.status.success(), "{broken}");
+    assert!(
+        broken["below_k"].as_u64().is_some_and(|n| n * 2 > 373),
+        "{broken}"
+    );
 
     // Two demo organizations with active licenses and working keys, in demo.json (0600).
     let demo_json = t.data_dir().join("demo.json");

@@ -9,11 +9,12 @@
         persons. Prints one JSON line: persons, groups, itemsets visited, violations by size.
         Exit 1 on any violation.
 
-    km_check.py attack RELEASE_DIR BUNDLES_DIR_OR_TAR [--m M]
+    km_check.py attack RELEASE_DIR BUNDLES_DIR_OR_TAR [HIERARCHY...] [--m M]
         Plays the attacker: from each source FHIR bundle, the patient's sex, birth year and up
         to m diagnoses with the year of each (the first m by onset), matched against the
         release (a released value is consistent with a known one when it is equal, generalized
-        to a band that holds it, or not released). Prints one JSON line with the distribution of
+        to a band or, by the public hierarchy files given, to an ancestor that holds it, or not
+        released). Prints one JSON line with the distribution of
         candidate counts; exit 1 when some patient has between 1 and k - 1 candidates.
 
     km_check.py table FILE.csv PERSON_COLUMN ITEM_COLUMN K M [GROUP_COLUMNS]
@@ -266,9 +267,16 @@ def item_year_consistent(released, year):
     return parts[0] <= year <= parts[1]
 
 
-def attack(release, source, m):
+def attack(release, source, m, hierarchies=()):
     manifest = json.load(open(os.path.join(release, "manifest.json")))
-    k = manifest["events"]["k"]
+    k = (manifest.get("events") or {}).get("k") or manifest["person_deid"]["k"]
+    ancestors = {}
+    for path in hierarchies:
+        for line in open(path):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                cells = [c.strip() for c in line.split(";")]
+                ancestors[cells[0]] = set(cells[1:])
     threshold = manifest.get("birth_years_pooled") and (
         int(manifest["consent_snapshot_at"][:4]) - 90
     )
@@ -300,7 +308,11 @@ def attack(release, source, m):
                 continue
             have = by_person.get(pid, [])
             if all(
-                any(c == code and item_year_consistent(ry, y) for c, ry in have)
+                any(
+                    (c == code or c in ancestors.get(code, ()))
+                    and item_year_consistent(ry, y)
+                    for c, ry in have
+                )
                 for code, y in known
             ):
                 candidates += 1
@@ -340,7 +352,7 @@ def main(argv):
         groups = rest[5].split(",") if len(rest) > 5 and rest[5] else []
         out, ok = check_table(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]), groups)
     elif argv[0] == "attack":
-        out, ok = attack(rest[0], rest[1], args.get("m", 3))
+        out, ok = attack(rest[0], rest[1], args.get("m", 3), rest[2:])
     else:
         print(__doc__)
         return 2
