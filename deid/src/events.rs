@@ -181,8 +181,8 @@ pub struct EventData {
     group_ids: HashMap<String, u32>,
     /// Person → distinct leaf items.
     items: Vec<Vec<NodeId>>,
-    /// Occurrences of each leaf (rows), for the loss weights.
-    occurrences: HashMap<NodeId, u64>,
+    /// The leaves seen in the data (ancestors are interned later, by the anonymization).
+    leaves: HashSet<NodeId>,
 }
 
 impl EventData {
@@ -238,8 +238,7 @@ impl EventData {
         }
     }
 
-    /// Adds one event of `person` (repeated events of one item count once in the model and as
-    /// occurrences in the loss).
+    /// Adds one event of `person` (repeated events of one item count once).
     pub fn add_event(
         &mut self,
         model: &Model,
@@ -251,7 +250,7 @@ impl EventData {
     ) {
         let key = EventData::leaf_key(model, domain, code, year, days);
         let id = self.intern(key);
-        *self.occurrences.entry(id).or_default() += 1;
+        self.leaves.insert(id);
         let items = &mut self.items[person as usize];
         if !items.contains(&id) {
             items.push(id);
@@ -359,18 +358,24 @@ impl Bits {
     }
 }
 
-/// Itemsets of size 1..=m held by 1..k-1 persons of a group whose persons hold `sets` (sorted
-/// item lists). Returns at most `limit` violations (the caller repeats), and the support
-/// histogram when asked (for the risk).
-fn violations(sets: &[Vec<NodeId>], k: usize, m: usize, limit: usize) -> Vec<Violation> {
-    let n = sets.len();
+/// Each item of a group with the persons (indices into `sets`) holding it, in item order.
+fn holders_by_item(sets: &[Vec<NodeId>]) -> Vec<(NodeId, Bits)> {
     let mut tids: BTreeMap<NodeId, Bits> = BTreeMap::new();
     for (p, set) in sets.iter().enumerate() {
         for &i in set {
-            tids.entry(i).or_insert_with(|| Bits::new(n)).set(p);
+            tids.entry(i)
+                .or_insert_with(|| Bits::new(sets.len()))
+                .set(p);
         }
     }
-    let items: Vec<(NodeId, Bits)> = tids.into_iter().collect();
+    tids.into_iter().collect()
+}
+
+/// Itemsets of size 1..=m held by 1..k-1 persons of a group whose persons hold `sets` (sorted
+/// item lists). Returns at most `limit` violations (the caller repeats).
+fn violations(sets: &[Vec<NodeId>], k: usize, m: usize, limit: usize) -> Vec<Violation> {
+    let n = sets.len();
+    let items = holders_by_item(sets);
     /// The walk's fixed inputs and its findings.
     struct Walk<'a> {
         items: &'a [(NodeId, Bits)],
@@ -423,13 +428,7 @@ fn violations(sets: &[Vec<NodeId>], k: usize, m: usize, limit: usize) -> Vec<Vio
 /// the minimum over a person's combinations is the minimum over the itemsets visited.
 fn min_support_per_person(sets: &[Vec<NodeId>], m: usize) -> Vec<usize> {
     let n = sets.len();
-    let mut tids: BTreeMap<NodeId, Bits> = BTreeMap::new();
-    for (p, set) in sets.iter().enumerate() {
-        for &i in set {
-            tids.entry(i).or_insert_with(|| Bits::new(n)).set(p);
-        }
-    }
-    let items: Vec<(NodeId, Bits)> = tids.into_iter().collect();
+    let items = holders_by_item(sets);
     let mut best = vec![n; n];
     let all = Bits::all(n);
     fn dfs(
@@ -650,7 +649,7 @@ impl Anonymized {
     fn node_leaves(&self) -> Vec<u64> {
         let mut under = vec![0u64; self.parent.len()];
         for leaf in 0..self.parent.len() {
-            if !self.data.occurrences.contains_key(&(leaf as NodeId)) {
+            if !self.data.leaves.contains(&(leaf as NodeId)) {
                 continue;
             }
             let mut n = Some(leaf as NodeId);
@@ -783,7 +782,7 @@ impl Anonymized {
 
     fn domain_leaves(&self) -> Vec<u64> {
         let mut out = vec![0u64; self.model.domains.len()];
-        for &leaf in self.data.occurrences.keys() {
+        for &leaf in &self.data.leaves {
             out[self.data.nodes[leaf as usize].domain as usize] += 1;
         }
         out

@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import random
+import re
 import sys
 import tarfile
 
@@ -242,7 +243,7 @@ def year_consistent(released, year):
     """A released birth year or band (`1950`, `[1950, 1955)`, `*`, null) holds `year`."""
     if released in (None, "", "*") or year is None:
         return True
-    digits = [int(x) for x in __import__("re").findall(r"\d{4}", str(released))]
+    digits = [int(x) for x in re.findall(r"\d{4}", str(released))]
     if len(digits) == 1:
         # A single year; "pooled" years read "this year or earlier".
         return year == digits[0] or year <= digits[0] and manifest_pools(released)

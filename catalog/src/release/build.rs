@@ -586,10 +586,10 @@ impl<'a> Builder<'a> {
             };
             let Released::Item {
                 code: released,
-                code_level,
                 time: level,
                 year: ry,
                 days: rd,
+                ..
             } = anonymized.release(person, domain, &key, y, d)
             else {
                 continue;
@@ -604,7 +604,6 @@ impl<'a> Builder<'a> {
                 let (s, c) = events::split_key(&released);
                 code[r] = Some(c.to_string());
                 system[r] = (!s.is_empty()).then(|| s.to_string());
-                let _ = code_level;
             }
             if time {
                 year[r] = level.year_label(ry);

@@ -103,8 +103,6 @@ pub struct EventPolicy {
     pub years: bool,
     /// Whether the event model runs (`[events] enabled`).
     pub enabled: bool,
-    /// Vocabulary of generalized codes, by code system.
-    generalized_system: HashMap<String, String>,
 }
 
 impl EventPolicy {
@@ -136,7 +134,6 @@ impl EventPolicy {
         };
         // Hierarchies by code system, keyed as the model sees codes.
         let mut by_system: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
-        let mut generalized_system = HashMap::new();
         for h in &section.hierarchies {
             let tree = h.load(&policy.base_dir).map_err(|e| {
                 CatalogError::invalid(format!("[[events.hierarchy]] for {}: {e}", h.system))
@@ -155,7 +152,6 @@ impl EventPolicy {
                 })
                 .collect();
             by_system.insert(h.system.clone(), keyed);
-            generalized_system.insert(h.system.clone(), general);
         }
         let domains = chosen
             .iter()
@@ -190,7 +186,6 @@ impl EventPolicy {
             interval_days: section.interval_days.first().copied(),
             years: !section.years.is_empty() || !section.enabled,
             enabled: section.enabled,
-            generalized_system,
         })
     }
 
@@ -231,14 +226,6 @@ impl EventPolicy {
         }
         let w = i64::from(self.interval_days?.max(1));
         days.map(|d| d.div_euclid(w) * w)
-    }
-
-    /// The vocabulary a generalized code of `system` is released under.
-    pub fn generalized_vocabulary(&self, system: &str) -> String {
-        self.generalized_system
-            .get(system)
-            .cloned()
-            .unwrap_or_else(|| system.to_string())
     }
 }
 
