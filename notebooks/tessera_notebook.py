@@ -46,9 +46,10 @@ def demo_file() -> pathlib.Path:
     return REPO / "tessera-data" / "demo.json"
 
 
-def server(mode: str) -> Server:
+def server(mode: str, private: bool = False) -> Server:
     """The server and key to use; ``mode`` is the kind of license the notebook needs
-    (``"aggregate_only"`` or ``"row_level"``), used to pick the demo organization."""
+    (``"aggregate_only"`` or ``"row_level"``) and ``private`` whether it answers under
+    differential privacy, used to pick the demo organization."""
     key = os.environ.get("TESSERA_API_KEY")
     uri = os.environ.get("TESSERA_FLIGHT_URI")
     if key and uri:
@@ -60,9 +61,13 @@ def server(mode: str) -> Server:
             f"and `tessera serve` so that {path} exists"
         )
     demo = json.loads(path.read_text())
-    orgs = [o for o in demo["organizations"] if o["mode"] == mode]
+    orgs = [
+        o for o in demo["organizations"]
+        if o["mode"] == mode and bool(o.get("differential_privacy", False)) == private
+    ]
     if not orgs:
-        raise SystemExit(f"{path}: no demo organization with a {mode} license")
+        kind = f"{mode} license" + (" with a privacy budget" if private else "")
+        raise SystemExit(f"{path}: no demo organization with a {kind}")
     org = orgs[0]
     services = demo.get("services", {})
     return Server(
@@ -112,3 +117,30 @@ def save_cohort(s: Server, definition: dict) -> dict:
     except urllib.error.HTTPError as e:
         body = json.load(e)
         raise RuntimeError(f"the server refused the cohort ({e.code}): {body['error']['message']}") from None
+
+
+def noisy_query(conn, sql: str):
+    """Runs one statement under a license with a privacy budget and returns the result, the
+    noise's standard deviation of each column that has one, and what the answer cost and left
+    (the result's schema metadata, ``tessera.dp.*``)."""
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        table = cur.fetch_arrow_table()
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    stddev = {
+        f.name: float(f.metadata[b"tessera.dp.stddev"])
+        for f in table.schema
+        if f.metadata and b"tessera.dp.stddev" in f.metadata
+    }
+    return pl.from_arrow(table), stddev, {k[len("tessera.dp."):]: v for k, v in meta.items() if k.startswith("tessera.dp.")}
+
+
+def usage(s: Server) -> dict:
+    """The license's usage and, for a license with a privacy budget, the budget
+    (``GET /v1/licenses/{id}/usage``)."""
+    request = urllib.request.Request(
+        f"{s.http_uri.rstrip('/')}/v1/licenses/{s.license}/usage",
+        headers={"authorization": "Bearer " + s.api_key},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)

@@ -7,6 +7,7 @@
 //! - `decision`: the pure authorization decision with stable reason codes;
 //! - `gate`: credential lookup, decision, metering and audit around `decision`, for HTTP and Flight;
 //! - `output`: small-cell suppression and rounding of counts;
+//! - `privacy`: differential-privacy terms, the zCDP accountant and its (ε, δ) conversion;
 //! - `audit`: the hash chain and its verifier; `store`: all of it in SQL.
 //!
 //! Must not: plan queries, or know Flight or HTTP.
@@ -17,6 +18,7 @@ pub mod gate;
 pub mod keys;
 pub mod model;
 pub mod output;
+pub mod privacy;
 pub mod store;
 pub mod terms;
 

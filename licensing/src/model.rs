@@ -82,7 +82,7 @@ impl ColumnGrant {
 }
 
 /// Output rules the query service applies to every result under the license.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputRules {
     /// Cells describing fewer persons are suppressed (CMS: 11).
@@ -95,6 +95,13 @@ pub struct OutputRules {
     /// the signed terms when empty, so licenses signed before the field existed still verify.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identifying_columns: Vec<String>,
+    /// Differential privacy for an aggregate-only license: every aggregate answer carries
+    /// calibrated noise and the license's total privacy loss is bounded by a budget
+    /// ([`crate::privacy`]). Absent: exact aggregates with small cells suppressed (which cannot
+    /// stop differencing; docs/licensing.md says why). Left out of the signed terms when
+    /// absent, so licenses signed before the field existed still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::PrivacyTerms>,
 }
 
 impl Default for OutputRules {
@@ -104,6 +111,7 @@ impl Default for OutputRules {
             rounding_base: None,
             max_rows: None,
             identifying_columns: Vec::new(),
+            privacy: None,
         }
     }
 }
@@ -130,7 +138,7 @@ pub struct Fees {
 }
 
 /// A data-use agreement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct License {
     pub id: String,
@@ -184,6 +192,12 @@ impl License {
         }
         if self.output.rounding_base == Some(0) {
             return Err("output.rounding_base: leave it null, or at least 1".into());
+        }
+        if let Some(p) = &self.output.privacy {
+            if self.mode != AccessMode::AggregateOnly {
+                return Err("output.privacy: differential privacy applies to aggregate-only licenses (a row-level license sees rows)".into());
+            }
+            p.validate().map_err(|e| format!("output.privacy.{e}"))?;
         }
         if self.releases.is_empty() || self.tables.is_empty() {
             return Err("releases and tables: cover at least one of each".into());

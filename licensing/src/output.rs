@@ -86,6 +86,7 @@ mod tests {
             rounding_base: rounding,
             max_rows: None,
             identifying_columns: Vec::new(),
+            privacy: None,
         }
     }
 

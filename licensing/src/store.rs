@@ -14,6 +14,7 @@ use crate::audit::{self, ChainError, Entry, Event};
 use crate::decision::{Credential, Principal, Usage};
 use crate::keys;
 use crate::model::{License, LicenseStatus};
+use crate::privacy::Rho;
 use crate::terms::{self, SignedTerms, TermsError};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -35,6 +36,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_patient_keys.sql"),
     ),
     (6, "cohorts", include_str!("../migrations/0006_cohorts.sql")),
+    (7, "privacy", include_str!("../migrations/0007_privacy.sql")),
 ];
 
 /// A cohort definition saved under a license (its JSON as saved).
@@ -944,6 +946,175 @@ impl LicensingStore {
             .and_then(DateTime::<Utc>::from_timestamp_millis)
             .map(|t| t + chrono::Duration::seconds(60));
         Ok((usage, frees))
+    }
+}
+
+/// What became of a noisy answer offered to [`LicensingStore::spend_privacy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spend {
+    /// The answer is released and its cost added: the license's spend is now `total`.
+    Spent { total: Rho, answers: u64 },
+    /// The same answer key was released before: that answer (Arrow IPC) is the one to show,
+    /// and nothing is charged.
+    Cached(Vec<u8>),
+    /// The cost would take the license past its budget: nothing is released or charged.
+    Exhausted { spent: Rho, budget: Rho },
+}
+
+/// A license's privacy spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrivacySpent {
+    pub rho: Rho,
+    pub answers: u64,
+    /// δ of the group thresholds, added up.
+    pub delta: f64,
+}
+
+/// δ is stored in pico units (10⁻¹²), rounded up.
+const PICO: f64 = 1e12;
+
+impl LicensingStore {
+    /// What a license has spent of its privacy budget.
+    pub async fn privacy_spent(&self, license: &str) -> Result<PrivacySpent, StoreError> {
+        let c = "reading the privacy spend";
+        let row = sqlx::query(
+            "SELECT spent_nano, answers, delta_spent_pico FROM privacy_spend WHERE license = $1",
+        )
+        .bind(license)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ctx(c))?;
+        let Some(row) = row else {
+            return Ok(PrivacySpent::default());
+        };
+        let n = |col: &str| -> Result<u64, StoreError> {
+            Ok(row.try_get::<i64, _>(col).map_err(ctx(c))?.max(0) as u64)
+        };
+        Ok(PrivacySpent {
+            rho: Rho(n("spent_nano")?),
+            answers: n("answers")?,
+            delta: n("delta_spent_pico")? as f64 / PICO,
+        })
+    }
+
+    /// A noisy answer released before under `license` with `key`, if any (Arrow IPC).
+    pub async fn dp_answer(&self, license: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT answer FROM dp_answers WHERE license = $1 AND answer_key = $2")
+            .bind(license)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading a released answer"))
+    }
+
+    /// Releases a noisy answer under `license`: in one transaction, stores it under `key` and
+    /// adds `cost` (and `delta`) to the license's spend, unless the spend would pass `budget`
+    /// (then neither happens) or an answer with that key exists (then that one is returned and
+    /// nothing is charged). The budget check is the `UPDATE`'s own condition, so concurrent
+    /// answers cannot overspend on SQLite or PostgreSQL.
+    pub async fn spend_privacy(
+        &self,
+        license: &str,
+        key: &str,
+        answer: &[u8],
+        cost: Rho,
+        delta: f64,
+        budget: Rho,
+        at: DateTime<Utc>,
+    ) -> Result<Spend, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .try_spend(license, key, answer, cost, delta, budget, at)
+                .await
+            {
+                Err(StoreError::Sql { source, .. }) if contended(&source) && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_spend(
+        &self,
+        license: &str,
+        key: &str,
+        answer: &[u8],
+        cost: Rho,
+        delta: f64,
+        budget: Rho,
+        at: DateTime<Utc>,
+    ) -> Result<Spend, StoreError> {
+        let c = "spending privacy budget";
+        let as_i64 = |r: Rho| i64::try_from(r.0).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await.map_err(ctx(c))?;
+        let stored = sqlx::query(
+            "INSERT INTO dp_answers (license, answer_key, answer, rho_nano, created_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (license, answer_key) DO NOTHING",
+        )
+        .bind(license)
+        .bind(key)
+        .bind(answer.to_vec())
+        .bind(as_i64(cost))
+        .bind(at.timestamp_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(c))?;
+        if stored.rows_affected() == 0 {
+            let earlier: Vec<u8> = sqlx::query_scalar(
+                "SELECT answer FROM dp_answers WHERE license = $1 AND answer_key = $2",
+            )
+            .bind(license)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(ctx(c))?;
+            tx.commit().await.map_err(ctx(c))?;
+            return Ok(Spend::Cached(earlier));
+        }
+        sqlx::query(
+            "INSERT INTO privacy_spend (license, spent_nano, answers, delta_spent_pico) VALUES ($1, 0, 0, 0) \
+             ON CONFLICT (license) DO NOTHING",
+        )
+        .bind(license)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(c))?;
+        let delta_pico = (delta * PICO).ceil().max(0.0) as i64;
+        let updated = sqlx::query(
+            "UPDATE privacy_spend SET spent_nano = spent_nano + $2, answers = answers + 1, delta_spent_pico = delta_spent_pico + $3 \
+             WHERE license = $1 AND spent_nano + $2 <= $4",
+        )
+        .bind(license)
+        .bind(as_i64(cost))
+        .bind(delta_pico)
+        .bind(as_i64(budget))
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(c))?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await.map_err(ctx(c))?;
+            let spent = self.privacy_spent(license).await?;
+            return Ok(Spend::Exhausted {
+                spent: spent.rho,
+                budget,
+            });
+        }
+        let row = sqlx::query("SELECT spent_nano, answers FROM privacy_spend WHERE license = $1")
+            .bind(license)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(ctx(c))?;
+        let total: i64 = row.try_get("spent_nano").map_err(ctx(c))?;
+        let answers: i64 = row.try_get("answers").map_err(ctx(c))?;
+        tx.commit().await.map_err(ctx(c))?;
+        Ok(Spend::Spent {
+            total: Rho(total.max(0) as u64),
+            answers: answers.max(0) as u64,
+        })
     }
 }
 

@@ -99,6 +99,60 @@ const NOT_AGGREGATE: &str = "this license is aggregate-only: the result must be 
 
 /// Checks an analyst's plan against the aggregate-only rules and adds [`PERSONS`].
 pub fn rewrite(plan: LogicalPlan, identifying: &[String]) -> Result<LogicalPlan, QueryError> {
+    let (above, aggregate) = split(plan, identifying, ALLOWED)?;
+    let mut hidden = Hidden::default();
+    let (input, persons) = expose_persons(aggregate.input.as_ref().clone(), &mut hidden)?;
+    if persons.is_empty() {
+        return Err(QueryError::refused("no_persons", NO_PERSONS));
+    }
+    let mut aggr_expr = aggregate.aggr_expr.clone();
+    let names: Vec<String> = (0..persons.len())
+        .map(|i| format!("{PERSONS}_{i}"))
+        .collect();
+    for (person, name) in persons.into_iter().zip(&names) {
+        aggr_expr.push(count_distinct(Expr::Column(person)).alias(name));
+    }
+    let current = LogicalPlan::Aggregate(
+        Aggregate::try_new(Arc::new(input), aggregate.group_expr.clone(), aggr_expr)
+            .map_err(internal)?,
+    );
+    rebuild_above(current, above, &names)
+}
+
+pub(crate) const NO_PERSONS: &str =
+    "the aggregate must read a table with person_id, so that groups can be counted in persons";
+
+/// Puts the nodes that stood above the aggregate back over `current`, each projection carrying
+/// the hidden columns `names` up.
+pub(crate) fn rebuild_above(
+    mut current: LogicalPlan,
+    above: Vec<LogicalPlan>,
+    names: &[String],
+) -> Result<LogicalPlan, QueryError> {
+    for wrapper in above.into_iter().rev() {
+        current = match wrapper {
+            LogicalPlan::Projection(p) => {
+                let mut exprs = p.expr.clone();
+                exprs.extend(names.iter().map(|n| col(n.as_str())));
+                LogicalPlan::Projection(
+                    Projection::try_new(exprs, Arc::new(current)).map_err(internal)?,
+                )
+            }
+            other => other
+                .with_new_exprs(other.expressions(), vec![current])
+                .map_err(internal)?,
+        };
+    }
+    Ok(current)
+}
+
+/// Checks a plan against the aggregate-only rules with the aggregate functions `allowed`, and
+/// splits it into the nodes above its aggregate (root first) and the aggregate.
+pub(crate) fn split(
+    plan: LogicalPlan,
+    identifying: &[String],
+    allowed: &[&str],
+) -> Result<(Vec<LogicalPlan>, Aggregate), QueryError> {
     let mut window = false;
     plan.apply_with_subqueries(|node| {
         if matches!(node, LogicalPlan::Window(_)) {
@@ -189,59 +243,26 @@ pub fn rewrite(plan: LogicalPlan, identifying: &[String]) -> Result<LogicalPlan,
             Expr::AggregateFunction(f) => f.func.name().to_ascii_lowercase(),
             _ => return Err(QueryError::refused("not_aggregate", NOT_AGGREGATE)),
         };
-        if !ALLOWED.contains(&name.as_str()) {
+        if !allowed.contains(&name.as_str()) {
             return Err(QueryError::refused(
                 "aggregate_function",
                 format!(
-                    "`{name}` can show one person's value: under an aggregate-only license use {}",
-                    ALLOWED[..4].join(", ")
+                    "`{name}` can show one person's value, or is not available under this license: use {}",
+                    allowed.join(", ")
                 ),
             ));
         }
     }
-    let mut hidden = Hidden::default();
-    let (input, persons) = expose_persons(aggregate.input.as_ref().clone(), &mut hidden)?;
-    if persons.is_empty() {
-        return Err(QueryError::refused(
-            "no_persons",
-            "the aggregate must read a table with person_id, so that groups can be counted in persons",
-        ));
-    }
-    let mut aggr_expr = aggregate.aggr_expr.clone();
-    let names: Vec<String> = (0..persons.len())
-        .map(|i| format!("{PERSONS}_{i}"))
-        .collect();
-    for (person, name) in persons.into_iter().zip(&names) {
-        aggr_expr.push(count_distinct(Expr::Column(person)).alias(name));
-    }
-    let mut current = LogicalPlan::Aggregate(
-        Aggregate::try_new(Arc::new(input), aggregate.group_expr.clone(), aggr_expr)
-            .map_err(internal)?,
-    );
-    for wrapper in above.into_iter().rev() {
-        current = match wrapper {
-            LogicalPlan::Projection(p) => {
-                let mut exprs = p.expr.clone();
-                exprs.extend(names.iter().map(|n| col(n.as_str())));
-                LogicalPlan::Projection(
-                    Projection::try_new(exprs, Arc::new(current)).map_err(internal)?,
-                )
-            }
-            other => other
-                .with_new_exprs(other.expressions(), vec![current])
-                .map_err(internal)?,
-        };
-    }
-    Ok(current)
+    Ok((above, aggregate))
 }
 
-fn internal(e: datafusion::common::DataFusionError) -> QueryError {
+pub(crate) fn internal(e: datafusion::common::DataFusionError) -> QueryError {
     QueryError::Internal(e.to_string())
 }
 
 /// Names for the person columns a rewrite adds to projections.
 #[derive(Default)]
-struct Hidden(usize);
+pub(crate) struct Hidden(usize);
 
 impl Hidden {
     fn next(&mut self) -> String {
@@ -257,7 +278,7 @@ const LOST_PERSONS: &str = "the rows reaching the aggregate must keep track of p
 /// answer (an aggregate not grouped by person, `DISTINCT` or `UNION` over rows without
 /// `person_id`) is refused; a node this does not know (a table without `person_id`, `VALUES`)
 /// contributes none.
-fn expose_persons(
+pub(crate) fn expose_persons(
     plan: LogicalPlan,
     hidden: &mut Hidden,
 ) -> Result<(LogicalPlan, Vec<Column>), QueryError> {
@@ -491,6 +512,7 @@ pub fn protect(
         groups_suppressed: suppressed,
         rows_truncated: false,
         persons: Some(persons),
+        privacy: None,
     })
 }
 

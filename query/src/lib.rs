@@ -9,6 +9,9 @@
 //!   rewritten so each group carries its number of distinct persons, and groups below the
 //!   license's minimum cell size are suppressed.
 //!
+//! - [`dp`]: licenses with a privacy budget: contribution bounds, clamping and discrete
+//!   Gaussian noise (opendp) inside the plan, group keys over a noisy threshold.
+//!
 //! - [`cohort`]: saved cohort definitions (inclusion and exclusion criteria as JSON), compiled
 //!   to SQL over the licensed tables and exposed as `cohort_<name>` in the license's sessions.
 //!
@@ -22,6 +25,7 @@
 
 pub mod aggregate;
 pub mod cohort;
+pub mod dp;
 pub mod flight;
 pub mod service;
 pub mod session;

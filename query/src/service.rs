@@ -18,6 +18,8 @@ use tessera_catalog::release::build::Manifest;
 use tessera_catalog::{Catalog, Purpose};
 use tessera_licensing::decision::{Credential, Decision, Principal, Request, Usage, decide};
 use tessera_licensing::gate::{Ask, Gate};
+use tessera_licensing::privacy::{BudgetView, PrivacyTerms, Rho};
+use tessera_licensing::store::Spend;
 use tessera_licensing::{AccessMode, License, Reason, VersionPin};
 
 use crate::cohort::CohortDefinition;
@@ -724,6 +726,27 @@ impl QueryService {
             .iter()
             .map(|t| (t.table.clone(), t.columns.clone()))
             .collect();
+        // A noisy answer: released before (the same plan under the same license and release
+        // version), or affordable.
+        let dp = match (planned.dp.clone(), license.output.privacy.clone()) {
+            (Some(dp), Some(terms)) => {
+                let key = crate::session::sha256_hex(&format!(
+                    "{family}/v{version}\n{}",
+                    planned.plan.display_indent()
+                ));
+                let earlier = self.gate.store().dp_answer(&license.id, &key).await?;
+                if earlier.is_none() {
+                    let spent = self.gate.store().privacy_spent(&license.id).await?;
+                    let cost = Rho::charge(dp.rho);
+                    if spent.rho.0.saturating_add(cost.0) > terms.budget().0 {
+                        let e = budget_exhausted(&terms, spent.rho, dp.rho);
+                        return Err(self.refuse(credential, &license.id, e, &sha, now).await);
+                    }
+                }
+                Some((dp, terms, key, earlier))
+            }
+            _ => None,
+        };
         let allowed = self
             .deny_or_allow(
                 credential,
@@ -737,7 +760,62 @@ impl QueryService {
                 now,
             )
             .await?;
-        let output = session.run_planned(planned).await?;
+        let output = match dp {
+            None => session.run_planned(planned).await?,
+            Some((dp, terms, key, earlier)) => {
+                let (mut output, charged, cached) = match earlier {
+                    Some(bytes) => (crate::dp::decode(&bytes)?, 0.0, true),
+                    None => {
+                        let output = session.run_planned(planned).await?;
+                        let bytes = crate::dp::encode(&output)?;
+                        let spend = self
+                            .gate
+                            .store()
+                            .spend_privacy(
+                                &license.id,
+                                &key,
+                                &bytes,
+                                Rho::charge(dp.rho),
+                                dp.delta,
+                                terms.budget(),
+                                Utc::now(),
+                            )
+                            .await?;
+                        match spend {
+                            Spend::Spent { .. } => (output, dp.rho, false),
+                            // Another request released this answer first: show that one.
+                            Spend::Cached(bytes) => (crate::dp::decode(&bytes)?, 0.0, true),
+                            Spend::Exhausted { spent, .. } => {
+                                let e = budget_exhausted(&terms, spent, dp.rho);
+                                return Err(self.refuse(credential, &license.id, e, &sha, now).await);
+                            }
+                        }
+                    }
+                };
+                let spent = self.gate.store().privacy_spent(&license.id).await?;
+                let privacy = crate::dp::AnswerPrivacy {
+                    rho_charged: charged,
+                    cached,
+                    threshold: dp.threshold,
+                    max_groups_per_person: dp.max_groups,
+                    max_rows_per_person: dp.max_rows,
+                    stddev: dp.result_stddev.iter().cloned().collect(),
+                    budget: BudgetView::new(&terms, spent.rho, spent.answers, spent.delta),
+                };
+                let mut meta = output.schema.metadata().clone();
+                meta.extend(privacy.metadata());
+                let schema = Arc::new(output.schema.as_ref().clone().with_metadata(meta));
+                output.batches = output
+                    .batches
+                    .into_iter()
+                    .map(|b| b.with_schema(schema.clone()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| QueryError::Internal(e.to_string()))?;
+                output.schema = schema;
+                output.privacy = Some(privacy);
+                output
+            }
+        };
         let metered = tessera_licensing::store::Metered {
             rows: output.rows,
             persons: output.persons,
@@ -773,7 +851,9 @@ impl QueryService {
                 ),
             )));
         }
-        if repeats.near >= limits.near {
+        // Under a privacy budget, near-identical aggregates are ordinary: each is charged, and
+        // the budget bounds what any sequence of answers reveals.
+        if repeats.near >= limits.near && license.output.privacy.is_none() {
             return Ok(Err(QueryError::refused(
                 "differencing",
                 format!(
@@ -860,4 +940,16 @@ impl QueryService {
             Err(store) => store.into(),
         }
     }
+}
+
+/// The refusal of an answer the license's privacy budget cannot pay for.
+fn budget_exhausted(terms: &PrivacyTerms, spent: Rho, cost: f64) -> QueryError {
+    QueryError::refused(
+        "privacy_budget",
+        format!(
+            "this answer costs rho={cost:.6} and the license's privacy budget has {:.6} of {} left: the budget is spent (answers released before can still be repeated at no cost; ask the operators about a new license)",
+            Rho(terms.budget().0.saturating_sub(spent.0)).as_f64(),
+            terms.rho_budget
+        ),
+    )
 }

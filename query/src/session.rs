@@ -121,6 +121,8 @@ pub struct QueryOutput {
     /// Distinct persons whose data contributed, where known (the sum over released groups
     /// for aggregates, an upper bound when a person is in several groups).
     pub persons: Option<u64>,
+    /// What a differentially private answer cost and left (licenses with privacy terms).
+    pub privacy: Option<crate::dp::AnswerPrivacy>,
 }
 
 /// A session for one request.
@@ -424,13 +426,33 @@ impl Session {
             AccessMode::RowLevel => Ok(Planned {
                 plan,
                 persons_column: None,
+                dp: None,
             }),
+            AccessMode::AggregateOnly if self.license.output.privacy.is_some() => {
+                let terms = self.license.output.privacy.as_ref().ok_or_else(|| {
+                    QueryError::Internal("a privacy license without terms".into())
+                })?;
+                let options = crate::dp::Options::parse(sql)?;
+                let (plan, dp) = crate::dp::rewrite(
+                    plan,
+                    &self.license.output.identifying_columns,
+                    terms,
+                    &options,
+                    self.license.output.min_cell_size,
+                )?;
+                Ok(Planned {
+                    plan,
+                    persons_column: Some(crate::aggregate::PERSONS.to_string()),
+                    dp: Some(dp),
+                })
+            }
             AccessMode::AggregateOnly => {
                 let plan =
                     crate::aggregate::rewrite(plan, &self.license.output.identifying_columns)?;
                 Ok(Planned {
                     plan,
                     persons_column: Some(crate::aggregate::PERSONS.to_string()),
+                    dp: None,
                 })
             }
         }
@@ -511,9 +533,10 @@ impl Session {
             Ok(Err(e)) => return Err(execution_error(e)),
             Ok(Ok(b)) => b,
         };
-        match planned.persons_column {
-            Some(column) => crate::aggregate::protect(batches, &column, &self.license.output),
-            None => Ok(row_level(batches, self.license.output.max_rows)),
+        match (planned.persons_column, &planned.dp) {
+            (Some(column), Some(dp)) => crate::dp::finish(batches, &column, dp),
+            (Some(column), None) => crate::aggregate::protect(batches, &column, &self.license.output),
+            (None, _) => Ok(row_level(batches, self.license.output.max_rows)),
         }
     }
 }
@@ -574,6 +597,8 @@ pub struct TableRead {
 pub struct Planned {
     pub plan: LogicalPlan,
     pub persons_column: Option<String>,
+    /// The noise and cost of a differentially private answer (licenses with privacy terms).
+    pub dp: Option<crate::dp::DpPlan>,
 }
 
 impl Planned {
@@ -685,6 +710,7 @@ impl Planned {
         Ok(Planned {
             plan,
             persons_column: self.persons_column,
+            dp: self.dp,
         })
     }
 
@@ -863,5 +889,6 @@ fn row_level(batches: Vec<RecordBatch>, max_rows: Option<u64>) -> QueryOutput {
         groups_suppressed: 0,
         rows_truncated: truncated,
         persons: saw_person.then_some((persons.len() + int_persons.len()) as u64),
+        privacy: None,
     }
 }

@@ -620,3 +620,97 @@ fn cohort_table_names_are_masked_in_fingerprints() {
         "SubqueryAlias: cohort_?\n  TableScan: my_cohort_x, cohort_?.person_id"
     );
 }
+
+fn private() -> License {
+    let mut l = aggregate_only();
+    l.output.privacy = Some(tessera_licensing::privacy::PrivacyTerms {
+        rho_budget: 10.0,
+        rho_per_query: 1.0,
+        max_rho_per_query: 10.0,
+        ..Default::default()
+    });
+    l
+}
+
+fn stddev(o: &crate::QueryOutput, column: &str) -> Option<f64> {
+    o.schema
+        .field_with_name(column)
+        .ok()?
+        .metadata()
+        .get(crate::dp::STDDEV)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn private_answers_carry_their_noise_and_bound_each_person() {
+    let f = fixture(&[]);
+    let s = session(&f, private()).await;
+    // count(*) and the hidden distinct-person count share ρ = 1: σ = 1/√(2·0.5) = 1.
+    let o = s
+        .run("SELECT count(*) AS n FROM person")
+        .await
+        .expect("a noisy count");
+    assert_eq!(names(&o), ["n"]);
+    assert_eq!(stddev(&o, "n"), Some(1.0));
+    let n = first_int(&o);
+    assert!((60 - 8..=60 + 8).contains(&n), "60 persons, σ 1: {n}");
+    // Each person's rows reach one group and one row per group: rows of C1 (one per person)
+    // and C2 (twelve persons, two rows each) count as persons.
+    let o = s
+        .run("-- tessera: max_groups=2\nSELECT condition_source_value AS code, count(*) AS n FROM condition_occurrence GROUP BY 1 ORDER BY 1")
+        .await
+        .expect("grouped");
+    let counts: Vec<i64> = o.batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("int")
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    // With max_groups = 2, σ = √2·1/√(2·0.5) = √2.
+    assert_eq!(stddev(&o, "n"), Some(2f64.sqrt()));
+    assert!((counts[1] - 12).abs() <= 10, "C2 counted in persons: {counts:?}");
+    // A group of three persons does not clear the threshold.
+    let o = s
+        .run("SELECT gender_source_value AS sex, count(DISTINCT person_id) AS n FROM person GROUP BY 1")
+        .await
+        .expect("by sex");
+    assert_eq!(o.rows, 2, "F and M shown, U (3 persons) not");
+    let p = s.plan("SELECT gender_source_value AS sex, count(DISTINCT person_id) AS n FROM person GROUP BY 1").await.expect("plan");
+    let dp = p.dp.expect("a private plan");
+    assert_eq!(dp.statistics.len(), 1, "the query's own person count is the threshold's");
+    assert!(dp.threshold.expect("grouped") >= 11.0);
+    assert!((dp.rho - 1.0).abs() < 1e-9, "charged what opendp's map says: {}", dp.rho);
+}
+
+#[tokio::test]
+async fn private_refusals_name_what_to_change() {
+    let f = fixture(&[]);
+    let s = session(&f, private()).await;
+    for (sql, rule) in [
+        ("SELECT stddev(days_since_index) FROM condition_occurrence", "aggregate_function"),
+        ("SELECT sum(days_since_index) FROM condition_occurrence", "dp_bounds"),
+        ("-- tessera: rho=11\nSELECT count(*) FROM person", "privacy_budget"),
+        ("SELECT person_id, count(*) FROM person GROUP BY 1", "group_by_person"),
+        (
+            "SELECT count(*) FROM person p, condition_occurrence c WHERE c.days_since_index > 3",
+            "dp_persons",
+        ),
+    ] {
+        assert_eq!(refused_rule(s.run(sql).await), rule, "{sql}");
+    }
+    let e = s
+        .run("SELECT sum(days_since_index) FROM condition_occurrence")
+        .await
+        .expect_err("bounds");
+    assert!(e.to_string().contains("-- tessera: bounds.days_since_index=lo..hi"), "{e}");
+    let o = s
+        .run("-- tessera: bounds.days_since_index=0..100\nSELECT sum(days_since_index) AS s, avg(days_since_index) AS a FROM condition_occurrence")
+        .await
+        .expect("bounded");
+    assert!(stddev(&o, "s").is_some() && stddev(&o, "a").is_none(), "a mean's noise is not one number");
+}
+

@@ -142,6 +142,12 @@ pub struct CohortResponse {
     pub total_suppressed: bool,
     pub group_by: Option<String>,
     pub groups: Vec<Cell>,
+    /// Under a license with a privacy budget: what the (last) answer cost, the noise's
+    /// standard deviation per column (`stddev.persons`), the threshold groups had to reach,
+    /// and the budget left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub privacy: Option<serde_json::Value>,
 }
 
 /// A release the caller may see: its row, manifest, version numbers and covering licenses.
@@ -546,6 +552,15 @@ pub async fn cohort_count(
         }
         (None, None) => String::new(),
     };
+    // A license with a privacy budget counts through the query service's noisy aggregates
+    // (which decide, audit and meter the query themselves).
+    if caller.analyst().is_some()
+        && let Some(l) = state.gate.store().find_license(&license).await?
+        && l.output.privacy.is_some()
+    {
+        let min_cell = l.output.min_cell_size;
+        return dp_cohort_count(&state, &caller, (family, number), license, min_cell, body).await;
+    }
     let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let person = tables.entry("person".into()).or_default();
     person.push("person_id".into());
@@ -613,5 +628,118 @@ pub async fn cohort_count(
         total_suppressed: protected.total_suppressed,
         group_by: body.group_by,
         groups: protected.cells,
+        privacy: None,
+    }))
+}
+
+/// A cohort count under a license with a privacy budget: the criteria as SQL over the
+/// release's tables (names checked, values bound as parameters), answered by the query
+/// service's differentially private aggregates. The total and the breakdown are two answers,
+/// each charged once (and free when repeated). Noisy counts below zero are shown as zero;
+/// groups under the noisy threshold are left out, not marked suppressed.
+async fn dp_cohort_count(
+    state: &AppState,
+    caller: &Caller,
+    (family, version): (String, u32),
+    license: String,
+    min_cell: u32,
+    body: CohortRequest,
+) -> ApiResult<Json<CohortResponse>> {
+    use tessera_query::arrow::array::{Array, AsArray};
+    use tessera_query::arrow::datatypes::Int64Type;
+    let service = super::cohorts::service(state)?;
+    let name = |n: &str, what: &str| -> ApiResult<String> {
+        if n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !n.is_empty()
+        {
+            Ok(format!("\"{n}\""))
+        } else {
+            Err(ApiError::invalid(format!(
+                "{what} `{n}`: a table or column name of lowercase letters, digits and `_`"
+            )))
+        }
+    };
+    let schema = format!(
+        "\"{}\".\"{}\"",
+        tessera_query::session::CATALOG,
+        tessera_query::session::schema_name(&family)
+    );
+    let mut filters = Vec::new();
+    let mut params = Vec::new();
+    for (i, c) in body.criteria.iter().enumerate() {
+        let table = name(&c.table, &format!("criteria[{i}].table"))?;
+        let column = name(&c.column, &format!("criteria[{i}].column"))?;
+        let mut values = Vec::new();
+        for v in &c.any_of {
+            params.push(tessera_query::datafusion::common::ScalarValue::Utf8(Some(v.clone())));
+            values.push(format!("${}", params.len()));
+        }
+        filters.push(format!(
+            "p.person_id IN (SELECT person_id FROM {schema}.{table} WHERE CAST({column} AS VARCHAR) IN ({}))",
+            values.join(", ")
+        ));
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    let count = |group: Option<&str>| {
+        let (select, by) = match group {
+            Some(g) => (format!("CAST(p.{g} AS VARCHAR) AS label, "), format!(" GROUP BY CAST(p.{g} AS VARCHAR)")),
+            None => (String::new(), String::new()),
+        };
+        format!("SELECT {select}count(DISTINCT p.person_id) AS persons FROM {schema}.\"person\" p{filter}{by}")
+    };
+    let named = license.as_str();
+    let run = |sql: String, params: Vec<tessera_query::datafusion::common::ScalarValue>| async move {
+        service
+            .query_with(caller.credential.as_ref(), Some(named), &sql, params)
+            .await
+            .map_err(super::cohorts::from_service)
+    };
+    let clamp = |n: i64| n.max(0) as u64;
+    let total_out = run(count(None), params.clone()).await?;
+    let total = total_out
+        .batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| b.column_by_name("persons").cloned())
+        .and_then(|a| a.as_primitive_opt::<Int64Type>().map(|a| clamp(a.value(0))));
+    let mut privacy = total_out.privacy;
+    let mut groups = Vec::new();
+    if let Some(g) = &body.group_by {
+        let g = name(g, "group_by")?;
+        let out = run(count(Some(&g)), params).await?;
+        for b in &out.batches {
+            let (Some(labels), Some(counts)) = (b.column_by_name("label"), b.column_by_name("persons")) else {
+                continue;
+            };
+            let labels = tessera_query::arrow::compute::cast(labels, &tessera_query::arrow::datatypes::DataType::Utf8)
+                .map_err(|e| ApiError::internal(&e))?;
+            let labels = labels.as_string::<i32>();
+            if let Some(counts) = counts.as_primitive_opt::<Int64Type>() {
+                for i in 0..b.num_rows() {
+                    groups.push(Cell {
+                        label: if labels.is_valid(i) { labels.value(i).to_string() } else { "(none)".into() },
+                        count: Some(clamp(counts.value(i))),
+                        suppressed: false,
+                    });
+                }
+            }
+        }
+        privacy = out.privacy.or(privacy);
+    }
+    Ok(Json(CohortResponse {
+        family,
+        version,
+        license,
+        min_cell_size: min_cell,
+        rounding_base: None,
+        total,
+        total_suppressed: false,
+        group_by: body.group_by,
+        groups,
+        privacy: privacy.map(|p| serde_json::to_value(p).unwrap_or_default()),
     }))
 }

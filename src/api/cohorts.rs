@@ -63,7 +63,7 @@ pub struct CohortSaved {
     pub definition: serde_json::Value,
 }
 
-fn service(state: &AppState) -> ApiResult<&tessera_query::QueryService> {
+pub(super) fn service(state: &AppState) -> ApiResult<&tessera_query::QueryService> {
     state.query.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -74,7 +74,7 @@ fn service(state: &AppState) -> ApiResult<&tessera_query::QueryService> {
 }
 
 /// The query service's errors in the HTTP API's words.
-fn from_service(e: ServiceError) -> ApiError {
+pub(super) fn from_service(e: ServiceError) -> ApiError {
     use tessera_query::QueryError;
     match e {
         ServiceError::Denied {

@@ -54,6 +54,10 @@ pub struct UsageView {
     pub queries_this_month: u64,
     pub rows_this_month: u64,
     pub remaining: Remaining,
+    /// The privacy budget, for a license with differential privacy: ρ spent and left, and ε
+    /// at the terms' δ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<tessera_licensing::privacy::BudgetView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -164,6 +168,18 @@ pub async fn get_usage(
     let now = Utc::now();
     let (u, _) = state.gate.store().usage(&license.id, now).await?;
     let q = &license.quota;
+    let privacy = match &license.output.privacy {
+        Some(terms) => {
+            let spent = state.gate.store().privacy_spent(&license.id).await?;
+            Some(tessera_licensing::privacy::BudgetView::new(
+                terms,
+                spent.rho,
+                spent.answers,
+                spent.delta,
+            ))
+        }
+        None => None,
+    };
     Ok(Json(UsageView {
         license: license.id.clone(),
         at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -179,5 +195,6 @@ pub async fn get_usage(
             queries_this_month: q.queries_per_month.saturating_sub(u.queries_this_month),
             rows_this_month: q.rows_per_month.saturating_sub(u.rows_this_month),
         },
+        privacy,
     }))
 }

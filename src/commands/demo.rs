@@ -177,8 +177,8 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
     })
 }
 
-/// Two demo organizations, one aggregate-only and one row-level license over every table of the
-/// demo release, signed, countersigned and active, and an API key for each, written with the
+/// Three demo organizations, with an aggregate-only license under differential privacy, an
+/// exact aggregate-only license and a row-level license over every table of the demo release, signed, countersigned and active, and an API key for each, written with the
 /// license ids to `DATA_DIR/demo.json` (mode 0600). Already present from an earlier demo run:
 /// left as they are.
 async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
@@ -203,9 +203,17 @@ async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
     let pepper = keyring.application_secret("api-key-pepper");
     let now = Utc::now();
     let mut entries = Vec::new();
-    for (org, mode) in [
-        ("demo-aggregate", AccessMode::AggregateOnly),
-        ("demo-rowlevel", AccessMode::RowLevel),
+    // The aggregate-only license analysts start with answers under differential privacy;
+    // the exact one (small cells suppressed) stays beside it for comparison (the cohort
+    // notebook shows both) and for the tests of suppression.
+    let private = tessera_licensing::privacy::PrivacyTerms {
+        rho_budget: 2.0,
+        ..Default::default()
+    };
+    for (org, mode, privacy) in [
+        ("demo-private", AccessMode::AggregateOnly, Some(private)),
+        ("demo-aggregate", AccessMode::AggregateOnly, None),
+        ("demo-rowlevel", AccessMode::RowLevel, None),
     ] {
         let (pkcs8, public) =
             terms::generate_key().map_err(|_| anyhow::anyhow!("cannot make a signing key"))?;
@@ -224,7 +232,10 @@ async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
                 .collect(),
             purpose: KNOWN_PURPOSES[0].to_string(),
             mode,
-            output: OutputRules::default(),
+            output: OutputRules {
+                privacy: privacy.clone(),
+                ..OutputRules::default()
+            },
             quota: Quota {
                 queries_per_minute: 60,
                 queries_per_day: 5_000,
@@ -269,6 +280,7 @@ async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
             "organization": org,
             "license": license.id,
             "mode": mode,
+            "differential_privacy": privacy.is_some(),
             "key_id": key_id,
             "api_key": key,
         }));
@@ -293,7 +305,7 @@ async fn demo_licenses(g: &GlobalArgs, tables: &[String]) -> Result<()> {
     });
     write_private(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     say!(
-        "two demo organizations with an aggregate-only and a row-level license; their API keys are in {}",
+        "three demo organizations: aggregate-only with a privacy budget (demo-private), aggregate-only with exact counts (demo-aggregate), row-level (demo-rowlevel); their API keys are in {}",
         path.display()
     );
     say!(

@@ -10,6 +10,7 @@ mod cohorts;
 mod consent;
 mod corpus;
 mod deid;
+mod dp;
 mod flight;
 mod formats;
 mod http;

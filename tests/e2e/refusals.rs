@@ -276,7 +276,7 @@ fn check(expect: &str, outcome: &Outcome) -> Option<String> {
 }
 
 /// An organization with a signatory key, for the licenses the cases need.
-fn license(t: &Tessera, key_file: &Path, id: &str, body: serde_json::Value) {
+pub(crate) fn license(t: &Tessera, key_file: &Path, id: &str, body: serde_json::Value) {
     let now = chrono::Utc::now();
     let mut l = serde_json::json!({
         "id": id,
