@@ -61,9 +61,7 @@ impl PrivacyTerms {
             return Err("rho_budget: a positive number (zCDP ρ over the term, e.g. 1.0)".into());
         }
         if !positive(self.rho_per_query) || self.rho_per_query > self.max_rho_per_query {
-            return Err(
-                "rho_per_query: a positive number no larger than max_rho_per_query".into(),
-            );
+            return Err("rho_per_query: a positive number no larger than max_rho_per_query".into());
         }
         if !positive(self.max_rho_per_query) || self.max_rho_per_query > self.rho_budget {
             return Err("max_rho_per_query: a positive number no larger than rho_budget".into());
@@ -91,12 +89,21 @@ pub struct Rho(pub u64);
 const NANO: f64 = 1e9;
 
 impl Rho {
-    /// What an answer of `rho` is charged: rounded up to the next nano-ρ.
+    /// What an answer of `rho` is charged: rounded up to the next nano-ρ, except that a value
+    /// within 10⁻⁶ nano-ρ of a whole number (0.05 is 50000000.000000007 nano-ρ in binary
+    /// floating point) is that number, so that float representation error does not charge a
+    /// whole extra unit.
     pub fn charge(rho: f64) -> Rho {
         if !rho.is_finite() || rho < 0.0 {
             return Rho(u64::MAX);
         }
-        Rho((rho * NANO).ceil() as u64)
+        let nano = rho * NANO;
+        let nearest = nano.round();
+        if (nano - nearest).abs() < 1e-6 {
+            Rho(nearest as u64)
+        } else {
+            Rho(nano.ceil() as u64)
+        }
     }
 
     /// A budget: rounded down, so rounding never grants more.
@@ -163,8 +170,23 @@ mod tests {
     fn charges_round_up_and_budgets_round_down() {
         assert_eq!(Rho::charge(0.05), Rho(50_000_000));
         assert_eq!(Rho::charge(1e-10), Rho(1), "a tiny charge still costs");
+        assert_eq!(
+            Rho::charge(0.1 + 0.2),
+            Rho(300_000_000),
+            "no unit for float error"
+        );
+        assert_eq!(Rho::charge(0.05 * 2.0), Rho(100_000_000));
+        assert_eq!(
+            Rho::charge(1.0000000015),
+            Rho(1_000_000_002),
+            "real fractions round up"
+        );
         assert_eq!(Rho::from_f64_down(1.0), Rho(1_000_000_000));
-        assert_eq!(Rho::charge(f64::NAN), Rho(u64::MAX), "an unknown cost is refused");
+        assert_eq!(
+            Rho::charge(f64::NAN),
+            Rho(u64::MAX),
+            "an unknown cost is refused"
+        );
     }
 
     #[test]

@@ -126,7 +126,9 @@ impl Options {
                     _ if key == "bounds" || key.starts_with("bounds.") => {
                         let (lo, hi) = value
                             .split_once("..")
-                            .and_then(|(a, b)| Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?)))
+                            .and_then(|(a, b)| {
+                                Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?))
+                            })
                             .filter(|(a, b)| a.is_finite() && b.is_finite() && a <= b)
                             .ok_or_else(|| bad("lo..hi with lo <= hi"))?;
                         match key.strip_prefix("bounds.") {
@@ -288,11 +290,16 @@ pub fn rewrite(
                 if params.distinct {
                     return Err(QueryError::refused(
                         "dp_function",
-                        format!("{name}(DISTINCT ...) is not available under a differential-privacy license: use {name}(...)"),
+                        format!(
+                            "{name}(DISTINCT ...) is not available under a differential-privacy license: use {name}(...)"
+                        ),
                     ));
                 }
                 let [arg] = params.args.as_slice() else {
-                    return Err(QueryError::refused("dp_function", format!("{name} takes one argument")));
+                    return Err(QueryError::refused(
+                        "dp_function",
+                        format!("{name} takes one argument"),
+                    ));
                 };
                 let (lo, hi) = bounds_for(arg, options).ok_or_else(|| {
                     let named = arg
@@ -362,7 +369,10 @@ pub fn rewrite(
             other => {
                 return Err(QueryError::refused(
                     "aggregate_function",
-                    format!("`{other}` is not available under a differential-privacy license: use {}", ALLOWED[..3].join(", ")),
+                    format!(
+                        "`{other}` is not available under a differential-privacy license: use {}",
+                        ALLOWED[..3].join(", ")
+                    ),
                 ));
             }
         }
@@ -411,7 +421,9 @@ pub fn rewrite(
     // 1. The bounded input.
     let bounded = bound_contributions(input, &person, &aggregate.group_expr, max_groups, max_rows)?;
     // 2. The exact statistics over it.
-    let names: Vec<String> = (0..stats.len()).map(|i| format!("__tessera_dp_{i}")).collect();
+    let names: Vec<String> = (0..stats.len())
+        .map(|i| format!("__tessera_dp_{i}"))
+        .collect();
     let aggr_expr: Vec<Expr> = stats
         .iter()
         .zip(&names)
@@ -421,23 +433,41 @@ pub fn rewrite(
         Aggregate::try_new(Arc::new(bounded), aggregate.group_expr.clone(), aggr_expr)
             .map_err(internal)?,
     );
-    // 3. The noise, under the names the nodes above expect.
-    let noisy = |i: usize| -> Expr {
-        let s = &stats[i];
+    // 3. The noise: each statistic drawn once, in its own column (a statistic two outputs
+    //    read, such as the query's own person count that is also the threshold's, must not be
+    //    drawn twice); then the names the nodes above expect. DataFusion does not inline a
+    //    volatile expression read twice, nor push a filter below it.
+    let exact_schema = exact.schema().clone();
+    let group_columns: Vec<Expr> = (0..groups)
+        .map(|i| {
+            let (q, f) = exact_schema.qualified_field(i);
+            Expr::Column(Column::new(q.cloned(), f.name()))
+        })
+        .collect();
+    let noisy_name = |i: usize| format!("__tessera_noisy_{i}");
+    let mut drawn = group_columns.clone();
+    for (i, s) in stats.iter().enumerate() {
         let value = coalesce(vec![col(names[i].as_str()), lit(0)]);
         let value = if s.integer {
             cast(value, DataType::Int64)
         } else {
             cast(value, DataType::Float64)
         };
-        noise_udf().call(vec![value, lit(statistics[i].stddev)])
-    };
-    let exact_schema = exact.schema().clone();
-    let mut exprs: Vec<Expr> = (0..groups)
-        .map(|i| {
-            let (q, f) = exact_schema.qualified_field(i);
+        drawn.push(
+            noise_udf()
+                .call(vec![value, lit(statistics[i].stddev)])
+                .alias(noisy_name(i)),
+        );
+    }
+    let drawn =
+        LogicalPlan::Projection(Projection::try_new(drawn, Arc::new(exact)).map_err(internal)?);
+    let noisy = |i: usize| col(noisy_name(i).as_str());
+    let mut exprs: Vec<Expr> = group_columns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
             let (oq, of) = original.qualified_field(i);
-            Expr::Column(Column::new(q.cloned(), f.name())).alias_qualified(oq.cloned(), of.name())
+            c.alias_qualified(oq.cloned(), of.name())
         })
         .collect();
     for (i, parts) in &outputs {
@@ -449,15 +479,18 @@ pub fn rewrite(
                     + cast(noisy(*s), DataType::Float64)
                         / greatest(vec![cast(noisy(*c), DataType::Float64), lit(1.0)])
             }
-            _ => return Err(QueryError::Internal("an aggregate without statistics".into())),
+            _ => {
+                return Err(QueryError::Internal(
+                    "an aggregate without statistics".into(),
+                ));
+            }
         };
         exprs.push(value.alias_qualified(q.cloned(), f.name()));
     }
     let persons_name = format!("{PERSONS}_0");
     exprs.push(noisy(persons_stat).alias(&persons_name));
-    let mut current = LogicalPlan::Projection(
-        Projection::try_new(exprs, Arc::new(exact)).map_err(internal)?,
-    );
+    let mut current =
+        LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(drawn)).map_err(internal)?);
     // 4. Group keys over the noisy threshold.
     if let Some(tau) = threshold {
         current = LogicalPlan::Filter(
@@ -487,7 +520,10 @@ pub fn rewrite(
 
 /// The result's column names, each with the aggregate output it shows unchanged (through
 /// projections that pass or rename it); columns computed from it are left out.
-fn result_columns(above: &[LogicalPlan], aggregate: &datafusion::common::DFSchemaRef) -> Vec<(String, String)> {
+fn result_columns(
+    above: &[LogicalPlan],
+    aggregate: &datafusion::common::DFSchemaRef,
+) -> Vec<(String, String)> {
     // From the aggregate up: each level's column names → the aggregate column they show.
     let mut names: Vec<(String, String)> = aggregate
         .fields()
@@ -519,7 +555,6 @@ fn result_columns(above: &[LogicalPlan], aggregate: &datafusion::common::DFSchem
     names
 }
 
-
 /// Schema metadata of a noisy result: the noise's standard deviation of a column (on the
 /// field), and what the answer cost and left (on the schema, set by the service).
 pub const STDDEV: &str = "tessera.dp.stddev";
@@ -543,12 +578,15 @@ pub fn finish(
             .filter(|i| b.schema().field(*i).name().starts_with(column))
             .collect();
         for i in &hidden {
-            let counts = datafusion::arrow::compute::cast(b.column(*i), &DataType::Int64).map_err(failed)?;
+            let counts =
+                datafusion::arrow::compute::cast(b.column(*i), &DataType::Int64).map_err(failed)?;
             if let Some(c) = counts.as_any().downcast_ref::<Int64Array>() {
                 persons += c.iter().flatten().map(|n| n.max(0) as u64).sum::<u64>();
             }
         }
-        let others: Vec<usize> = (0..b.num_columns()).filter(|c| !hidden.contains(c)).collect();
+        let others: Vec<usize> = (0..b.num_columns())
+            .filter(|c| !hidden.contains(c))
+            .collect();
         let b = b.project(&others).map_err(failed)?;
         let schema = schema
             .get_or_insert_with(|| {
@@ -621,13 +659,22 @@ impl AnswerPrivacy {
         m.insert(meta::CACHED.into(), self.cached.to_string());
         m.insert(meta::RHO_SPENT.into(), self.budget.rho_spent.to_string());
         m.insert(meta::RHO_BUDGET.into(), self.budget.rho_budget.to_string());
-        m.insert(meta::RHO_REMAINING.into(), self.budget.rho_remaining.to_string());
-        m.insert(meta::EPSILON_SPENT.into(), self.budget.epsilon_spent.to_string());
+        m.insert(
+            meta::RHO_REMAINING.into(),
+            self.budget.rho_remaining.to_string(),
+        );
+        m.insert(
+            meta::EPSILON_SPENT.into(),
+            self.budget.epsilon_spent.to_string(),
+        );
         m.insert(meta::DELTA.into(), self.budget.delta.to_string());
         if let Some(t) = self.threshold {
             m.insert(meta::THRESHOLD.into(), t.to_string());
         }
-        m.insert(meta::MAX_GROUPS.into(), self.max_groups_per_person.to_string());
+        m.insert(
+            meta::MAX_GROUPS.into(),
+            self.max_groups_per_person.to_string(),
+        );
         m.insert(meta::MAX_ROWS.into(), self.max_rows_per_person.to_string());
         m
     }
@@ -638,8 +685,9 @@ pub fn encode(output: &crate::session::QueryOutput) -> Result<Vec<u8>, QueryErro
     let failed = |e: datafusion::arrow::error::ArrowError| QueryError::Internal(e.to_string());
     let mut bytes = Vec::new();
     {
-        let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &output.schema)
-            .map_err(failed)?;
+        let mut w =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &output.schema)
+                .map_err(failed)?;
         for b in &output.batches {
             w.write(b).map_err(failed)?;
         }
@@ -713,7 +761,12 @@ fn bound_contributions(
     max_groups: u32,
     max_rows: u32,
 ) -> Result<LogicalPlan, QueryError> {
-    let columns: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
+    let columns: Vec<Expr> = input
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
     let p = Expr::Column(person.clone());
     let mut per_group = vec![p.clone()];
     per_group.extend(group_expr.iter().cloned());
@@ -800,10 +853,14 @@ impl ScalarUDFImpl for Noise {
         use datafusion::common::{DataFusionError, ScalarValue};
         let rows = args.number_rows;
         let [value, sigma] = args.args.as_slice() else {
-            return Err(DataFusionError::Internal("tessera_dp_noise takes 2 arguments".into()));
+            return Err(DataFusionError::Internal(
+                "tessera_dp_noise takes 2 arguments".into(),
+            ));
         };
         let ColumnarValue::Scalar(ScalarValue::Float64(Some(sigma))) = sigma else {
-            return Err(DataFusionError::Internal("tessera_dp_noise: sigma must be a literal".into()));
+            return Err(DataFusionError::Internal(
+                "tessera_dp_noise: sigma must be a literal".into(),
+            ));
         };
         let failed = |e: opendp::error::Error| DataFusionError::Execution(format!("noise: {e}"));
         let values = value.to_array(rows)?;

@@ -787,7 +787,9 @@ impl QueryService {
                             Spend::Cached(bytes) => (crate::dp::decode(&bytes)?, 0.0, true),
                             Spend::Exhausted { spent, .. } => {
                                 let e = budget_exhausted(&terms, spent, dp.rho);
-                                return Err(self.refuse(credential, &license.id, e, &sha, now).await);
+                                return Err(self
+                                    .refuse(credential, &license.id, e, &sha, now)
+                                    .await);
                             }
                         }
                     }

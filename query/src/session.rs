@@ -535,7 +535,9 @@ impl Session {
         };
         match (planned.persons_column, &planned.dp) {
             (Some(column), Some(dp)) => crate::dp::finish(batches, &column, dp),
-            (Some(column), None) => crate::aggregate::protect(batches, &column, &self.license.output),
+            (Some(column), None) => {
+                crate::aggregate::protect(batches, &column, &self.license.output)
+            }
             (None, _) => Ok(row_level(batches, self.license.output.max_rows)),
         }
     }

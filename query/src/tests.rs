@@ -623,6 +623,8 @@ fn cohort_table_names_are_masked_in_fingerprints() {
 
 fn private() -> License {
     let mut l = aggregate_only();
+    // Small groups in the fixture: a minimum cell of 5 leaves the noisy threshold in charge.
+    l.output.min_cell_size = 5;
     l.output.privacy = Some(tessera_licensing::privacy::PrivacyTerms {
         rho_budget: 10.0,
         rho_per_query: 1.0,
@@ -658,7 +660,7 @@ async fn private_answers_carry_their_noise_and_bound_each_person() {
     // Each person's rows reach one group and one row per group: rows of C1 (one per person)
     // and C2 (twelve persons, two rows each) count as persons.
     let o = s
-        .run("-- tessera: max_groups=2\nSELECT condition_source_value AS code, count(*) AS n FROM condition_occurrence GROUP BY 1 ORDER BY 1")
+        .run("-- tessera: max_groups=2 rho=10\nSELECT condition_source_value AS code, count(*) AS n FROM condition_occurrence GROUP BY 1 ORDER BY 1")
         .await
         .expect("grouped");
     let counts: Vec<i64> = o.batches[0]
@@ -670,20 +672,40 @@ async fn private_answers_carry_their_noise_and_bound_each_person() {
         .flatten()
         .collect();
     assert_eq!(counts.len(), 2, "{counts:?}");
-    // With max_groups = 2, σ = √2·1/√(2·0.5) = √2.
-    assert_eq!(stddev(&o, "n"), Some(2f64.sqrt()));
-    assert!((counts[1] - 12).abs() <= 10, "C2 counted in persons: {counts:?}");
+    // With max_groups = 2 and ρ = 10 over two statistics, σ = √2·1/√(2·5).
+    assert_eq!(stddev(&o, "n"), Some(2f64.sqrt() / 10f64.sqrt()));
+    assert!(
+        (counts[0] - 60).abs() <= 4,
+        "C1 counted in persons: {counts:?}"
+    );
+    assert!(
+        (counts[1] - 12).abs() <= 4,
+        "C2 counted in persons, not rows: {counts:?}"
+    );
     // A group of three persons does not clear the threshold.
     let o = s
-        .run("SELECT gender_source_value AS sex, count(DISTINCT person_id) AS n FROM person GROUP BY 1")
+        .run("-- tessera: rho=0.1\nSELECT gender_source_value AS sex, count(DISTINCT person_id) AS n FROM person GROUP BY 1")
         .await
         .expect("by sex");
     assert_eq!(o.rows, 2, "F and M shown, U (3 persons) not");
-    let p = s.plan("SELECT gender_source_value AS sex, count(DISTINCT person_id) AS n FROM person GROUP BY 1").await.expect("plan");
+    let p = s
+        .plan("-- tessera: rho=0.1\nSELECT gender_source_value AS sex, count(DISTINCT person_id) AS n FROM person GROUP BY 1")
+        .await
+        .expect("plan");
     let dp = p.dp.expect("a private plan");
-    assert_eq!(dp.statistics.len(), 1, "the query's own person count is the threshold's");
-    assert!(dp.threshold.expect("grouped") >= 11.0);
-    assert!((dp.rho - 1.0).abs() < 1e-9, "charged what opendp's map says: {}", dp.rho);
+    assert_eq!(
+        dp.statistics.len(),
+        1,
+        "the query's own person count is the threshold's"
+    );
+    // τ = 1 + σ·√(2·ln(1/δ)) with σ = 1/√(2·0.1) (one statistic takes all of ρ = 0.1).
+    let tau = 1.0 + (1.0 / 0.2f64).sqrt() * (2.0 * (1e7f64).ln()).sqrt();
+    assert!((dp.threshold.expect("grouped") - tau).abs() < 1e-9);
+    assert!(
+        (dp.rho - 0.1).abs() < 1e-9,
+        "charged what opendp's map says: {}",
+        dp.rho
+    );
 }
 
 #[tokio::test]
@@ -691,10 +713,22 @@ async fn private_refusals_name_what_to_change() {
     let f = fixture(&[]);
     let s = session(&f, private()).await;
     for (sql, rule) in [
-        ("SELECT stddev(days_since_index) FROM condition_occurrence", "aggregate_function"),
-        ("SELECT sum(days_since_index) FROM condition_occurrence", "dp_bounds"),
-        ("-- tessera: rho=11\nSELECT count(*) FROM person", "privacy_budget"),
-        ("SELECT person_id, count(*) FROM person GROUP BY 1", "group_by_person"),
+        (
+            "SELECT stddev(days_since_index) FROM condition_occurrence",
+            "aggregate_function",
+        ),
+        (
+            "SELECT sum(days_since_index) FROM condition_occurrence",
+            "dp_bounds",
+        ),
+        (
+            "-- tessera: rho=11\nSELECT count(*) FROM person",
+            "privacy_budget",
+        ),
+        (
+            "SELECT person_id, count(*) FROM person GROUP BY 1",
+            "group_by_person",
+        ),
         (
             "SELECT count(*) FROM person p, condition_occurrence c WHERE c.days_since_index > 3",
             "dp_persons",
@@ -706,11 +740,63 @@ async fn private_refusals_name_what_to_change() {
         .run("SELECT sum(days_since_index) FROM condition_occurrence")
         .await
         .expect_err("bounds");
-    assert!(e.to_string().contains("-- tessera: bounds.days_since_index=lo..hi"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("-- tessera: bounds.days_since_index=lo..hi"),
+        "{e}"
+    );
     let o = s
         .run("-- tessera: bounds.days_since_index=0..100\nSELECT sum(days_since_index) AS s, avg(days_since_index) AS a FROM condition_occurrence")
         .await
         .expect("bounded");
-    assert!(stddev(&o, "s").is_some() && stddev(&o, "a").is_none(), "a mean's noise is not one number");
+    assert!(
+        stddev(&o, "s").is_some() && stddev(&o, "a").is_none(),
+        "a mean's noise is not one number"
+    );
 }
 
+#[tokio::test]
+async fn a_shown_group_cleared_the_threshold_with_the_value_shown() {
+    // The query's own person count is also the threshold's: drawn once, so no group ever
+    // shows a count under the threshold. C2 (12 persons) sits just under τ ≈ 13.7 and shows
+    // in about a third of the runs.
+    let f = fixture(&[]);
+    let s = session(&f, private()).await;
+    let sql = "-- tessera: rho=0.1\nSELECT condition_source_value AS code, count(DISTINCT person_id) AS n FROM condition_occurrence GROUP BY 1";
+    let tau = s
+        .plan(sql)
+        .await
+        .expect("plan")
+        .dp
+        .and_then(|d| d.threshold)
+        .expect("τ");
+    let mut shown_near = 0;
+    for _ in 0..100 {
+        let o = s.run(sql).await.expect("run");
+        for b in &o.batches {
+            let codes =
+                datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).expect("text");
+            let codes = codes.as_any().downcast_ref::<StringArray>().map(|a| {
+                a.iter()
+                    .map(|c| c.unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+            });
+            let counts = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int");
+            for (i, n) in counts.iter().enumerate() {
+                let n = n.expect("count");
+                assert!(n as f64 >= tau, "{n} shown under τ = {tau}");
+                if codes.as_ref().is_some_and(|c| c[i] == "C2") {
+                    shown_near += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        shown_near > 0,
+        "the group near the threshold showed sometimes"
+    );
+}

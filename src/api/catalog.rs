@@ -649,7 +649,8 @@ async fn dp_cohort_count(
     use tessera_query::arrow::datatypes::Int64Type;
     let service = super::cohorts::service(state)?;
     let name = |n: &str, what: &str| -> ApiResult<String> {
-        if n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        if n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             && !n.is_empty()
         {
             Ok(format!("\"{n}\""))
@@ -671,7 +672,9 @@ async fn dp_cohort_count(
         let column = name(&c.column, &format!("criteria[{i}].column"))?;
         let mut values = Vec::new();
         for v in &c.any_of {
-            params.push(tessera_query::datafusion::common::ScalarValue::Utf8(Some(v.clone())));
+            params.push(tessera_query::datafusion::common::ScalarValue::Utf8(Some(
+                v.clone(),
+            )));
             values.push(format!("${}", params.len()));
         }
         filters.push(format!(
@@ -686,10 +689,15 @@ async fn dp_cohort_count(
     };
     let count = |group: Option<&str>| {
         let (select, by) = match group {
-            Some(g) => (format!("CAST(p.{g} AS VARCHAR) AS label, "), format!(" GROUP BY CAST(p.{g} AS VARCHAR)")),
+            Some(g) => (
+                format!("CAST(p.{g} AS VARCHAR) AS label, "),
+                format!(" GROUP BY CAST(p.{g} AS VARCHAR)"),
+            ),
             None => (String::new(), String::new()),
         };
-        format!("SELECT {select}count(DISTINCT p.person_id) AS persons FROM {schema}.\"person\" p{filter}{by}")
+        format!(
+            "SELECT {select}count(DISTINCT p.person_id) AS persons FROM {schema}.\"person\" p{filter}{by}"
+        )
     };
     let named = license.as_str();
     let run = |sql: String, params: Vec<tessera_query::datafusion::common::ScalarValue>| async move {
@@ -712,16 +720,25 @@ async fn dp_cohort_count(
         let g = name(g, "group_by")?;
         let out = run(count(Some(&g)), params).await?;
         for b in &out.batches {
-            let (Some(labels), Some(counts)) = (b.column_by_name("label"), b.column_by_name("persons")) else {
+            let (Some(labels), Some(counts)) =
+                (b.column_by_name("label"), b.column_by_name("persons"))
+            else {
                 continue;
             };
-            let labels = tessera_query::arrow::compute::cast(labels, &tessera_query::arrow::datatypes::DataType::Utf8)
-                .map_err(|e| ApiError::internal(&e))?;
+            let labels = tessera_query::arrow::compute::cast(
+                labels,
+                &tessera_query::arrow::datatypes::DataType::Utf8,
+            )
+            .map_err(|e| ApiError::internal(&e))?;
             let labels = labels.as_string::<i32>();
             if let Some(counts) = counts.as_primitive_opt::<Int64Type>() {
                 for i in 0..b.num_rows() {
                     groups.push(Cell {
-                        label: if labels.is_valid(i) { labels.value(i).to_string() } else { "(none)".into() },
+                        label: if labels.is_valid(i) {
+                            labels.value(i).to_string()
+                        } else {
+                            "(none)".into()
+                        },
                         count: Some(clamp(counts.value(i))),
                         suppressed: false,
                     });

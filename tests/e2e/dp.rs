@@ -53,7 +53,16 @@ fn license_of_dp(t: &Tessera, id: &str, body: serde_json::Value) -> String {
             .trim()
             .to_string();
         t.expect(
-            &["org", "add", "--id", "dp", "--name", "DP Org", "--public-key", &public],
+            &[
+                "org",
+                "add",
+                "--id",
+                "dp",
+                "--name",
+                "DP Org",
+                "--public-key",
+                &public,
+            ],
             0,
         );
     }
@@ -108,7 +117,9 @@ async fn noise_matches_the_accountant_and_the_budget_adds_up() {
     let uri = flight_uri(&demo_json(&t));
     let mut exact = client(&uri, Some(&row_key)).await;
     let truth = first_i64(
-        &sql(&mut exact, "SELECT count(*) AS n FROM person").await.expect("exact"),
+        &sql(&mut exact, "SELECT count(*) AS n FROM person")
+            .await
+            .expect("exact"),
         "n",
     );
     let mut c = client(&uri, Some(&key)).await;
@@ -150,8 +161,14 @@ async fn noise_matches_the_accountant_and_the_budget_adds_up() {
     );
     // The spend is the composition (sum) of the answers' costs.
     let spent = meta_f64(&last, "tessera.dp.rho_spent");
-    assert!((spent - charged).abs() < 1e-6, "spent {spent}, charged {charged}");
-    assert!((charged - 0.02 * n as f64).abs() < 1e-6, "charged {charged}");
+    assert!(
+        (spent - charged).abs() < 1e-6,
+        "spent {spent}, charged {charged}"
+    );
+    assert!(
+        (charged - 0.02 * n as f64).abs() < 1e-6,
+        "charged {charged}"
+    );
     let usage: serde_json::Value = reqwest::Client::new()
         .get(server.url("/v1/licenses/dp-stats/usage"))
         .bearer_auth(&key)
@@ -162,7 +179,10 @@ async fn noise_matches_the_accountant_and_the_budget_adds_up() {
         .await
         .expect("json");
     let p = &usage["privacy"];
-    assert!((p["rho_spent"].as_f64().expect("spent") - charged).abs() < 1e-6, "{usage}");
+    assert!(
+        (p["rho_spent"].as_f64().expect("spent") - charged).abs() < 1e-6,
+        "{usage}"
+    );
     assert!((p["rho_remaining"].as_f64().expect("left") - (100.0 - charged)).abs() < 1e-6);
     assert_eq!(p["answers"], n as u64);
     assert!(p["epsilon_spent"].as_f64().expect("ε") > 0.0);
@@ -180,7 +200,10 @@ async fn holders(
     .expect("exact holders");
     let mut out = HashMap::new();
     for b in &b {
-        for (code, n) in column_text(b, "code").into_iter().zip(column_i64(b, "persons")) {
+        for (code, n) in column_text(b, "code")
+            .into_iter()
+            .zip(column_i64(b, "persons"))
+        {
             if let (Some(code), Some(n)) = (code, n) {
                 out.insert(code, n);
             }
@@ -204,7 +227,11 @@ async fn differencing_attack_recovers_diagnoses_exactly_but_not_under_dp() {
     );
     // The exact license and the row-level one the truth comes from, with room for the
     // attack's queries in their rate limits.
-    let agg_key = license_of_dp(&t, "dp-exact", serde_json::json!({"mode": "aggregate_only"}));
+    let agg_key = license_of_dp(
+        &t,
+        "dp-exact",
+        serde_json::json!({"mode": "aggregate_only"}),
+    );
     let row_key = license_of_dp(&t, "dp-rows", serde_json::json!({}));
     let _server = Server::start(&t, &["--rate-limit", "1000", "--burst", "1000"]);
     let uri = flight_uri(&demo_json(&t));
@@ -212,13 +239,16 @@ async fn differencing_attack_recovers_diagnoses_exactly_but_not_under_dp() {
     let held = holders(&mut row).await;
     // Targets: persons by pseudonym; diagnoses held by enough persons that both counts of
     // the attack are over the exact license's minimum cell.
-    let persons: Vec<String> = sql(&mut row, "SELECT person_id FROM person ORDER BY person_id LIMIT 40")
-        .await
-        .expect("persons")
-        .iter()
-        .flat_map(|b| column_text(b, "person_id"))
-        .flatten()
-        .collect();
+    let persons: Vec<String> = sql(
+        &mut row,
+        "SELECT person_id FROM person ORDER BY person_id LIMIT 40",
+    )
+    .await
+    .expect("persons")
+    .iter()
+    .flat_map(|b| column_text(b, "person_id"))
+    .flatten()
+    .collect();
     let mut codes: Vec<(&String, &i64)> = held.iter().filter(|(_, n)| **n >= 40).collect();
     codes.sort();
     assert!(codes.len() >= 2, "common diagnoses in the demo release");
@@ -248,22 +278,42 @@ async fn differencing_attack_recovers_diagnoses_exactly_but_not_under_dp() {
         .iter()
         .all(|b| b.num_rows() == 0);
         // Under the exact license: the difference of the two counts is the target's answer.
-        let all = first_i64(&sql(&mut exact, &count_with(code, None)).await.expect("exact"), "n");
+        let all = first_i64(
+            &sql(&mut exact, &count_with(code, None))
+                .await
+                .expect("exact"),
+            "n",
+        );
         let rest = first_i64(
-            &sql(&mut exact, &count_with(code, Some(target))).await.expect("exact"),
+            &sql(&mut exact, &count_with(code, Some(target)))
+                .await
+                .expect("exact"),
             "n",
         );
         exact_right += usize::from((all - rest == 1) == truth);
         // Under DP: the same two questions, the attacker's best guess is the difference
         // rounded.
-        let all = first_i64(&sql(&mut private, &count_with(code, None)).await.expect("dp"), "n");
+        let all = first_i64(
+            &sql(&mut private, &count_with(code, None))
+                .await
+                .expect("dp"),
+            "n",
+        );
         let rest = first_i64(
-            &sql(&mut private, &count_with(code, Some(target))).await.expect("dp"),
+            &sql(&mut private, &count_with(code, Some(target)))
+                .await
+                .expect("dp"),
             "n",
         );
         dp_right += usize::from(((all - rest) as f64 > 0.5) == truth);
     }
-    assert_eq!(exact_right, trials, "exact aggregates give the diagnosis away every time");
+    println!(
+        "differencing attack: right {exact_right}/{trials} under exact aggregates, {dp_right}/{trials} under DP"
+    );
+    assert_eq!(
+        exact_right, trials,
+        "exact aggregates give the diagnosis away every time"
+    );
     // Each trial's two answers cost ρ = 0.05 each about the target; the Gaussian mechanism
     // with total ρ = 0.1 is μ-GDP with μ = √(2ρ), and no test tells the two worlds apart with
     // accuracy above Φ(μ/2) ≈ 0.59 (balanced); the attacker here knows no prior either. With
@@ -278,14 +328,20 @@ async fn differencing_attack_recovers_diagnoses_exactly_but_not_under_dp() {
     // A license whose budget covers two answers: the attack's third question is refused.
     let mut small = client(&uri, Some(&small_key)).await;
     let (code, _) = codes[0];
-    sql(&mut small, &count_with(code, None)).await.expect("first answer");
-    sql(&mut small, &count_with(code, Some(&persons[0]))).await.expect("second answer");
+    sql(&mut small, &count_with(code, None))
+        .await
+        .expect("first answer");
+    sql(&mut small, &count_with(code, Some(&persons[0])))
+        .await
+        .expect("second answer");
     let e = sql(&mut small, &count_with(code, Some(&persons[1])))
         .await
         .expect_err("the budget is spent");
     assert!(e.contains("privacy_budget"), "{e}");
     // A repeat of an answer released before costs nothing and changes nothing.
-    let again = sql(&mut small, &count_with(code, None)).await.expect("a repeat");
+    let again = sql(&mut small, &count_with(code, None))
+        .await
+        .expect("a repeat");
     assert_eq!(meta(&again, "tessera.dp.cached"), "true");
     assert_eq!(meta_f64(&again, "tessera.dp.rho_charged"), 0.0);
 }
@@ -314,7 +370,11 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
         let (uri, key) = (uri.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let mut c = client(&uri, Some(&key)).await;
-            sql(&mut c, &format!("SELECT count(*) AS n FROM person WHERE person_id <> 'nobody-{i}'")).await
+            sql(
+                &mut c,
+                &format!("SELECT count(*) AS n FROM person WHERE person_id <> 'nobody-{i}'"),
+            )
+            .await
         }));
     }
     let mut answered = 0;
@@ -334,7 +394,10 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
         .json()
         .await
         .expect("json");
-    assert!((usage["privacy"]["rho_spent"].as_f64().expect("spent") - 0.25).abs() < 1e-9, "{usage}");
+    assert!(
+        (usage["privacy"]["rho_spent"].as_f64().expect("spent") - 0.25).abs() < 1e-9,
+        "{usage}"
+    );
     assert_eq!(usage["privacy"]["answers"], 5);
 
     // Groups: a code held by few persons does not show; every shown group's noisy persons
@@ -349,14 +412,26 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
     let q = "SELECT condition_source_value AS code, count(DISTINCT person_id) AS persons FROM condition_occurrence GROUP BY 1 ORDER BY 2 DESC";
     let b = sql(&mut c, q).await.expect("noisy groups");
     let tau = meta_f64(&b, "tessera.dp.threshold");
-    assert!(tau >= 11.0, "the license's minimum cell holds as well: {tau}");
+    assert!(
+        tau >= 11.0,
+        "the license's minimum cell holds as well: {tau}"
+    );
     let mut shown = 0;
     for b in &b {
-        for (code, n) in column_text(b, "code").into_iter().zip(column_i64(b, "persons")) {
+        for (code, n) in column_text(b, "code")
+            .into_iter()
+            .zip(column_i64(b, "persons"))
+        {
             let (code, n) = (code.expect("code"), n.expect("count"));
-            assert!(n as f64 >= tau, "{code}: {n} shown under the threshold {tau}");
+            assert!(
+                n as f64 >= tau,
+                "{code}: {n} shown under the threshold {tau}"
+            );
             let exact = held.get(&code).copied().unwrap_or(0);
-            assert!(exact >= 3, "{code} is held by {exact} persons and was shown");
+            assert!(
+                exact >= 3,
+                "{code} is held by {exact} persons and was shown"
+            );
             shown += 1;
         }
     }
@@ -366,7 +441,11 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
     assert_eq!(meta(&again, "tessera.dp.cached"), "true");
     let flatten = |b: &[RecordBatch]| -> Vec<(Option<String>, Option<i64>)> {
         b.iter()
-            .flat_map(|b| column_text(b, "code").into_iter().zip(column_i64(b, "persons")))
+            .flat_map(|b| {
+                column_text(b, "code")
+                    .into_iter()
+                    .zip(column_i64(b, "persons"))
+            })
             .collect()
     };
     assert_eq!(flatten(&again), flatten(&b));
@@ -381,9 +460,12 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
         assert!(n.expect("count") as f64 >= tau);
     }
     // Sums need bounds, and with them carry their noise.
-    let e = sql(&mut c, "SELECT sum(days_since_index) AS s FROM condition_occurrence")
-        .await
-        .expect_err("no bounds");
+    let e = sql(
+        &mut c,
+        "SELECT sum(days_since_index) AS s FROM condition_occurrence",
+    )
+    .await
+    .expect_err("no bounds");
     assert!(
         e.contains("dp_bounds") && e.contains("bounds.days_since_index"),
         "{e}"
@@ -391,7 +473,9 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
     let female = "CASE WHEN gender_source_value = 'female' THEN 1 ELSE 0 END";
     let b = sql(
         &mut c,
-        &format!("-- tessera: bounds=0..1\nSELECT avg({female}) AS a, sum({female}) AS s FROM person"),
+        &format!(
+            "-- tessera: bounds=0..1\nSELECT avg({female}) AS a, sum({female}) AS s FROM person"
+        ),
     )
     .await
     .expect("bounded means and sums");
@@ -405,9 +489,14 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
         })
         .expect("avg");
     let exact_share = {
-        let b = sql(&mut row, "SELECT gender_source_value AS g FROM person").await.expect("rows");
+        let b = sql(&mut row, "SELECT gender_source_value AS g FROM person")
+            .await
+            .expect("rows");
         let all: Vec<Option<String>> = b.iter().flat_map(|b| column_text(b, "g")).collect();
-        all.iter().filter(|g| g.as_deref() == Some("female")).count() as f64 / all.len() as f64
+        all.iter()
+            .filter(|g| g.as_deref() == Some("female"))
+            .count() as f64
+            / all.len() as f64
     };
     assert!(
         (noisy_share - exact_share).abs() < 0.1,
@@ -426,8 +515,14 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
         .await
         .expect("json");
     assert!(r["total"].as_u64().is_some(), "{r}");
-    assert!(r["privacy"]["stddev"]["persons"].as_f64().expect("σ") > 0.0, "{r}");
-    assert!(r["privacy"]["budget"]["rho_spent"].as_f64().expect("spent") > 0.0, "{r}");
+    assert!(
+        r["privacy"]["stddev"]["persons"].as_f64().expect("σ") > 0.0,
+        "{r}"
+    );
+    assert!(
+        r["privacy"]["budget"]["rho_spent"].as_f64().expect("spent") > 0.0,
+        "{r}"
+    );
 }
 
 /// The error of the demo's cohort counts at the demo license's default cost per answer
