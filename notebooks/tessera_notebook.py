@@ -119,13 +119,38 @@ def save_cohort(s: Server, definition: dict) -> dict:
         raise RuntimeError(f"the server refused the cohort ({e.code}): {body['error']['message']}") from None
 
 
-def noisy_query(conn, sql: str):
+def _pb_len(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    key, n, out = (field << 3) | 2, len(payload), bytearray()
+    out.append(key)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out) + payload
+
+
+def noisy_query(s: Server, sql: str):
     """Runs one statement under a license with a privacy budget and returns the result, the
     noise's standard deviation of each column that has one, and what the answer cost and left
-    (the result's schema metadata, ``tessera.dp.*``)."""
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        table = cur.fetch_arrow_table()
+    (the result's schema metadata, ``tessera.dp.*``). Uses pyarrow's Flight client, which keeps
+    the metadata of the result stream (the ADBC driver returns the schema GetFlightInfo
+    announced, which carries the noise but not the budget)."""
+    from pyarrow import flight
+
+    headers = [(b"authorization", b"Bearer " + s.api_key.encode())]
+    if s.license:
+        headers.append((b"x-tessera-license", s.license.encode()))
+    options = flight.FlightCallOptions(headers=headers)
+    command = _pb_len(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") + _pb_len(
+        2, _pb_len(1, sql.encode())
+    )
+    client = flight.FlightClient(s.flight_uri)
+    try:
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
+        table = client.do_get(info.endpoints[0].ticket, options).read_all()
+    finally:
+        client.close()
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     stddev = {
         f.name: float(f.metadata[b"tessera.dp.stddev"])

@@ -205,11 +205,15 @@ mod tests {
             rho_per_query: 2.0,
             ..PrivacyTerms::default()
         };
-        assert!(bad.validate().unwrap_err().starts_with("rho_per_query"));
+        assert!(
+            bad.validate()
+                .expect_err("refused")
+                .starts_with("rho_per_query")
+        );
         let bad = PrivacyTerms {
             delta: 0.5,
             ..PrivacyTerms::default()
         };
-        assert!(bad.validate().unwrap_err().starts_with("delta"));
+        assert!(bad.validate().expect_err("refused").starts_with("delta"));
     }
 }

@@ -1012,6 +1012,7 @@ impl LicensingStore {
     /// (then neither happens) or an answer with that key exists (then that one is returned and
     /// nothing is charged). The budget check is the `UPDATE`'s own condition, so concurrent
     /// answers cannot overspend on SQLite or PostgreSQL.
+    #[allow(clippy::too_many_arguments)]
     pub async fn spend_privacy(
         &self,
         license: &str,

@@ -559,6 +559,29 @@ fn result_columns(
 /// field), and what the answer cost and left (on the schema, set by the service).
 pub const STDDEV: &str = "tessera.dp.stddev";
 
+/// `schema` with each column that shows one noisy statistic marked with the noise's standard
+/// deviation ([`STDDEV`] in the field's metadata).
+pub fn annotate(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    dp: &DpPlan,
+) -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut f = f.as_ref().clone();
+            if let Some((_, s)) = dp.result_stddev.iter().find(|(n, _)| n == f.name()) {
+                let mut m = f.metadata().clone();
+                m.insert(STDDEV.into(), s.to_string());
+                f = f.with_metadata(m);
+            }
+            f
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// A noisy result as the analyst gets it: the hidden persons column removed (its noisy values
 /// summed for metering), each column showing one statistic marked with its noise's standard
 /// deviation. Nothing is suppressed here: the threshold ran inside the plan.
@@ -567,7 +590,7 @@ pub fn finish(
     column: &str,
     dp: &DpPlan,
 ) -> Result<crate::session::QueryOutput, QueryError> {
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::Schema;
     let failed = |e: datafusion::arrow::error::ArrowError| QueryError::Internal(e.to_string());
     let mut out = Vec::with_capacity(batches.len());
     let mut persons = 0u64;
@@ -589,23 +612,7 @@ pub fn finish(
             .collect();
         let b = b.project(&others).map_err(failed)?;
         let schema = schema
-            .get_or_insert_with(|| {
-                let fields: Vec<Field> = b
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| {
-                        let mut f = f.as_ref().clone();
-                        if let Some((_, s)) = dp.result_stddev.iter().find(|(n, _)| n == f.name()) {
-                            let mut m = f.metadata().clone();
-                            m.insert(STDDEV.into(), s.to_string());
-                            f = f.with_metadata(m);
-                        }
-                        f
-                    })
-                    .collect();
-                Arc::new(Schema::new(fields))
-            })
+            .get_or_insert_with(|| annotate(&b.schema(), dp))
             .clone();
         rows += b.num_rows() as u64;
         out.push(b.with_schema(schema).map_err(failed)?);
@@ -915,23 +922,23 @@ mod tests {
         let o = Options::parse(
             "-- tessera: rho=0.1 max_groups=3\n-- a note\n-- tessera: bounds.value_as_number=0..300 bounds=-1..1\nSELECT 1 -- tessera: rho=9",
         )
-        .unwrap();
+        .expect("options");
         assert_eq!(o.rho, Some(0.1));
         assert_eq!(o.max_groups, Some(3));
         assert_eq!(o.bounds.get("value_as_number"), Some(&(0.0, 300.0)));
         assert_eq!(o.default_bounds, Some((-1.0, 1.0)));
-        let e = Options::parse("-- tessera: epsilon=1\nSELECT 1").unwrap_err();
+        let e = Options::parse("-- tessera: epsilon=1\nSELECT 1").expect_err("refused");
         assert!(e.to_string().contains("`epsilon` is unknown"), "{e}");
-        let e = Options::parse("-- tessera: bounds.x=5..1\nSELECT 1").unwrap_err();
+        let e = Options::parse("-- tessera: bounds.x=5..1\nSELECT 1").expect_err("refused");
         assert!(e.to_string().contains("lo <= hi"), "{e}");
     }
 
     #[test]
     fn opendp_charges_what_the_formula_says() {
         // σ = 10 for a count: ρ = c²/(2σ²) = 0.005.
-        let rho = cell_rho(10.0, 1.0, true).unwrap();
+        let rho = cell_rho(10.0, 1.0, true).expect("ρ");
         assert!((rho - 0.005).abs() < 1e-12, "{rho}");
-        let rho = cell_rho(10.0, 2.5, false).unwrap();
+        let rho = cell_rho(10.0, 2.5, false).expect("ρ");
         assert!((rho - 2.5f64.powi(2) / 200.0).abs() < 1e-9, "{rho}");
     }
 }

@@ -603,8 +603,15 @@ impl QueryService {
                 None,
             )
             .await?;
+        let schema = planned.output_schema();
+        // The noise of each column is known from the plan (clients that keep only the
+        // announced schema, as the ADBC driver does, see it too).
+        let schema = match &planned.dp {
+            Some(dp) => crate::dp::annotate(&schema, dp),
+            None => schema,
+        };
         Ok(Described {
-            schema: planned.output_schema(),
+            schema,
             parameters: planned.parameter_schema()?,
         })
     }

@@ -730,9 +730,19 @@ fn the_demo_builds_a_release() {
         serde_json::from_str(&std::fs::read_to_string(&demo_json).expect("demo.json"))
             .expect("json");
     let orgs = demo["organizations"].as_array().expect("organizations");
-    assert_eq!(orgs.len(), 2);
-    let modes: Vec<&str> = orgs.iter().filter_map(|o| o["mode"].as_str()).collect();
-    assert_eq!(modes, ["aggregate_only", "row_level"]);
+    assert_eq!(orgs.len(), 3);
+    let modes: Vec<(&str, bool)> = orgs
+        .iter()
+        .filter_map(|o| Some((o["mode"].as_str()?, o["differential_privacy"].as_bool()?)))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("aggregate_only", true),
+            ("aggregate_only", false),
+            ("row_level", false)
+        ]
+    );
     for o in orgs {
         let license = o["license"].as_str().expect("license");
         let out = t.expect(&["license", "verify", "--id", license], 0);
