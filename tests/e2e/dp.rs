@@ -149,6 +149,11 @@ async fn noise_matches_the_accountant_and_the_budget_adds_up() {
         mean.abs() < 4.0 * sigma / (n as f64).sqrt(),
         "mean error {mean} with σ {sigma}"
     );
+    println!(
+        "noise of {n} counts: mean error {mean:.3}, variance {var:.2} against σ² = {:.2} (ratio {:.3})",
+        sigma.powi(2),
+        var / sigma.powi(2)
+    );
     let rel = 4.0 * (2.0 / (n as f64 - 1.0)).sqrt();
     assert!(
         (var / sigma.powi(2) - 1.0).abs() < rel,
