@@ -337,6 +337,66 @@ async fn licensing_on_postgres(
             .expect("delete")
     );
     assert!(store.cohorts("other").await.expect("cohorts").is_empty());
+
+    // A privacy budget spent by twelve concurrent answers: the conditional UPDATE lets exactly
+    // the five the budget pays for through; a repeated answer key returns the stored answer.
+    use tessera_licensing::privacy::Rho;
+    use tessera_licensing::store::Spend;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .spend_privacy(
+                    "acme-pg",
+                    &format!("answer-{i}"),
+                    format!("bytes-{i}").as_bytes(),
+                    Rho::charge(0.05),
+                    1e-7,
+                    Rho::from_f64_down(0.25),
+                    Utc::now(),
+                )
+                .await
+                .expect("spend")
+        });
+    }
+    let mut spent = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Spend::Spent { .. } => spent += 1,
+            Spend::Exhausted { .. } => {}
+            Spend::Cached(_) => panic!("distinct answers are not repeats"),
+        }
+    }
+    assert_eq!(spent, 5, "exactly what the budget pays for");
+    let total = store.privacy_spent("acme-pg").await.expect("spent");
+    assert_eq!((total.rho, total.answers), (Rho::from_f64_down(0.25), 5));
+    let again = store
+        .spend_privacy(
+            "acme-pg",
+            "repeat",
+            b"first",
+            Rho::charge(0.0),
+            0.0,
+            Rho::from_f64_down(0.25),
+            Utc::now(),
+        )
+        .await
+        .expect("a free answer");
+    assert!(matches!(again, Spend::Spent { .. }), "a zero-cost answer fits: {again:?}");
+    let repeat = store
+        .spend_privacy(
+            "acme-pg",
+            "repeat",
+            b"second",
+            Rho::charge(0.05),
+            0.0,
+            Rho::from_f64_down(10.0),
+            Utc::now(),
+        )
+        .await
+        .expect("a repeat");
+    assert_eq!(repeat, Spend::Cached(b"first".to_vec()), "the first answer stands");
     store.close().await;
 }
 
