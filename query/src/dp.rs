@@ -13,8 +13,10 @@
 //!    Which rows survive depends only on that person's rows, so the bounds hold whatever the
 //!    other persons' data.
 //! 2. **Clamping.** `sum` and `avg` read their argument clamped to bounds the analyst gives in
-//!    the query's options (`-- tessera: bounds.value_as_number=0..300`); without bounds the
-//!    query is refused, because the sensitivity of an unbounded sum is unbounded.
+//!    the query's options (`-- tessera: bounds.value_as_number=0..300`), else to the bounds
+//!    the release's data dictionary declares for the column (`days_since_index`: a century
+//!    either side); without bounds the query is refused, because the sensitivity of an
+//!    unbounded sum is unbounded.
 //! 3. **Noise.** Each statistic is computed exactly, then, in the plan's next node, replaced
 //!    by itself plus discrete Gaussian noise from the `opendp` crate (its secure sampler,
 //!    seeded from OpenSSL's CSPRNG). One person changes a statistic by at most `c` in each of at

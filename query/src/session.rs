@@ -132,6 +132,9 @@ pub struct Session {
     time_limit: Duration,
     /// Saved cohorts left out of the session, by name, with why.
     cohorts_left_out: Vec<(String, QueryError)>,
+    /// Clamping bounds the releases' data dictionaries declare, by column name (where two
+    /// releases or tables declare different bounds for a name, the wider).
+    declared_bounds: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -380,11 +383,23 @@ impl Session {
                 }
             }
         }
+        let mut declared_bounds = std::collections::BTreeMap::new();
+        for release in &scope.releases {
+            for file in &release.manifest.files {
+                for c in &file.columns {
+                    if let Some((lo, hi)) = c.bounds {
+                        let e = declared_bounds.entry(c.name.clone()).or_insert((lo, hi));
+                        *e = (e.0.min(lo), e.1.max(hi));
+                    }
+                }
+            }
+        }
         Ok(Session {
             ctx,
             license,
             time_limit: scope.time_limit,
             cohorts_left_out,
+            declared_bounds,
         })
     }
 
@@ -432,7 +447,10 @@ impl Session {
                 let terms = self.license.output.privacy.as_ref().ok_or_else(|| {
                     QueryError::Internal("a privacy license without terms".into())
                 })?;
-                let options = crate::dp::Options::parse(sql)?;
+                let mut options = crate::dp::Options::parse(sql)?;
+                for (column, bounds) in &self.declared_bounds {
+                    options.bounds.entry(column.clone()).or_insert(*bounds);
+                }
                 let (plan, dp) = crate::dp::rewrite(
                     plan,
                     &self.license.output.identifying_columns,

@@ -800,3 +800,45 @@ async fn a_shown_group_cleared_the_threshold_with_the_value_shown() {
         "the group near the threshold showed sometimes"
     );
 }
+
+#[tokio::test]
+async fn declared_bounds_clamp_when_the_query_gives_none() {
+    let f = fixture(&[]);
+    let mut source = f.source.clone();
+    for file in &mut source.manifest.files {
+        for c in &mut file.columns {
+            if c.name == "days_since_index" {
+                c.bounds = Some((0.0, 100.0));
+            }
+        }
+    }
+    let s = Session::new(Scope {
+        license: private(),
+        releases: vec![source],
+        memory_limit: 256 << 20,
+        time_limit: Duration::from_secs(30),
+        cohorts: Vec::new(),
+    })
+    .await
+    .expect("session");
+    let p = s
+        .plan("SELECT sum(days_since_index) AS s FROM condition_occurrence")
+        .await
+        .expect("the dictionary's bounds");
+    let dp = p.dp.expect("private");
+    // ρ = 1 over two statistics; one row per person: c = 100, σ = 100/√(2·0.5).
+    assert_eq!(
+        dp.stddev_of("sum(condition_occurrence.days_since_index)"),
+        Some(100.0)
+    );
+    // The query's own bounds win.
+    let p = s
+        .plan("-- tessera: bounds.days_since_index=0..10\nSELECT sum(days_since_index) AS s FROM condition_occurrence")
+        .await
+        .expect("the query's bounds");
+    assert_eq!(
+        p.dp.expect("private")
+            .stddev_of("sum(condition_occurrence.days_since_index)"),
+        Some(10.0)
+    );
+}

@@ -102,6 +102,11 @@ pub struct ColumnInfo {
     /// Parquet/Arrow type.
     pub r#type: String,
     pub description: String,
+    /// Declared public bounds of a numeric column, `[low, high]`: what a differentially
+    /// private sum or mean clamps to when the query gives none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<f64>>)]
+    pub bounds: Option<(f64, f64)>,
 }
 
 /// A cohort: persons meeting every criterion, counted, optionally by a person-table column.
@@ -269,6 +274,7 @@ fn dictionary(caller: &Caller, v: &Visible) -> Vec<TableInfo> {
                     name: c.name.clone(),
                     r#type: c.r#type.clone(),
                     description: c.description.clone(),
+                    bounds: c.bounds,
                 })
                 .collect(),
         })

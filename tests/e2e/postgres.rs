@@ -383,7 +383,10 @@ async fn licensing_on_postgres(
         )
         .await
         .expect("a free answer");
-    assert!(matches!(again, Spend::Spent { .. }), "a zero-cost answer fits: {again:?}");
+    assert!(
+        matches!(again, Spend::Spent { .. }),
+        "a zero-cost answer fits: {again:?}"
+    );
     let repeat = store
         .spend_privacy(
             "acme-pg",
@@ -396,7 +399,11 @@ async fn licensing_on_postgres(
         )
         .await
         .expect("a repeat");
-    assert_eq!(repeat, Spend::Cached(b"first".to_vec()), "the first answer stands");
+    assert_eq!(
+        repeat,
+        Spend::Cached(b"first".to_vec()),
+        "the first answer stands"
+    );
     store.close().await;
 }
 

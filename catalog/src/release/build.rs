@@ -70,6 +70,11 @@ pub struct ColumnEntry {
     pub name: String,
     pub r#type: String,
     pub description: String,
+    /// Public bounds of a numeric column, declared from what the column means (never read
+    /// from the data): what a differentially private sum or mean clamps to when the query
+    /// gives no bounds of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<(f64, f64)>,
 }
 
 /// `manifest.json`: what the release holds and what was done to make it.
@@ -899,8 +904,19 @@ fn column_entries(df: &DataFrame) -> Vec<ColumnEntry> {
             name: c.name().to_string(),
             r#type: c.dtype().to_string(),
             description: describe(c.name().as_str()).to_string(),
+            bounds: declared_bounds(c.name().as_str()),
         })
         .collect()
+}
+
+/// Bounds a column has by its meaning: intervals within a century either side of the index
+/// event. Columns whose range depends on the data (a measurement's value, in units that vary)
+/// declare none.
+fn declared_bounds(column: &str) -> Option<(f64, f64)> {
+    match column {
+        "days_since_index" | "end_days_since_index" => Some((-36_525.0, 36_525.0)),
+        _ => None,
+    }
 }
 
 /// Builds and writes one release version from summaries held in memory (both passes over the
