@@ -961,6 +961,16 @@ pub enum Spend {
     Exhausted { spent: Rho, budget: Rho },
 }
 
+/// A noisy answer offered for release: its key (the license's answers are told apart by it),
+/// its bytes (Arrow IPC), what it costs and the δ it spends.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub key: &'a str,
+    pub bytes: &'a [u8],
+    pub cost: Rho,
+    pub delta: f64,
+}
+
 /// A license's privacy spend.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PrivacySpent {
@@ -1007,28 +1017,21 @@ impl LicensingStore {
             .map_err(ctx("reading a released answer"))
     }
 
-    /// Releases a noisy answer under `license`: in one transaction, stores it under `key` and
-    /// adds `cost` (and `delta`) to the license's spend, unless the spend would pass `budget`
-    /// (then neither happens) or an answer with that key exists (then that one is returned and
+    /// Releases a noisy answer under `license`: in one transaction, stores it under its key and
+    /// adds its cost (and δ) to the license's spend, unless the spend would pass `budget` (then
+    /// neither happens) or an answer with that key exists (then that one is returned and
     /// nothing is charged). The budget check is the `UPDATE`'s own condition, so concurrent
     /// answers cannot overspend on SQLite or PostgreSQL.
-    #[allow(clippy::too_many_arguments)]
     pub async fn spend_privacy(
         &self,
         license: &str,
-        key: &str,
-        answer: &[u8],
-        cost: Rho,
-        delta: f64,
+        answer: &Answer<'_>,
         budget: Rho,
         at: DateTime<Utc>,
     ) -> Result<Spend, StoreError> {
         let mut attempt = 0;
         loop {
-            match self
-                .try_spend(license, key, answer, cost, delta, budget, at)
-                .await
-            {
+            match self.try_spend(license, answer, budget, at).await {
                 Err(StoreError::Sql { source, .. }) if contended(&source) && attempt < 20 => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
@@ -1038,17 +1041,19 @@ impl LicensingStore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn try_spend(
         &self,
         license: &str,
-        key: &str,
-        answer: &[u8],
-        cost: Rho,
-        delta: f64,
+        answer: &Answer<'_>,
         budget: Rho,
         at: DateTime<Utc>,
     ) -> Result<Spend, StoreError> {
+        let Answer {
+            key,
+            bytes: answer,
+            cost,
+            delta,
+        } = *answer;
         let c = "spending privacy budget";
         let as_i64 = |r: Rho| i64::try_from(r.0).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await.map_err(ctx(c))?;

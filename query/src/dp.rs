@@ -736,28 +736,41 @@ fn bounds_for(arg: &Expr, options: &Options) -> Option<(f64, f64)> {
     named.or(options.default_bounds)
 }
 
+type Mechanism<T> =
+    opendp::core::Measurement<AtomDomain<T>, AbsoluteDistance<T>, ZeroConcentratedDivergence, T>;
+
+/// opendp's discrete Gaussian mechanism of scale `sigma` on integers.
+fn integer_mechanism(sigma: f64) -> opendp::error::Fallible<Mechanism<i64>> {
+    make_gaussian(
+        AtomDomain::<i64>::default(),
+        AbsoluteDistance::default(),
+        sigma,
+        None,
+    )
+}
+
+/// opendp's discrete Gaussian mechanism of scale `sigma` on floats (its finest grid).
+fn float_mechanism(sigma: f64) -> opendp::error::Fallible<Mechanism<f64>> {
+    make_gaussian(
+        AtomDomain::<f64>::new_non_nan(),
+        AbsoluteDistance::default(),
+        sigma,
+        None,
+    )
+}
+
 /// ρ of one cell of sensitivity `c` under discrete Gaussian noise of scale `sigma`, from
 /// opendp's privacy map of the mechanism it will run.
 fn cell_rho(sigma: f64, c: f64, integer: bool) -> Result<f64, QueryError> {
     let failed = |e: opendp::error::Error| QueryError::Internal(format!("opendp: {e}"));
     if integer {
-        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-            AtomDomain::<i64>::default(),
-            AbsoluteDistance::<i64>::default(),
-            sigma,
-            None,
-        )
-        .map_err(failed)?;
-        m.map(&(c.ceil() as i64)).map_err(failed)
+        integer_mechanism(sigma)
+            .and_then(|m| m.map(&(c.ceil() as i64)))
+            .map_err(failed)
     } else {
-        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-            AtomDomain::<f64>::new_non_nan(),
-            AbsoluteDistance::<f64>::default(),
-            sigma,
-            None,
-        )
-        .map_err(failed)?;
-        m.map(&c).map_err(failed)
+        float_mechanism(sigma)
+            .and_then(|m| m.map(&c))
+            .map_err(failed)
     }
 }
 
@@ -874,37 +887,25 @@ impl ScalarUDFImpl for Noise {
         let failed = |e: opendp::error::Error| DataFusionError::Execution(format!("noise: {e}"));
         let values = value.to_array(rows)?;
         let out: ArrayRef = if let Some(v) = values.as_any().downcast_ref::<Int64Array>() {
-            let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-                AtomDomain::<i64>::default(),
-                AbsoluteDistance::<i64>::default(),
-                *sigma,
-                None,
-            )
-            .map_err(failed)?;
-            let mut noisy = Vec::with_capacity(v.len());
-            for x in v.iter() {
-                noisy.push(match x {
-                    Some(x) => Some(m.invoke(&x).map_err(failed)?),
-                    None => None,
-                });
-            }
-            Arc::new(Int64Array::from(noisy))
+            let m = integer_mechanism(*sigma).map_err(failed)?;
+            let noisy = v
+                .iter()
+                .map(|x| x.map(|x| m.invoke(&x)).transpose())
+                .collect::<Result<Int64Array, _>>()
+                .map_err(failed)?;
+            Arc::new(noisy)
         } else if let Some(v) = values.as_any().downcast_ref::<Float64Array>() {
-            let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-                AtomDomain::<f64>::new_non_nan(),
-                AbsoluteDistance::<f64>::default(),
-                *sigma,
-                None,
-            )
-            .map_err(failed)?;
-            let mut noisy = Vec::with_capacity(v.len());
-            for x in v.iter() {
-                noisy.push(match x {
-                    Some(x) if x.is_finite() => Some(m.invoke(&x).map_err(failed)?),
-                    _ => None,
-                });
-            }
-            Arc::new(Float64Array::from(noisy))
+            let m = float_mechanism(*sigma).map_err(failed)?;
+            let noisy = v
+                .iter()
+                .map(|x| {
+                    x.filter(|x| x.is_finite())
+                        .map(|x| m.invoke(&x))
+                        .transpose()
+                })
+                .collect::<Result<Float64Array, _>>()
+                .map_err(failed)?;
+            Arc::new(noisy)
         } else {
             return Err(DataFusionError::Internal(format!(
                 "tessera_dp_noise: {} values",

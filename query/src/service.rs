@@ -19,7 +19,7 @@ use tessera_catalog::{Catalog, Purpose};
 use tessera_licensing::decision::{Credential, Decision, Principal, Request, Usage, decide};
 use tessera_licensing::gate::{Ask, Gate};
 use tessera_licensing::privacy::{BudgetView, PrivacyTerms, Rho};
-use tessera_licensing::store::Spend;
+use tessera_licensing::store::{Answer, Spend};
 use tessera_licensing::{AccessMode, License, Reason, VersionPin};
 
 use crate::cohort::CohortDefinition;
@@ -780,10 +780,12 @@ impl QueryService {
                             .store()
                             .spend_privacy(
                                 &license.id,
-                                &key,
-                                &bytes,
-                                Rho::charge(dp.rho),
-                                dp.delta,
+                                &Answer {
+                                    key: &key,
+                                    bytes: &bytes,
+                                    cost: Rho::charge(dp.rho),
+                                    delta: dp.delta,
+                                },
                                 terms.budget(),
                                 Utc::now(),
                             )

@@ -45,26 +45,7 @@ fn dp_license(t: &Tessera, id: &str, terms: serde_json::Value) -> String {
 fn license_of_dp(t: &Tessera, id: &str, body: serde_json::Value) -> String {
     let key_file = t.dir.path().join("dp.pk8");
     if !key_file.exists() {
-        let public = t
-            .expect(
-                &["org", "keygen", "--out", key_file.to_str().expect("utf-8")],
-                0,
-            )
-            .trim()
-            .to_string();
-        t.expect(
-            &[
-                "org",
-                "add",
-                "--id",
-                "dp",
-                "--name",
-                "DP Org",
-                "--public-key",
-                &public,
-            ],
-            0,
-        );
+        crate::refusals::organization(t, "dp", "DP Org");
     }
     let mut body = body;
     body["organization"] = "dp".into();
@@ -257,14 +238,6 @@ async fn differencing_attack_recovers_diagnoses_exactly_but_not_under_dp() {
     let mut codes: Vec<(&String, &i64)> = held.iter().filter(|(_, n)| **n >= 40).collect();
     codes.sort();
     assert!(codes.len() >= 2, "common diagnoses in the demo release");
-    let count_with = |code: &str, without: Option<&str>| {
-        let excluding = without
-            .map(|p| format!(" AND person_id <> '{p}'"))
-            .unwrap_or_default();
-        format!(
-            "SELECT count(DISTINCT person_id) AS n FROM condition_occurrence WHERE condition_source_value = '{code}'{excluding}"
-        )
-    };
     let mut exact = client(&uri, Some(&agg_key)).await;
     let mut private = client(&uri, Some(&dp_key)).await;
     let trials = 40;
@@ -283,34 +256,11 @@ async fn differencing_attack_recovers_diagnoses_exactly_but_not_under_dp() {
         .iter()
         .all(|b| b.num_rows() == 0);
         // Under the exact license: the difference of the two counts is the target's answer.
-        let all = first_i64(
-            &sql(&mut exact, &count_with(code, None))
-                .await
-                .expect("exact"),
-            "n",
-        );
-        let rest = first_i64(
-            &sql(&mut exact, &count_with(code, Some(target)))
-                .await
-                .expect("exact"),
-            "n",
-        );
-        exact_right += usize::from((all - rest == 1) == truth);
-        // Under DP: the same two questions, the attacker's best guess is the difference
+        exact_right += usize::from((difference(&mut exact, code, target).await == 1) == truth);
+        // Under DP: the same two questions; the attacker's best guess is the difference
         // rounded.
-        let all = first_i64(
-            &sql(&mut private, &count_with(code, None))
-                .await
-                .expect("dp"),
-            "n",
-        );
-        let rest = first_i64(
-            &sql(&mut private, &count_with(code, Some(target)))
-                .await
-                .expect("dp"),
-            "n",
-        );
-        dp_right += usize::from(((all - rest) as f64 > 0.5) == truth);
+        let d = difference(&mut private, code, target).await;
+        dp_right += usize::from((d as f64 > 0.5) == truth);
     }
     println!(
         "differencing attack: right {exact_right}/{trials} under exact aggregates, {dp_right}/{trials} under DP"
@@ -349,6 +299,33 @@ async fn differencing_attack_recovers_diagnoses_exactly_but_not_under_dp() {
         .expect("a repeat");
     assert_eq!(meta(&again, "tessera.dp.cached"), "true");
     assert_eq!(meta_f64(&again, "tessera.dp.rho_charged"), 0.0);
+}
+
+/// Persons with diagnosis `code`, all of them (`without` none) or all but one.
+fn count_with(code: &str, without: Option<&str>) -> String {
+    let excluding = without
+        .map(|p| format!(" AND person_id <> '{p}'"))
+        .unwrap_or_default();
+    format!(
+        "SELECT count(DISTINCT person_id) AS n FROM condition_occurrence WHERE condition_source_value = '{code}'{excluding}"
+    )
+}
+
+/// The differencing attack's two questions and its answer: persons with `code` minus persons
+/// with `code` other than `target`.
+async fn difference(
+    c: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    code: &str,
+    target: &str,
+) -> i64 {
+    let all = first_i64(&sql(c, &count_with(code, None)).await.expect("all"), "n");
+    let rest = first_i64(
+        &sql(c, &count_with(code, Some(target)))
+            .await
+            .expect("all but one"),
+        "n",
+    );
+    all - rest
 }
 
 /// erf by Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7), for the test's bound.

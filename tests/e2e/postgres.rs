@@ -341,7 +341,7 @@ async fn licensing_on_postgres(
     // A privacy budget spent by twelve concurrent answers: the conditional UPDATE lets exactly
     // the five the budget pays for through; a repeated answer key returns the stored answer.
     use tessera_licensing::privacy::Rho;
-    use tessera_licensing::store::Spend;
+    use tessera_licensing::store::{Answer, Spend};
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..12 {
         let store = store.clone();
@@ -349,10 +349,12 @@ async fn licensing_on_postgres(
             store
                 .spend_privacy(
                     "acme-pg",
-                    &format!("answer-{i}"),
-                    format!("bytes-{i}").as_bytes(),
-                    Rho::charge(0.05),
-                    1e-7,
+                    &Answer {
+                        key: &format!("answer-{i}"),
+                        bytes: format!("bytes-{i}").as_bytes(),
+                        cost: Rho::charge(0.05),
+                        delta: 1e-7,
+                    },
                     Rho::from_f64_down(0.25),
                     Utc::now(),
                 )
@@ -374,10 +376,12 @@ async fn licensing_on_postgres(
     let again = store
         .spend_privacy(
             "acme-pg",
-            "repeat",
-            b"first",
-            Rho::charge(0.0),
-            0.0,
+            &Answer {
+                key: "repeat",
+                bytes: b"first",
+                cost: Rho::charge(0.0),
+                delta: 0.0,
+            },
             Rho::from_f64_down(0.25),
             Utc::now(),
         )
@@ -390,10 +394,12 @@ async fn licensing_on_postgres(
     let repeat = store
         .spend_privacy(
             "acme-pg",
-            "repeat",
-            b"second",
-            Rho::charge(0.05),
-            0.0,
+            &Answer {
+                key: "repeat",
+                bytes: b"second",
+                cost: Rho::charge(0.05),
+                delta: 0.0,
+            },
             Rho::from_f64_down(10.0),
             Utc::now(),
         )

@@ -275,6 +275,32 @@ fn check(expect: &str, outcome: &Outcome) -> Option<String> {
     }
 }
 
+/// Adds organization `id` with a new signatory key; returns the key's file.
+pub(crate) fn organization(t: &Tessera, id: &str, name: &str) -> std::path::PathBuf {
+    let key_file = t.dir.path().join(format!("{id}.pk8"));
+    let public = t
+        .expect(
+            &["org", "keygen", "--out", key_file.to_str().expect("utf-8")],
+            0,
+        )
+        .trim()
+        .to_string();
+    t.expect(
+        &[
+            "org",
+            "add",
+            "--id",
+            id,
+            "--name",
+            name,
+            "--public-key",
+            &public,
+        ],
+        0,
+    );
+    key_file
+}
+
 /// An organization with a signatory key, for the licenses the cases need.
 pub(crate) fn license(t: &Tessera, key_file: &Path, id: &str, body: serde_json::Value) {
     let now = chrono::Utc::now();
@@ -324,27 +350,7 @@ async fn refusal_cases() {
     let (row_key, _, _) = demo_org(&demo, "demo-rowlevel");
 
     // Who's who.
-    let key_file = t.dir.path().join("refusals.pk8");
-    let public = t
-        .expect(
-            &["org", "keygen", "--out", key_file.to_str().expect("utf-8")],
-            0,
-        )
-        .trim()
-        .to_string();
-    t.expect(
-        &[
-            "org",
-            "add",
-            "--id",
-            "refusals",
-            "--name",
-            "Refusal Cases",
-            "--public-key",
-            &public,
-        ],
-        0,
-    );
+    let key_file = organization(&t, "refusals", "Refusal Cases");
     let narrow =
         serde_json::json!({"tables": {"person": {"only": ["person_id", "gender_source_value"]}}});
     license(&t, &key_file, "lic-narrow", narrow.clone());
