@@ -441,17 +441,27 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
     for n in b.iter().flat_map(|b| column_i64(b, "persons")) {
         assert!(n.expect("count") as f64 >= tau);
     }
-    // Sums need bounds, and with them carry their noise.
+    // Sums need bounds: the query's, else the data dictionary's (days_since_index: a century
+    // either side), else the query is refused.
     let e = sql(
         &mut c,
-        "SELECT sum(days_since_index) AS s FROM condition_occurrence",
+        "SELECT sum(length(condition_source_value)) AS s FROM condition_occurrence",
     )
     .await
     .expect_err("no bounds");
     assert!(
-        e.contains("dp_bounds") && e.contains("bounds.days_since_index"),
+        e.contains("dp_bounds") && e.contains("bounds.condition_source_value"),
         "{e}"
     );
+    let b = sql(
+        &mut c,
+        "SELECT sum(days_since_index) AS s FROM condition_occurrence",
+    )
+    .await
+    .expect("the dictionary's bounds");
+    // The sum and the hidden person count share ρ = 0.05: σ = 36525/√(2·0.025).
+    let expected = 36_525.0 / 0.05f64.sqrt();
+    assert!((claimed_stddev(&b, "s") - expected).abs() < 1e-6);
     let female = "CASE WHEN gender_source_value = 'female' THEN 1 ELSE 0 END";
     let b = sql(
         &mut c,
