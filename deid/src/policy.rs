@@ -206,6 +206,11 @@ pub struct CodeHierarchy {
     /// The vocabulary generalized codes are released under (default: `system`).
     #[serde(default)]
     pub generalized_system: Option<String>,
+    /// Codes the file does not list take their longest listed prefix as their first ancestor
+    /// (ICD-10-CM: `E11.65` climbs to the category `E11`, then its block and chapter), so a
+    /// file of categories covers every code below them.
+    #[serde(default)]
+    pub prefix: bool,
 }
 
 impl CodeHierarchy {

@@ -440,7 +440,9 @@ impl<'a> Builder<'a> {
                     continue;
                 };
                 let system = systems.as_ref().and_then(|s| s[r].as_deref());
-                events::code_key(system, code, excluded[r] == Some(true))
+                let key = events::code_key(system, code, excluded[r] == Some(true));
+                self.events.add_prefix_ancestors(domain, &key);
+                key
             };
             let (year, interval) = if time {
                 let year = dates

@@ -103,6 +103,9 @@ pub struct EventPolicy {
     pub years: bool,
     /// Whether the event model runs (`[events] enabled`).
     pub enabled: bool,
+    /// Hierarchies matched by prefix, by code system: the vocabulary generalized codes are
+    /// released under, and the file's codes with their ancestors.
+    prefix_trees: HashMap<String, (String, HashMap<String, Vec<String>>)>,
 }
 
 impl EventPolicy {
@@ -134,11 +137,15 @@ impl EventPolicy {
         };
         // Hierarchies by code system, keyed as the model sees codes.
         let mut by_system: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+        let mut prefix_trees = HashMap::new();
         for h in &section.hierarchies {
             let tree = h.load(&policy.base_dir).map_err(|e| {
                 CatalogError::invalid(format!("[[events.hierarchy]] for {}: {e}", h.system))
             })?;
             let general = h.generalized_system.clone().unwrap_or(h.system.clone());
+            if h.prefix {
+                prefix_trees.insert(h.system.clone(), (general.clone(), tree.clone()));
+            }
             let keyed = tree
                 .into_iter()
                 .map(|(code, ancestors)| {
@@ -186,7 +193,36 @@ impl EventPolicy {
             interval_days: section.interval_days.first().copied(),
             years: !section.years.is_empty() || !section.enabled,
             enabled: section.enabled,
+            prefix_trees,
         })
+    }
+
+    /// Gives a code of a prefix-matched hierarchy that its file does not list (`E11.65`) the
+    /// ancestors of its longest listed prefix, with that prefix first (`E11`, `E08-E13`, `4`),
+    /// in domain `domain`. Codes of other systems, and codes already known, are left alone.
+    pub fn add_prefix_ancestors(&mut self, domain: u16, key: &str) {
+        let (system, code) = split_key(key);
+        let Some((general, tree)) = self.prefix_trees.get(system) else {
+            return;
+        };
+        let Some(d) = self.model.domains.get_mut(domain as usize) else {
+            return;
+        };
+        if d.ancestors.contains_key(key) {
+            return;
+        }
+        let listed = (1..code.len())
+            .rev()
+            .filter(|end| code.is_char_boundary(*end))
+            .map(|end| code[..end].trim_end_matches('.'))
+            .find(|prefix| !prefix.is_empty() && tree.contains_key(*prefix));
+        if let Some(prefix) = listed {
+            let chain = std::iter::once(prefix)
+                .chain(tree[prefix].iter().map(String::as_str))
+                .map(|a| format!("{general}{SEP}{a}"))
+                .collect();
+            d.ancestors.insert(key.to_string(), chain);
+        }
     }
 
     /// The domain of a table, when its events are items.
@@ -274,4 +310,43 @@ pub fn variant_parts(key: &str) -> (Option<String>, Option<String>, Option<Strin
     let parts: Vec<&str> = key.split(SEP).skip(1).collect();
     let some = |s: Option<&&str>| s.filter(|s| !s.is_empty()).map(|s| s.to_string());
     (some(parts.first()), some(parts.get(1)), some(parts.get(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icd10cm_codes_climb_to_their_category_block_and_chapter() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/safe-harbor.toml");
+        let policy = Policy::from_file(&path).expect("the shipped policy");
+        let mut events = EventPolicy::from_policy(&policy).expect("its event model");
+        let (domain, _, _) = events.domain("condition_occurrence").expect("conditions");
+        let system = "http://hl7.org/fhir/sid/icd-10-cm";
+        let key = code_key(Some(system), "E11.65", false);
+        events.add_prefix_ancestors(domain, &key);
+        let ancestors = &events.model.domains[domain as usize].ancestors[&key];
+        let plain: Vec<&str> = ancestors.iter().map(|a| split_key(a).1).collect();
+        assert_eq!(plain, ["E11", "E08-E13", "4"]);
+        assert!(ancestors.iter().all(|a| split_key(a).0 == system));
+        // A listed category keeps the file's own line; a code of another system, or one with
+        // no listed prefix, gets nothing.
+        let listed = code_key(Some(system), "E11", false);
+        assert_eq!(
+            events.model.domains[domain as usize].ancestors[&listed].len(),
+            2
+        );
+        for other in [
+            code_key(Some("http://snomed.info/sct"), "E11.65", false),
+            code_key(Some(system), "ZZ9.9", false),
+        ] {
+            events.add_prefix_ancestors(domain, &other);
+            assert!(
+                !events.model.domains[domain as usize]
+                    .ancestors
+                    .contains_key(&other)
+            );
+        }
+    }
 }
