@@ -758,11 +758,13 @@ async fn private_refusals_name_what_to_change() {
 #[tokio::test]
 async fn a_shown_group_cleared_the_threshold_with_the_value_shown() {
     // The query's own person count is also the threshold's: drawn once, so no group ever
-    // shows a count under the threshold. C2 (12 persons) sits just under τ ≈ 13.7 and shows
-    // in about a third of the runs.
+    // shows a count under the threshold. Every person holds C1 and twelve hold C2 too; with
+    // two groups per person and ρ = 0.28, σ = √2/√0.56 ≈ 1.89 and τ = 1 + σ·√(2·ln(2/δ)) ≈
+    // 12, so C2 shows in about half of the runs (and, were the shown count drawn apart from
+    // the threshold's, would show under τ in about a quarter).
     let f = fixture(&[]);
     let s = session(&f, private()).await;
-    let sql = "-- tessera: rho=0.1\nSELECT condition_source_value AS code, count(DISTINCT person_id) AS n FROM condition_occurrence GROUP BY 1";
+    let sql = "-- tessera: rho=0.28 max_groups=2\nSELECT condition_source_value AS code, count(DISTINCT person_id) AS n FROM condition_occurrence GROUP BY 1";
     let tau = s
         .plan(sql)
         .await
@@ -770,6 +772,7 @@ async fn a_shown_group_cleared_the_threshold_with_the_value_shown() {
         .dp
         .and_then(|d| d.threshold)
         .expect("τ");
+    assert!((11.0..13.0).contains(&tau), "τ = {tau}");
     let mut shown_near = 0;
     for _ in 0..100 {
         let o = s.run(sql).await.expect("run");

@@ -71,6 +71,7 @@ fn run_items(args: &DeidArgs, item: &str) -> Result<ExitCode> {
             system: String::new(),
             file: path.display().to_string(),
             generalized_system: None,
+            prefix: false,
         }
         .load(std::path::Path::new(""))?,
         None => Default::default(),
