@@ -790,6 +790,10 @@ fn bound_contributions(
         .map(Expr::Column)
         .collect();
     let p = Expr::Column(person.clone());
+    // One group and one row per person (the defaults) is one random row per person: one
+    // window over the person alone, instead of three.
+    let one_row = max_groups == 1 && max_rows == 1;
+    let group_expr = if one_row { &[][..] } else { group_expr };
     let mut per_group = vec![p.clone()];
     per_group.extend(group_expr.iter().cloned());
     let shuffle = col("__tessera_r").sort(true, false);

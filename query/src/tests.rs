@@ -845,3 +845,33 @@ async fn declared_bounds_clamp_when_the_query_gives_none() {
         Some(10.0)
     );
 }
+
+#[tokio::test]
+async fn by_default_each_person_counts_once_in_one_group() {
+    // Sixty persons hold C1 (one row each); twelve of them hold C2 too (two rows each): 84
+    // rows in two groups. Under the default bounds every person counts once, in one group.
+    let f = fixture(&[]);
+    let s = session(&f, private()).await;
+    let o = s
+        .run("-- tessera: rho=10\nSELECT condition_source_value AS code, count(*) AS n FROM condition_occurrence GROUP BY 1")
+        .await
+        .expect("grouped");
+    let total: i64 = o
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int")
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert!(
+        total <= 63,
+        "60 persons, one row each, noise σ ≈ 0.3: {total}"
+    );
+    assert!(total >= 40, "the groups show: {total}");
+}
