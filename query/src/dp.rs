@@ -420,8 +420,12 @@ pub fn rewrite(
         (None, 0.0)
     };
 
-    // 1. The bounded input.
-    let bounded = bound_contributions(input, &person, &aggregate.group_expr, max_groups, max_rows)?;
+    // 1. The bounded input (the person table has one row per person: nothing to bound).
+    let bounded = if one_row_per_person(&input) {
+        input
+    } else {
+        bound_contributions(input, &person, &aggregate.group_expr, max_groups, max_rows)?
+    };
     // 2. The exact statistics over it.
     let names: Vec<String> = (0..stats.len())
         .map(|i| format!("__tessera_dp_{i}"))
@@ -771,6 +775,23 @@ fn cell_rho(sigma: f64, c: f64, integer: bool) -> Result<f64, QueryError> {
         float_mechanism(sigma)
             .and_then(|m| m.map(&c))
             .map_err(failed)
+    }
+}
+
+/// Whether `plan` holds at most one row per person: the release's `person` table (one row per
+/// `person_id`, as every release is built) under projections, filters, sorts and limits only.
+fn one_row_per_person(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => scan.table_name.table() == "person",
+        LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_) => match plan.inputs().as_slice() {
+            [input] => one_row_per_person(input),
+            _ => false,
+        },
+        _ => false,
     }
 }
 

@@ -875,3 +875,30 @@ async fn by_default_each_person_counts_once_in_one_group() {
     );
     assert!(total >= 40, "the groups show: {total}");
 }
+
+#[tokio::test]
+async fn the_person_table_needs_no_contribution_bound() {
+    let f = fixture(&[]);
+    let s = session(&f, private()).await;
+    let windows = |p: &crate::session::Planned| {
+        use datafusion::common::tree_node::TreeNode;
+        p.plan
+            .exists(|n| {
+                Ok(matches!(
+                    n,
+                    datafusion::logical_expr::LogicalPlan::Window(_)
+                ))
+            })
+            .expect("walk")
+    };
+    let person = s
+        .plan("SELECT gender_source_value, count(*) FROM person WHERE zip <> '000' GROUP BY 1")
+        .await
+        .expect("plan");
+    assert!(!windows(&person), "one row per person already");
+    let events = s
+        .plan("SELECT condition_source_value, count(*) FROM condition_occurrence GROUP BY 1")
+        .await
+        .expect("plan");
+    assert!(windows(&events), "events are bounded per person");
+}
