@@ -779,10 +779,14 @@ fn cell_rho(sigma: f64, c: f64, integer: bool) -> Result<f64, QueryError> {
 }
 
 /// Whether `plan` holds at most one row per person: the release's `person` table (one row per
-/// `person_id`, as every release is built) under projections, filters, sorts and limits only.
+/// `person_id`, as every release is built), or an aggregate grouped by the person alone, under
+/// projections, filters, sorts and limits only.
 fn one_row_per_person(plan: &LogicalPlan) -> bool {
     match plan {
         LogicalPlan::TableScan(scan) => scan.table_name.table() == "person",
+        // An inner aggregate grouped by the person alone (a time-to-first-event query).
+        LogicalPlan::Aggregate(a) => matches!(a.group_expr.as_slice(),
+            [Expr::Column(c)] if c.name == "person_id" || c.name.starts_with("__tessera_person")),
         LogicalPlan::Projection(_)
         | LogicalPlan::Filter(_)
         | LogicalPlan::SubqueryAlias(_)

@@ -901,4 +901,12 @@ async fn the_person_table_needs_no_contribution_bound() {
         .await
         .expect("plan");
     assert!(windows(&events), "events are bounded per person");
+    let first = s
+        .plan("SELECT t, count(*) FROM (SELECT person_id, min(days_since_index) AS t FROM condition_occurrence GROUP BY person_id) f GROUP BY 1")
+        .await
+        .expect("plan");
+    assert!(
+        !windows(&first),
+        "one row per person after grouping by person"
+    );
 }
