@@ -53,6 +53,20 @@ fn license_of_dp(t: &Tessera, id: &str, body: serde_json::Value) -> String {
     t.issue_key(&["--org", "dp", "--license", id]).1
 }
 
+/// The license's privacy budget as `GET /v1/licenses/{id}/usage` shows it.
+async fn budget(server: &Server, license: &str, key: &str) -> serde_json::Value {
+    let usage: serde_json::Value = reqwest::Client::new()
+        .get(server.url(&format!("/v1/licenses/{license}/usage")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("json");
+    usage["privacy"].clone()
+}
+
 fn meta(b: &[RecordBatch], key: &str) -> String {
     b.first()
         .and_then(|b| b.schema().metadata().get(key).cloned())
@@ -155,16 +169,8 @@ async fn noise_matches_the_accountant_and_the_budget_adds_up() {
         (charged - 0.02 * n as f64).abs() < 1e-6,
         "charged {charged}"
     );
-    let usage: serde_json::Value = reqwest::Client::new()
-        .get(server.url("/v1/licenses/dp-stats/usage"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
-    let p = &usage["privacy"];
+    let usage = budget(&server, "dp-stats", &key).await;
+    let p = &usage;
     assert!(
         (p["rho_spent"].as_f64().expect("spent") - charged).abs() < 1e-6,
         "{usage}"
@@ -367,20 +373,12 @@ async fn concurrent_answers_cannot_overspend_and_repeats_are_free() {
         }
     }
     assert_eq!(answered, 5, "exactly the answers the budget pays for");
-    let usage: serde_json::Value = reqwest::Client::new()
-        .get(server.url("/v1/licenses/dp-race/usage"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
+    let usage = budget(&server, "dp-race", &key).await;
     assert!(
-        (usage["privacy"]["rho_spent"].as_f64().expect("spent") - 0.25).abs() < 1e-9,
+        (usage["rho_spent"].as_f64().expect("spent") - 0.25).abs() < 1e-9,
         "{usage}"
     );
-    assert_eq!(usage["privacy"]["answers"], 5);
+    assert_eq!(usage["answers"], 5);
 
     // Groups: a code held by few persons does not show; every shown group's noisy persons
     // count cleared the threshold the answer reports.
