@@ -950,10 +950,10 @@ impl LicensingStore {
 }
 
 /// What became of a noisy answer offered to [`LicensingStore::spend_privacy`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Spend {
-    /// The answer is released and its cost added: the license's spend is now `total`.
-    Spent { total: Rho, answers: u64 },
+    /// The answer is released and its cost added: the license's spend is now this.
+    Spent(PrivacySpent),
     /// The same answer key was released before: that answer (Arrow IPC) is the one to show,
     /// and nothing is charged.
     Cached(Vec<u8>),
@@ -983,6 +983,21 @@ pub struct PrivacySpent {
 /// δ is stored in pico units (10⁻¹²), rounded up.
 const PICO: f64 = 1e12;
 
+/// A `privacy_spend` row (`spent_nano`, `answers`, `delta_spent_pico`).
+fn spent_from(row: &AnyRow) -> Result<PrivacySpent, StoreError> {
+    let n = |col: &str| -> Result<u64, StoreError> {
+        Ok(row
+            .try_get::<i64, _>(col)
+            .map_err(ctx("reading the privacy spend"))?
+            .max(0) as u64)
+    };
+    Ok(PrivacySpent {
+        rho: Rho(n("spent_nano")?),
+        answers: n("answers")?,
+        delta: n("delta_spent_pico")? as f64 / PICO,
+    })
+}
+
 impl LicensingStore {
     /// What a license has spent of its privacy budget.
     pub async fn privacy_spent(&self, license: &str) -> Result<PrivacySpent, StoreError> {
@@ -994,17 +1009,7 @@ impl LicensingStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(ctx(c))?;
-        let Some(row) = row else {
-            return Ok(PrivacySpent::default());
-        };
-        let n = |col: &str| -> Result<u64, StoreError> {
-            Ok(row.try_get::<i64, _>(col).map_err(ctx(c))?.max(0) as u64)
-        };
-        Ok(PrivacySpent {
-            rho: Rho(n("spent_nano")?),
-            answers: n("answers")?,
-            delta: n("delta_spent_pico")? as f64 / PICO,
-        })
+        row.as_ref().map_or(Ok(PrivacySpent::default()), spent_from)
     }
 
     /// A noisy answer released before under `license` with `key`, if any (Arrow IPC).
@@ -1109,18 +1114,16 @@ impl LicensingStore {
                 budget,
             });
         }
-        let row = sqlx::query("SELECT spent_nano, answers FROM privacy_spend WHERE license = $1")
-            .bind(license)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(ctx(c))?;
-        let total: i64 = row.try_get("spent_nano").map_err(ctx(c))?;
-        let answers: i64 = row.try_get("answers").map_err(ctx(c))?;
+        let row = sqlx::query(
+            "SELECT spent_nano, answers, delta_spent_pico FROM privacy_spend WHERE license = $1",
+        )
+        .bind(license)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(ctx(c))?;
+        let spent = spent_from(&row)?;
         tx.commit().await.map_err(ctx(c))?;
-        Ok(Spend::Spent {
-            total: Rho(total.max(0) as u64),
-            answers: answers.max(0) as u64,
-        })
+        Ok(Spend::Spent(spent))
     }
 }
 

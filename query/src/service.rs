@@ -770,8 +770,9 @@ impl QueryService {
         let output = match dp {
             None => session.run_planned(planned).await?,
             Some((dp, terms, key, earlier)) => {
-                let (mut output, charged, cached) = match earlier {
-                    Some(bytes) => (crate::dp::decode(&bytes)?, 0.0, true),
+                // The spend after this answer, where the transaction that paid for it read it.
+                let (mut output, charged, cached, spent) = match earlier {
+                    Some(bytes) => (crate::dp::decode(&bytes)?, 0.0, true, None),
                     None => {
                         let output = session.run_planned(planned).await?;
                         let bytes = crate::dp::encode(&output)?;
@@ -791,9 +792,9 @@ impl QueryService {
                             )
                             .await?;
                         match spend {
-                            Spend::Spent { .. } => (output, dp.rho, false),
+                            Spend::Spent(spent) => (output, dp.rho, false, Some(spent)),
                             // Another request released this answer first: show that one.
-                            Spend::Cached(bytes) => (crate::dp::decode(&bytes)?, 0.0, true),
+                            Spend::Cached(bytes) => (crate::dp::decode(&bytes)?, 0.0, true, None),
                             Spend::Exhausted { spent, .. } => {
                                 let e = budget_exhausted(&terms, spent, dp.rho);
                                 return Err(self
@@ -803,7 +804,10 @@ impl QueryService {
                         }
                     }
                 };
-                let spent = self.gate.store().privacy_spent(&license.id).await?;
+                let spent = match spent {
+                    Some(s) => s,
+                    None => self.gate.store().privacy_spent(&license.id).await?,
+                };
                 let privacy = crate::dp::AnswerPrivacy {
                     rho_charged: charged,
                     cached,

@@ -365,7 +365,7 @@ async fn licensing_on_postgres(
     let mut spent = 0;
     while let Some(r) = tasks.join_next().await {
         match r.expect("task") {
-            Spend::Spent { .. } => spent += 1,
+            Spend::Spent(_) => spent += 1,
             Spend::Exhausted { .. } => {}
             Spend::Cached(_) => panic!("distinct answers are not repeats"),
         }
@@ -388,7 +388,7 @@ async fn licensing_on_postgres(
         .await
         .expect("a free answer");
     assert!(
-        matches!(again, Spend::Spent { .. }),
+        matches!(again, Spend::Spent(_)),
         "a zero-cost answer fits: {again:?}"
     );
     let repeat = store
