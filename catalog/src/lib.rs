@@ -13,6 +13,7 @@ pub mod model;
 mod payload;
 pub mod release;
 mod store;
+pub mod synthetic;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -15,39 +15,69 @@ use crate::output::say;
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// The shared test data (Synthea bundles, phenopackets). When absent, the fixtures shipped
-    /// in the repository are used.
-    #[arg(long, env = "TESSERA_SHARED_DATA", default_value = "../shared/data")]
-    pub shared_data: PathBuf,
+    /// Synthea-derived patients in the demo: the shipped corpus's 373 patients, then new
+    /// persons resampled from them (fresh identities, dates moved back by up to three years)
+    /// up to this many; fewer takes the first N of the corpus. The 550 rare-disease
+    /// phenopackets come on top.
+    #[arg(long, default_value_t = DEFAULT_PATIENTS)]
+    pub patients: usize,
 
-    /// The fixtures shipped with Tessera.
+    /// Seed of the resampling: the same seed and size give the same demo.
+    #[arg(long, default_value_t = 20261205)]
+    pub seed: u64,
+
+    /// The fixtures shipped with Tessera (the demo corpus is `corpus/` inside).
     #[arg(long, env = "TESSERA_FIXTURES", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))]
     pub fixtures: PathBuf,
 
-    /// The policy of the demo release (natural-history family).
+    /// The policy of the demo's natural-history release.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/natural-history.toml"))]
     pub release_policy: PathBuf,
 }
 
-/// What the demo ingests: the shared data when present, else the fixtures; surveys always.
-pub fn demo_inputs(shared: &Path, fixtures: &Path) -> (Vec<PathBuf>, &'static str) {
-    let synthea = shared.join("synthea/synthea-r4-dev.tar.zst");
-    let phenopackets = shared.join("phenopackets");
-    let mut inputs = Vec::new();
-    let origin = if synthea.is_file() {
-        inputs.push(synthea);
-        if phenopackets.is_dir() {
-            inputs.push(phenopackets);
-        }
-        "shared test data"
+/// The demo's default size: large enough that the natural-history release keeps common
+/// diagnoses with their time under (k, k^m)-anonymity (k = 5, m = 3), which the corpus's 373
+/// patients alone do not (`policies/natural-history.toml` gives the figures).
+pub const DEFAULT_PATIENTS: usize = 3_000;
+
+/// What the demo ingests, all from the repository: the Synthea population (the shipped corpus,
+/// resampled to `patients` into `DATA_DIR/corpus/`), the phenopackets and the surveys.
+pub fn demo_inputs(
+    fixtures: &Path,
+    data_dir: &Path,
+    patients: usize,
+    seed: u64,
+) -> Result<(Vec<PathBuf>, String)> {
+    let corpus = fixtures.join("corpus");
+    let synthea = corpus.join("synthea-r4-dev.tar.zst");
+    if !synthea.is_file() {
+        anyhow::bail!(
+            "the demo corpus is missing: expected {} (it ships in the repository; run from a complete checkout or set TESSERA_FIXTURES)",
+            synthea.display()
+        );
+    }
+    let population = data_dir
+        .join("corpus")
+        .join(format!("synthea-{patients}-seed-{seed}.tar.zst"));
+    let made = if population.is_file() {
+        format!("{} (made by an earlier run)", population.display())
     } else {
-        inputs.push(fixtures.join("fhir"));
-        inputs.push(fixtures.join("phenopackets"));
-        "shipped fixtures"
+        let r =
+            tessera_catalog::synthetic::resample_synthea(&synthea, &population, patients, seed)?;
+        format!(
+            "{}: {} corpus patients and {} resampled persons",
+            population.display(),
+            r.originals,
+            r.copies
+        )
     };
-    // The surveys reference two Synthea patients that both data sets contain.
-    inputs.push(fixtures.join("surveys"));
-    (inputs, origin)
+    let inputs = vec![
+        population,
+        corpus.join("phenopackets.tar.zst"),
+        // The surveys reference two Synthea patients of the corpus.
+        fixtures.join("surveys"),
+    ];
+    Ok((inputs, made))
 }
 
 /// Demo consents, varied so that scopes and purposes differ between patients: everyone
@@ -67,20 +97,39 @@ fn demo_grants(patient_id: &str) -> Vec<(&'static str, Scope)> {
 
 pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
     let catalog = super::open_catalog(g, true).await?;
-    let (inputs, origin) = demo_inputs(&args.shared_data, &args.fixtures);
+    let (inputs, made) = demo_inputs(&args.fixtures, &g.data_dir, args.patients, args.seed)?;
     say!(
-        "tessera demo: data folder {}, ingesting the {origin}:",
+        "tessera demo: data folder {}; population {made}",
         g.data_dir.display()
     );
-    for i in &inputs {
-        say!("  {}", i.display());
+    // A second run over the same population ingests nothing again (ingest would find every
+    // record unchanged, after parsing them all): the marker names what the catalog holds.
+    let marker = g.data_dir.join("corpus/ingested");
+    let names: Vec<String> = inputs.iter().map(|i| i.display().to_string()).collect();
+    let mut quarantined = false;
+    if std::fs::read_to_string(&marker)
+        .is_ok_and(|t| t.lines().eq(names.iter().map(String::as_str)))
+    {
+        say!(
+            "the demo population is already in the catalog ({}): nothing ingested again",
+            marker.display()
+        );
+    } else {
+        say!("ingesting:");
+        for n in &names {
+            say!("  {n}");
+        }
+        let bar = super::ingest::Bar::new();
+        let started = Instant::now();
+        let report = catalog
+            .ingest(&inputs, &IngestOptions::default(), &bar)
+            .await?;
+        super::ingest::print_report(&report, started.elapsed().as_secs_f64());
+        quarantined = !report.quarantined.is_empty();
+        if !quarantined {
+            std::fs::write(&marker, names.join("\n") + "\n")?;
+        }
     }
-    let bar = super::ingest::Bar::new();
-    let started = Instant::now();
-    let report = catalog
-        .ingest(&inputs, &IngestOptions::default(), &bar)
-        .await?;
-    super::ingest::print_report(&report, started.elapsed().as_secs_f64());
 
     let mut granted = 0;
     let mut offset = 0;
@@ -140,41 +189,63 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
             let tables: Vec<String> = manifest.files.iter().map(|f| f.table.clone()).collect();
             demo_licenses(g, &tables).await?;
             demo_payouts(g, &catalog).await?;
-            // The same patients under Safe Harbor with the event model on ((k, k^m)-anonymity
-            // of the event tables): the release that withstands an attacker who knows a
-            // patient's diagnoses with their years (docs/releases.md). No demo license covers
-            // it; an operator issues one.
-            let safe_harbor = args.release_policy.with_file_name("safe-harbor.toml");
-            if safe_harbor.is_file() {
-                let text = std::fs::read_to_string(&safe_harbor)?;
-                let policy = tessera_deid::policy::Policy::from_file(&safe_harbor)?;
-                let (row, manifest) = catalog
-                    .build_release(&tessera_catalog::ReleaseRequest {
-                        family: "demo-safe-harbor",
-                        purpose: &purpose,
-                        policy: &policy,
-                        policy_text: &text,
-                        releases_dir: &releases_dir,
-                    })
-                    .await?;
-                super::release::print_summary(&row.path, &manifest);
-            }
         }
-        // The shipped fixtures hold fewer patients than the policy's k: say so, and go on.
+        // A population smaller than the policy's k (`--patients 3`): say so, and go on.
         Err(e) if e.is_user_error() => say!("no demo release: {e}"),
         Err(e) => return Err(e.into()),
     }
 
     let patients = catalog.count_patients().await?;
-    say!(
-        "{patients} patients in the catalog. Next: `tessera stats`, `tessera patients list`, `tessera consent show --patient <id>`, `tessera release show --family demo-natural-history --version N`"
-    );
+    say!("{patients} patients in the catalog. Next:");
+    for (what, how) in next_steps(g) {
+        say!("  {what:<34} {how}");
+    }
     catalog.close().await;
-    Ok(if report.quarantined.is_empty() {
+    Ok(if !quarantined {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(crate::EXIT_QUARANTINED)
     })
+}
+
+/// What to do after the demo, as `tessera demo` prints it: each line a purpose and a command or
+/// address (the addresses `tessera serve` listens on by default).
+pub fn next_steps(g: &GlobalArgs) -> Vec<(&'static str, String)> {
+    let http = format!("http://{DEFAULT_HTTP_ADDR}");
+    let demo_json = g.data_dir.join("demo.json");
+    let data_dir = g.data_dir.display();
+    let mut steps = vec![
+        (
+            "serve the demo",
+            format!("tessera --data-dir {data_dir} serve"),
+        ),
+        ("HTTP API (after serve)", format!("{http}/openapi.json")),
+        (
+            "Flight SQL (ADBC, DBeaver)",
+            format!(
+                "grpc://{DEFAULT_FLIGHT_ADDR}, API keys in {}",
+                demo_json.display()
+            ),
+        ),
+    ];
+    if let Some(link) = std::fs::read_to_string(&demo_json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|d| d["patient"]["sign_in"].as_str().map(str::to_string))
+    {
+        steps.push(("a patient's earnings page", link));
+    }
+    steps.extend([
+        (
+            "the notebooks",
+            "python3 -m venv .venv && .venv/bin/pip install -r notebooks/requirements.txt jupyterlab && .venv/bin/jupyter lab notebooks/".to_string(),
+        ),
+        (
+            "what the release kept",
+            format!("tessera --data-dir {data_dir} release show --family demo-natural-history --version 1"),
+        ),
+    ]);
+    steps
 }
 
 /// Three demo organizations, with an aggregate-only license under differential privacy, an

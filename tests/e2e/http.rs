@@ -13,19 +13,22 @@ use std::sync::{Arc, Mutex, OnceLock};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Tessera, shared};
+use crate::support::Tessera;
 
-/// A demo data folder built once per test run; each test works on a copy.
-fn demo_template() -> &'static Tessera {
-    static T: OnceLock<Tessera> = OnceLock::new();
+/// A demo data folder built once per test run (what `tessera demo` printed beside it); each
+/// test works on a copy.
+fn demo_template() -> &'static (Tessera, String) {
+    static T: OnceLock<(Tessera, String)> = OnceLock::new();
     T.get_or_init(|| {
         let t = Tessera::new();
-        t.expect(
-            &["demo", "--shared-data", shared().to_str().expect("utf-8")],
-            0,
-        );
-        t
+        let out = t.expect(&["demo"], 0);
+        (t, out)
     })
+}
+
+/// What `tessera demo` printed when it built the demo.
+pub fn demo_output() -> &'static str {
+    &demo_template().1
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -43,7 +46,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A fresh copy of the demo data folder.
 pub fn demo_copy() -> Tessera {
-    let template = demo_template();
+    let template = &demo_template().0;
     let t = Tessera::new();
     copy_dir(&template.data_dir(), &t.data_dir());
     t
@@ -217,6 +220,7 @@ fn code(body: &Value) -> &str {
 /// The folder of the demo release's files (copies of the demo folder point at the template's).
 pub fn release_dir() -> std::path::PathBuf {
     demo_template()
+        .0
         .data_dir()
         .join("releases/demo-natural-history/v1")
 }
@@ -227,6 +231,7 @@ pub fn persons_by(table: &str, column: &str) -> std::collections::BTreeMap<Strin
     use polars::prelude::*;
     // Copies of the demo folder point at the release files of the template.
     let file = demo_template()
+        .0
         .data_dir()
         .join(format!("releases/demo-natural-history/v1/{table}.parquet"));
     let df = ParquetReader::new(std::fs::File::open(&file).expect("parquet"))

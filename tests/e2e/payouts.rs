@@ -71,14 +71,7 @@ async fn the_demo_pays_patients_and_their_page_shows_it() {
     assert!(invoices.len() == 2 && invoices.iter().all(|i| i.status == "paid"));
     // A second demo run changes no money.
     let before = p.transaction_count().await.expect("count");
-    t.expect(
-        &[
-            "demo",
-            "--shared-data",
-            crate::support::shared().to_str().expect("utf-8"),
-        ],
-        0,
-    );
+    t.expect(&["demo"], 0);
     assert_eq!(p.transaction_count().await.expect("count"), before);
 
     let server = Server::start(&t, &[]);

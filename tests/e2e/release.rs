@@ -429,6 +429,16 @@ pub(crate) fn assert_event_model_holds(release: &Path, sources: Option<&Path>) -
     answers
 }
 
+/// The Synthea population the demo ingested (the shipped corpus resampled to the demo's size).
+pub(crate) fn demo_population(t: &Tessera) -> PathBuf {
+    let dir = t.data_dir().join("corpus");
+    std::fs::read_dir(&dir)
+        .expect("the demo's corpus folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .expect("the demo's population archive")
+}
+
 /// FHIR element names a `nodesByType` rule of Microsoft's configuration reaches, as JSON keys.
 fn keys_of_type(t: &str) -> &'static [&'static str] {
     match t {
@@ -655,14 +665,11 @@ async fn microsoft_safe_harbor_paths_are_dropped_or_transformed() {
     );
 }
 
-/// `tessera demo` on the shared data builds a release and says what it holds.
+/// `tessera demo`, from the corpus in the repository, builds a release and says what it holds.
 #[test]
 fn the_demo_builds_a_release() {
-    let t = Tessera::new();
-    let out = t.expect(
-        &["demo", "--shared-data", shared().to_str().expect("utf-8")],
-        0,
-    );
+    let t = crate::http::demo_copy();
+    let out = crate::http::demo_output();
     assert!(
         out.contains("release demo-natural-history v1 for research.natural_history"),
         "{out}"
@@ -686,32 +693,57 @@ fn the_demo_builds_a_release() {
     ))
     .expect("manifest");
     assert_eq!(manifest["safe_harbor"].as_array().map(Vec::len), Some(18));
-    // The demo's natural-history family is released without the event model (its policy says
-    // why, with figures); the demo's Safe Harbor family has it, and the checker proves it.
+    // The demo's release is (k, k^m)-anonymous: the checker proves it from the Parquet files,
+    // and the attacker who knows a person's sex, birth year and m diagnoses with their years,
+    // drawn from the demo's own population (the bundles `tessera demo` ingested), finds no one
+    // among fewer than k candidates.
     assert!(
         manifest["events"]["model"]
             .as_str()
-            .is_some_and(|m| m.starts_with("off")),
+            .is_some_and(|m| m.starts_with("(k, k^m)-anonymity")),
         "{}",
         manifest["events"]
     );
-    let release = t.data_dir().join("releases/demo-safe-harbor/v1");
-    assert_event_model_holds(&release, Some(synthea_dir()));
-    // The same attacker against the family without the event model finds most patients among
-    // fewer than k candidates: the attack is real, and the model is what stops it.
+    let population = demo_population(&t);
+    let release = t.data_dir().join("releases/demo-natural-history/v1");
+    assert_event_model_holds(&release, Some(&population));
+    // The same attacker against the same patients released without the event model finds
+    // most of them among fewer than k candidates: the attack is real, and the model is what
+    // stops it.
+    let unprotected = t.data_dir().join("unprotected.toml");
+    std::fs::write(
+        &unprotected,
+        crate::support::shipped_policy("natural-history.toml")
+            .replace("[events]\n", "[events]\nenabled = false\n"),
+    )
+    .expect("policy");
+    t.expect(
+        &[
+            "release",
+            "build",
+            "--family",
+            "unprotected",
+            "--purpose",
+            "research.natural_history",
+            "--policy",
+            unprotected.to_str().expect("utf-8"),
+        ],
+        0,
+    );
     let python = crate::support::venv_program("TESSERA_FLIGHT_VENV", "venv-flight", "bin/python");
     let out = Command::new(python)
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/km_check.py"))
         .arg("attack")
-        .arg(t.data_dir().join("releases/demo-natural-history/v1"))
-        .arg(synthea_dir())
+        .arg(t.data_dir().join("releases/unprotected/v1"))
+        .arg(&population)
         .args(["--m", "2"])
         .output()
         .expect("km_check");
     let broken: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(!out.status.success(), "{broken}");
+    let attacked = broken["patients"].as_u64().expect("patients");
     assert!(
-        broken["below_k"].as_u64().is_some_and(|n| n * 2 > 373),
+        broken["below_k"].as_u64().is_some_and(|n| n * 2 > attacked),
         "{broken}"
     );
 

@@ -35,7 +35,6 @@ person holds is therefore either visited or has the holders of one that is.
 """
 
 import glob
-import io
 import itertools
 import json
 import os
@@ -203,9 +202,10 @@ def bundles(source):
     else:
         import zstandard  # only for .tar.zst sources
 
-        with open(source, "rb") as fh:
-            data = zstandard.ZstdDecompressor().stream_reader(fh).read()
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        # Streamed: a resampled demo population is gigabytes unpacked.
+        with open(source, "rb") as fh, tarfile.open(
+            fileobj=zstandard.ZstdDecompressor().stream_reader(fh), mode="r|"
+        ) as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".json"):
                     yield tar.extractfile(member).read()
