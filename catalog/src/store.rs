@@ -348,9 +348,11 @@ impl Store {
         offset: i64,
     ) -> Result<Vec<(String, String, i64)>> {
         let rows = sqlx::query(
-            "SELECT p.patient_id, p.created_at, COUNT(r.record_id) AS n
-             FROM patients p LEFT JOIN records r ON r.patient_id = p.patient_id
-             GROUP BY p.patient_id, p.created_at ORDER BY p.patient_id LIMIT $1 OFFSET $2",
+            // The page of patients first, then each one's records counted by index: grouping
+            // the whole join before the LIMIT read every record for every page.
+            "SELECT p.patient_id, p.created_at,
+                    (SELECT COUNT(*) FROM records r WHERE r.patient_id = p.patient_id) AS n
+             FROM patients p ORDER BY p.patient_id LIMIT $1 OFFSET $2",
         )
         .bind(limit)
         .bind(offset)

@@ -6,7 +6,7 @@ from parametric distributions (below) chosen to resemble an adult prediabetes po
 its outcomes from an exponential time to death with a hazard 0.6 times the demo registry's
 crude death rate (about 1.05 per 100 person-years), censored by a uniform administrative
 follow-up. The seed is the first from 20261202 up for which 1:1 caliper matching on the demo
-registry balances every covariate (|SMD| < 0.1), which the test suite checks: with 30 patients and
+registry balances every covariate (|SMD| < 0.1) with at least 25 of the 30 matched, which the test suite checks: with 30 patients and
 five covariates many draws do not balance, and a real analysis would then revisit the model or
 the caliper (the notebook says so) rather than the trial. Run it again only to change the trial:
 
@@ -18,7 +18,7 @@ import pathlib
 
 import numpy as np
 
-SEED = 20261204
+SEED = 20261232
 N = 30
 REGISTRY_DEATHS_PER_YEAR = 0.0105
 TRUE_HAZARD_RATIO = 0.6
