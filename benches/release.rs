@@ -11,6 +11,10 @@
 //!   5,000 patients: the person table through
 //!   the Safe Harbor policy, event dates, rare codes, Parquet, hashes, manifest).
 //!
+//! The resampling here works on summaries in memory (ingesting 100,000 bundles, some 120 GB of
+//! JSON, is the ingest benchmark's subject, not this one's); `tessera demo --patients N`
+//! resamples bundles (`tessera_catalog::synthetic`, the same SplitMix64 draw) and ingests them.
+//!
 //! Both sides stream: the resampled set is generated chunk by chunk (the same chunk each time it
 //! is asked for), and tables are appended to Parquet per chunk. Peak memory of each phase is the process's VmHWM after resetting it (`/proc/self/clear_refs`),
 //! so it includes the summaries the phase starts from.
@@ -85,18 +89,6 @@ fn baseline(chunks: usize, chunk: &dyn Fn(usize) -> Vec<PatientSummary>, dir: &P
     rows
 }
 
-/// SplitMix64.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Chunk `i` (of `size` patients) of a set resampled from the Synthea patients, with fresh
 /// identities; the same chunk every time it is asked for (seeded by `i`), so that the two passes
 /// of a build see the same patients without holding them all.
@@ -114,7 +106,7 @@ fn resample(real: &[PatientSummary], i: usize, size: usize) -> Vec<PatientSummar
                 .and_then(|a| a.postal_code.clone())
         })
         .collect();
-    let mut rng = Rng(20240601 ^ (i as u64).wrapping_mul(0x9E37_79B9));
+    let mut rng = tessera_catalog::synthetic::Draw(20240601 ^ (i as u64).wrapping_mul(0x9E37_79B9));
     (0..size)
         .map(|j| {
             let src = synthea[(rng.next() % synthea.len() as u64) as usize];

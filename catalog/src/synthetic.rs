@@ -51,11 +51,12 @@ impl Resampled {
     }
 }
 
-/// SplitMix64 (Steele, Lea and Flood 2014): a seeded sequence for reproducible sampling.
-struct Draw(u64);
+/// SplitMix64 (Steele, Lea and Flood 2014): a seeded sequence for reproducible sampling in
+/// demos and benchmarks (never for privacy noise).
+pub struct Draw(pub u64);
 
 impl Draw {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -63,7 +64,8 @@ impl Draw {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    /// A draw in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
 }
