@@ -109,7 +109,7 @@ fn resample(real: &[PatientSummary], i: usize, size: usize) -> Vec<PatientSummar
     let mut rng = tessera_catalog::synthetic::Draw(20240601 ^ (i as u64).wrapping_mul(0x9E37_79B9));
     (0..size)
         .map(|j| {
-            let src = synthea[(rng.next() % synthea.len() as u64) as usize];
+            let src = synthea[(rng.next_u64() % synthea.len() as u64) as usize];
             let mut s = src.clone();
             s.patient_id = format!("synthetic-{:07}", i * size + j);
             let id = &mut s.identity;
@@ -119,12 +119,12 @@ fn resample(real: &[PatientSummary], i: usize, size: usize) -> Vec<PatientSummar
             if let Some(a) = id.address.as_mut() {
                 a.lines.clear();
                 a.city = None;
-                a.postal_code = zips[(rng.next() % zips.len() as u64) as usize].clone();
+                a.postal_code = zips[(rng.next_u64() % zips.len() as u64) as usize].clone();
             }
             if let Some(b) = id.birth_date.as_mut()
                 && let Ok(d) = NaiveDate::parse_from_str(b, "%Y-%m-%d")
             {
-                *b = (d + Duration::days((rng.next() % 731) as i64 - 365)).to_string();
+                *b = (d + Duration::days((rng.next_u64() % 731) as i64 - 365)).to_string();
             }
             for r in &mut s.records {
                 r.body.raw = serde_json::value::RawValue::from_string("{}".into()).expect("raw");

@@ -53,10 +53,11 @@ impl Resampled {
 
 /// SplitMix64 (Steele, Lea and Flood 2014): a seeded sequence for reproducible sampling in
 /// demos and benchmarks (never for privacy noise).
+#[derive(Debug, Clone)]
 pub struct Draw(pub u64);
 
 impl Draw {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -66,7 +67,7 @@ impl Draw {
 
     /// A draw in `0..n` (`0` when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -200,7 +201,7 @@ fn extension<'a>(patient: &'a Value, suffix: &str) -> Option<&'a Value> {
 
 /// Makes `bundle` a new person (see the module's documentation).
 fn new_person(bundle: &mut Value, donors: &[Donor], draw: &mut Draw, seed: u64, copy: u64) {
-    let shift = Duration::days(-((draw.next() % (MAX_SHIFT_DAYS + 1)) as i64));
+    let shift = Duration::days(-((draw.next_u64() % (MAX_SHIFT_DAYS + 1)) as i64));
     let mut ids = HashMap::new();
     // Identity first, while the Patient resource is found by its old shape.
     if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
@@ -302,7 +303,7 @@ fn fresh_digits(text: &str, draw: &mut Draw) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_digit() {
-                char::from(b'0' + (draw.next() % 10) as u8)
+                char::from(b'0' + (draw.next_u64() % 10) as u8)
             } else {
                 c
             }
