@@ -40,6 +40,9 @@ pub struct DemoArgs {
 /// patients alone do not (`policies/natural-history.toml` gives the figures).
 pub const DEFAULT_PATIENTS: usize = 3_000;
 
+/// Synthea patients in the shipped corpus (`fixtures/corpus/synthea-r4-dev.tar.zst`).
+pub const CORPUS_PATIENTS: usize = 373;
+
 /// What the demo ingests, all from the repository: the Synthea population (the shipped corpus,
 /// resampled to `patients` into `DATA_DIR/corpus/`), the phenopackets and the surveys.
 pub fn demo_inputs(
@@ -71,12 +74,17 @@ pub fn demo_inputs(
             r.copies
         )
     };
-    let inputs = vec![
-        population,
-        corpus.join("phenopackets.tar.zst"),
-        // The surveys reference two Synthea patients of the corpus.
-        fixtures.join("surveys"),
-    ];
+    let mut inputs = vec![population, corpus.join("phenopackets.tar.zst")];
+    // The surveys answer for two patients of the corpus, present when the population holds
+    // the whole corpus.
+    let made = if patients >= CORPUS_PATIENTS {
+        inputs.push(fixtures.join("surveys"));
+        made
+    } else {
+        format!(
+            "{made}; the demo surveys are left out (their two patients are among the corpus's {CORPUS_PATIENTS}, not necessarily the first {patients})"
+        )
+    };
     Ok((inputs, made))
 }
 

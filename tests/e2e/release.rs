@@ -429,6 +429,27 @@ pub(crate) fn assert_event_model_holds(release: &Path, sources: Option<&Path>) -
     answers
 }
 
+/// `tessera demo --patients 3`: a demo of any size from the repository alone; three corpus
+/// patients and the phenopackets, the surveys left out with the reason (their patients are not
+/// in it), and a release all the same.
+#[test]
+fn the_demo_takes_any_size() {
+    let t = Tessera::new();
+    let out = t.expect(&["demo", "--patients", "3"], 0);
+    assert!(
+        out.contains("3 corpus patients and 0 resampled persons")
+            && out.contains("the demo surveys are left out"),
+        "{out}"
+    );
+    assert_eq!(
+        t.stats()["patients"],
+        553,
+        "3 Synthea patients and 550 phenopackets"
+    );
+    assert!(out.contains("release demo-natural-history v1"), "{out}");
+    assert!(out.contains("Next:") && out.contains("serve"), "{out}");
+}
+
 /// The Synthea population the demo ingested (the shipped corpus resampled to the demo's size).
 pub(crate) fn demo_population(t: &Tessera) -> PathBuf {
     let dir = t.data_dir().join("corpus");
