@@ -12,13 +12,36 @@ use crate::metrics::Metric;
 use crate::search;
 
 fn adult_dir() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/adult");
-    assert!(
-        p.is_dir(),
-        "the shared Adult data is missing at {}",
-        p.display()
+    std::env::var_os("TESSERA_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+        .join("adult")
+}
+
+/// Whether the shared Adult data is beside this checkout; on a bare clone it is not, and the
+/// test is listed as skipped (`$CARGO_TARGET_DIR/tmp/skipped-tests.txt`, which `scripts/test`
+/// prints at the end).
+fn adult_present(test: &str) -> bool {
+    if adult_dir().join("adult.csv").is_file() {
+        return true;
+    }
+    let line = format!(
+        "tessera-deid golden_tests::{test}: needs ../shared/data/adult, which is not beside this checkout\n"
     );
-    p
+    eprintln!("SKIPPED {line}");
+    if let Ok(target) = std::env::var("CARGO_TARGET_DIR") {
+        let list = PathBuf::from(target).join("tmp/skipped-tests.txt");
+        let _ = std::fs::create_dir_all(list.parent().unwrap_or(&list));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&list)
+        {
+            use std::io::Write;
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+    false
 }
 
 /// Adult with the named quasi-identifiers, each with its ARX hierarchy.
@@ -78,6 +101,9 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn arx_case_9_qis_k5_4_percent_entropy() {
+    if !adult_present("arx_case_9_qis_k5_4_percent_entropy") {
+        return;
+    }
     let case = &expected()["cases"][0];
     let data = adult(&names(&case["quasi_identifiers"]));
     assert_eq!(data.rows(), 30162);
@@ -117,6 +143,9 @@ fn arx_case_9_qis_k5_4_percent_entropy() {
 
 #[test]
 fn arx_case_8_qis_k5_no_suppression_every_metric() {
+    if !adult_present("arx_case_8_qis_k5_no_suppression_every_metric") {
+        return;
+    }
     let case = &expected()["cases"][1];
     let data = adult(&names(&case["quasi_identifiers"]));
     let privacy = Privacy::k_anonymity(5, 0.0);
@@ -148,6 +177,9 @@ fn arx_case_8_qis_k5_no_suppression_every_metric() {
 /// The roll-up search agrees with the direct reference on Adult at other k and limits.
 #[test]
 fn rollup_matches_direct_evaluation_on_adult() {
+    if !adult_present("rollup_matches_direct_evaluation_on_adult") {
+        return;
+    }
     let data = adult(&["sex", "age", "race", "marital-status", "education"]);
     for (k, limit) in [(2, 0.0), (10, 0.01), (50, 0.1)] {
         let privacy = Privacy::k_anonymity(k, limit);
@@ -170,6 +202,9 @@ fn rollup_matches_direct_evaluation_on_adult() {
 #[test]
 #[ignore = "timing probe: cargo test --release -p tessera-deid timing -- --ignored --nocapture"]
 fn timing_probe() {
+    if !adult_present("timing_probe") {
+        return;
+    }
     let data = adult(&[
         "sex",
         "age",
@@ -224,6 +259,9 @@ fn timing_probe() {
 /// checked by counting its rows, not by asking the library.
 #[test]
 fn adult_policy_on_a_frame_reproduces_arx_and_is_k_anonymous() {
+    if !adult_present("adult_policy_on_a_frame_reproduces_arx_and_is_k_anonymous") {
+        return;
+    }
     use std::collections::HashMap;
 
     use crate::{frame, io, policy::Policy};

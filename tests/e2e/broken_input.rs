@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::support::{Tessera, json_files, read_json, shared, synthea_dir};
+use crate::support::{Tessera, json_files, read_json, synthea_dir, synthea_small};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
@@ -32,7 +32,7 @@ fn broken_inputs_are_quarantined_and_the_rest_goes_in() {
     t.expect(&["init"], 0);
     let input = t.dir.path().join("batch");
     std::fs::create_dir(&input).expect("mkdir");
-    let small = json_files(&shared().join("synthea/small"));
+    let small = json_files(synthea_small());
     let bundle = |i: usize| read_json(&small[i]);
     let raw = |i: usize| std::fs::read(&small[i]).expect("read");
 

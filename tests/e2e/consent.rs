@@ -4,14 +4,14 @@ use chrono::Utc;
 use serde_json::Value;
 use tessera_catalog::{Purpose, Scope};
 
-use crate::support::{Tessera, shared};
+use crate::support::{Tessera, phenopackets};
 
 #[tokio::test]
 async fn grant_revoke_history_and_what_readers_get() {
     let t = Tessera::new();
     t.expect(&["init"], 0);
     // Four FOXG1 cases: each has phenotypes, a disease and a (genetic) variant.
-    let pp = shared().join("phenopackets/FOXG1");
+    let pp = phenopackets().join("FOXG1");
     t.ingest_json(&[&pp], &[], 0);
     let catalog = t.catalog().await;
     let patients = catalog.list_patients(100, 0).await.expect("patients");

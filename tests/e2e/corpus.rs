@@ -3,14 +3,23 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{Expected, Tessera, json_files, ms_samples_dir, shared, synthea_dir};
+use crate::support::{
+    Expected, Tessera, json_files, ms_samples_dir, phenopackets, shared_or_skip, synthea_dir,
+    synthea_small,
+};
 
 #[test]
 fn all_shared_inputs_ingest_and_counts_match_the_raw_json() {
+    let Some(shared) = shared_or_skip(
+        "corpus::all_shared_inputs_ingest_and_counts_match_the_raw_json",
+        "fhir-anonymizer",
+    ) else {
+        return;
+    };
     let synthea = synthea_dir();
-    let small = shared().join("synthea/small");
-    let phenopackets = shared().join("phenopackets");
-    let ms = ms_samples_dir();
+    let small = synthea_small().to_path_buf();
+    let phenopackets = phenopackets().to_path_buf();
+    let ms = ms_samples_dir(&shared);
 
     let synthea_files = json_files(synthea);
     assert_eq!(

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{Tessera, json_files, read_json, shared, synthea_dir};
+use crate::support::{Tessera, json_files, read_json, shared_or_skip, synthea_dir};
 
 pub(crate) fn pycanon(
     file: &Path,
@@ -32,6 +32,9 @@ pub(crate) fn pycanon(
 
 #[test]
 fn adult_release_is_k_anonymous_by_pycanon() {
+    if shared_or_skip("deid::adult_release_is_k_anonymous_by_pycanon", "adult").is_none() {
+        return;
+    }
     let t = Tessera::new();
     let qis = [
         "sex",
@@ -192,6 +195,12 @@ role = "sensitive"
 /// Writes an Adult policy over `qis` (the other columns insensitive) with `k` and the
 /// suppression limit, and runs `tessera deid` with `extra` arguments; returns the output path
 /// (`<tag>.csv`) and the report.
+/// UCI Adult with ARX's hierarchies, in the shared data (the tests that read it check first
+/// with `shared_or_skip`).
+fn adult_dir() -> PathBuf {
+    crate::support::shared_data().join("adult")
+}
+
 fn adult_run(
     t: &Tessera,
     tag: &str,
@@ -200,7 +209,7 @@ fn adult_run(
     suppression: f64,
     extra: &[&str],
 ) -> (PathBuf, Value) {
-    let adult = shared().join("adult");
+    let adult = adult_dir();
     let mut policy = format!(
         "[privacy]\nk = {k}\nsuppression_limit = {suppression:?}\nmetric = \"nu_entropy\"\n"
     );
@@ -256,6 +265,14 @@ fn adult_run(
 /// labels can overlap, so a population record can match several classes).
 #[test]
 fn mondrian_release_is_k_anonymous_and_keeps_more_than_full_domain() {
+    if shared_or_skip(
+        "deid::mondrian_release_is_k_anonymous_and_keeps_more_than_full_domain",
+        "adult",
+    )
+    .is_none()
+    {
+        return;
+    }
     let t = Tessera::new();
     let qis = [
         "sex",
@@ -267,7 +284,7 @@ fn mondrian_release_is_k_anonymous_and_keeps_more_than_full_domain() {
         "workclass",
         "salary-class",
     ];
-    let population = shared().join("adult/adult.csv");
+    let population = adult_dir().join("adult.csv");
     let (out, m) = adult_run(
         &t,
         "mondrian",
@@ -340,10 +357,18 @@ fn mondrian_release_is_k_anonymous_and_keeps_more_than_full_domain() {
 /// A population table that lacks a quasi-identifier column is refused before any work.
 #[test]
 fn population_without_the_quasi_identifiers_is_refused() {
+    if shared_or_skip(
+        "deid::population_without_the_quasi_identifiers_is_refused",
+        "adult",
+    )
+    .is_none()
+    {
+        return;
+    }
     let t = Tessera::new();
     let pop = t.dir.path().join("population.csv");
     std::fs::write(&pop, "sex;age\nMale;39\n").expect("population");
-    let adult = shared().join("adult");
+    let adult = adult_dir();
     let policy = format!(
         "[privacy]\nk = 2\n\n[[column]]\nname = \"race\"\nrole = \"quasi_identifier\"\nhierarchy = \"{}\"\n",
         adult.join("adult_hierarchy_race.csv").display()

@@ -6,10 +6,14 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::support::{Tessera, read_json, shared};
+use crate::support::{Tessera, phenopackets, read_json, shared_or_skip, synthea_small};
 
 #[test]
 fn ndjson_searchset_and_surveys() {
+    let Some(shared) = shared_or_skip("formats::ndjson_searchset_and_surveys", "fhir-anonymizer")
+    else {
+        return;
+    };
     let t = Tessera::new();
     t.expect(&["init"], 0);
     let input = t.dir.path().join("in");
@@ -18,7 +22,7 @@ fn ndjson_searchset_and_surveys() {
     // A bulk export: observations in one file, their patient in another that sorts after it,
     // so the observations wait for the patient until the end of the batch.
     let patient_line =
-        std::fs::read_to_string(shared().join("fhir-anonymizer/functional-tests/Patient-1.ndjson"))
+        std::fs::read_to_string(shared.join("fhir-anonymizer/functional-tests/Patient-1.ndjson"))
             .expect("ndjson");
     let pid = serde_json::from_str::<Value>(patient_line.trim()).expect("patient")["id"]
         .as_str()
@@ -38,9 +42,8 @@ fn ndjson_searchset_and_surveys() {
     std::fs::write(input.join("b-Patient.ndjson"), &patient_line).expect("write");
 
     // A searchset bundle (what a FHIR server's search returns), made from a Synthea bundle.
-    let mut bundle = read_json(
-        &shared().join("synthea/small/Liz_Conn_27c911c6-f045-4ffa-af5d-6eba57ac94b2.json"),
-    );
+    let mut bundle =
+        read_json(&synthea_small().join("Liz_Conn_27c911c6-f045-4ffa-af5d-6eba57ac94b2.json"));
     bundle["type"] = json!("searchset");
     for e in bundle["entry"].as_array_mut().expect("entries") {
         e.as_object_mut().expect("entry").remove("request");
@@ -145,7 +148,7 @@ fn configuration_keys_and_flags() {
     }
 
     // Global flags work after the subcommand too.
-    let file = shared().join("phenopackets/FOXG1/PMID_28851325_Case_1.json");
+    let file = phenopackets().join("FOXG1/PMID_28851325_Case_1.json");
     let other = t.dir.path().join("elsewhere");
     let out = t
         .command()
@@ -198,10 +201,16 @@ fn configuration_keys_and_flags() {
 /// observations are stored once.
 #[test]
 fn deferred_records_from_duplicate_files_are_stored_once() {
+    let Some(shared) = shared_or_skip(
+        "formats::deferred_records_from_duplicate_files_are_stored_once",
+        "fhir-anonymizer",
+    ) else {
+        return;
+    };
     let t = Tessera::new();
     t.expect(&["init"], 0);
     let patient =
-        std::fs::read_to_string(shared().join("fhir-anonymizer/functional-tests/Patient-1.ndjson"))
+        std::fs::read_to_string(shared.join("fhir-anonymizer/functional-tests/Patient-1.ndjson"))
             .expect("ndjson");
     let pid = serde_json::from_str::<Value>(patient.trim()).expect("patient")["id"]
         .as_str()

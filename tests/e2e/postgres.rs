@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::Connection;
 use tessera_catalog::{Catalog, Grant, IngestOptions, Keyring, NoProgress, Purpose, Scope};
 
-use crate::support::{shared, test_key};
+use crate::support::{phenopackets, synthea_small, test_key};
 
 async fn admin_url() -> Option<String> {
     let (url, required) = match std::env::var("TESSERA_TEST_POSTGRES") {
@@ -58,10 +58,7 @@ async fn catalog_on_postgres() {
         .await
         .expect("open on postgres");
     assert_eq!(catalog.backend(), tessera_catalog::Backend::Postgres);
-    let inputs = [
-        shared().join("synthea/small"),
-        shared().join("phenopackets/KCNT1"),
-    ];
+    let inputs = [synthea_small().to_path_buf(), phenopackets().join("KCNT1")];
     let first = catalog
         .ingest(&inputs, &IngestOptions::default(), &NoProgress)
         .await

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use crate::support::{Tessera, json_files, ms_samples_dir, read_json, shared};
+use crate::support::{
+    Tessera, json_files, ms_samples_dir, read_json, shared_or_skip, synthea_small,
+};
 
 /// Identifying strings of the patients in a bundle, long enough not to occur by chance in
 /// ciphertext.
@@ -53,8 +55,14 @@ fn contains(haystack: &str, needle: &str) -> bool {
 
 #[test]
 fn no_plaintext_identifiers_on_disk_or_in_logs() {
-    let small = shared().join("synthea/small");
-    let ms = ms_samples_dir();
+    let Some(shared) = shared_or_skip(
+        "privacy::no_plaintext_identifiers_on_disk_or_in_logs",
+        "fhir-anonymizer",
+    ) else {
+        return;
+    };
+    let small = synthea_small().to_path_buf();
+    let ms = ms_samples_dir(&shared);
     let mut secrets = Vec::new();
     for f in json_files(&small).iter().chain(&json_files(ms)) {
         secrets_of(f, &mut secrets);

@@ -2,14 +2,14 @@
 
 use serde_json::json;
 
-use crate::support::{Tessera, read_json, shared};
+use crate::support::{Tessera, phenopackets, read_json, synthea_small};
 
 #[test]
 fn reingest_is_idempotent() {
     let t = Tessera::new();
     t.expect(&["init"], 0);
-    let small = shared().join("synthea/small");
-    let phenopackets = shared().join("phenopackets/KCNT1");
+    let small = synthea_small().to_path_buf();
+    let phenopackets = phenopackets().join("KCNT1");
     let first = t.ingest_json(&[&small, &phenopackets], &[], 0);
     let before = t.stats();
     let added = first["records"]["added"].as_u64().expect("added");
@@ -34,7 +34,7 @@ fn reingest_is_idempotent() {
 async fn a_later_bundle_adds_to_the_same_patient() {
     let t = Tessera::new();
     t.expect(&["init"], 0);
-    let file = shared().join("synthea/small/Liz_Conn_27c911c6-f045-4ffa-af5d-6eba57ac94b2.json");
+    let file = synthea_small().join("Liz_Conn_27c911c6-f045-4ffa-af5d-6eba57ac94b2.json");
     t.ingest_json(&[&file], &[], 0);
     let catalog = t.catalog().await;
     let patients = catalog.list_patients(10, 0).await.expect("list");

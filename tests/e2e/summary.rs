@@ -8,12 +8,11 @@ use serde_json::Value;
 use tessera_catalog::Purpose;
 use tessera_catalog::model::Clinical;
 
-use crate::support::{Tessera, read_json, shared};
+use crate::support::{Tessera, read_json, synthea_small};
 
 #[tokio::test]
 async fn summary_matches_the_source_bundle() {
-    let file =
-        shared().join("synthea/small/Alberto_Atencio_fc712d1f-5a2e-4407-9c55-a2a2bad623c2.json");
+    let file = synthea_small().join("Alberto_Atencio_fc712d1f-5a2e-4407-9c55-a2a2bad623c2.json");
     let source = read_json(&file);
     let t = Tessera::new();
     t.expect(&["init"], 0);
