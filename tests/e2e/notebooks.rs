@@ -281,7 +281,8 @@ async fn external_control(server: &Server, uri: &str, key: &str) -> Analysis {
 
     // Greedy 1:1 matching without replacement: trial patients by decreasing logit (ties by
     // id), each to the nearest unmatched control in id order, within the caliper; distances in
-    // whole units of 1e-8 (as the notebook: equal distances are ties, broken by id).
+    // whole units of 1e-8 (as the notebook: equal distances are ties, broken by the covariates,
+    // then by id).
     const UNIT: f64 = 1e-8;
     let distance = |a: f64, b: f64| ((a - b).abs() / UNIT).round() as i64;
     let n_trial = trial.len();
@@ -294,15 +295,26 @@ async fn external_control(server: &Server, uri: &str, key: &str) -> Analysis {
     });
     let mut available: Vec<usize> = (n_trial..all.len()).collect();
     let mut pairs: Vec<(usize, usize)> = Vec::new();
+    // Equal distances: the control nearest on the covariates (sum of absolute differences),
+    // then the earlier id.
+    let gap = |a: usize, b: usize| -> f64 {
+        all[a]
+            .x
+            .iter()
+            .zip(&all[b].x)
+            .map(|(p, q)| (p - q).abs())
+            .sum()
+    };
     for t in order {
-        let mut best: Option<(usize, i64)> = None;
+        let mut best: Option<(usize, i64, f64)> = None;
         for (slot, &c) in available.iter().enumerate() {
             let d = distance(logit[t], logit[c]);
-            if best.is_none_or(|(_, bd)| d < bd) {
-                best = Some((slot, d));
+            let g = gap(t, c);
+            if best.is_none_or(|(_, bd, bg)| d < bd || (d == bd && g < bg)) {
+                best = Some((slot, d, g));
             }
         }
-        if let Some((slot, d)) = best
+        if let Some((slot, d, _)) = best
             && d as f64 * UNIT <= caliper
         {
             pairs.push((t, available.remove(slot)));
