@@ -16,7 +16,7 @@ use crate::output::say;
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Synthea-derived patients in the demo: the shipped corpus's 373 patients, then new
-    /// persons resampled from them (fresh identities, dates moved back by up to three years)
+    /// persons resampled from them (fresh identities, dates moved back by up to a year)
     /// up to this many; fewer takes the first N of the corpus. The 550 rare-disease
     /// phenopackets come on top.
     #[arg(long, default_value_t = DEFAULT_PATIENTS)]
