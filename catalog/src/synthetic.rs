@@ -158,9 +158,16 @@ pub fn resample_synthea(
     let mut draw = Draw(seed);
     let copies = patients - originals;
     for copy in 0..copies {
-        let src = &bundles[draw.below(bundles.len())];
-        let mut v: Value = serde_json::from_slice(&src.bytes)
-            .map_err(|e| CatalogError::invalid(format!("{}: not JSON ({e})", src.name)))?;
+        let at = draw.below(bundles.len());
+        // Named by its place in the corpus, not its file name: Synthea's file names are the
+        // patient's name.
+        let mut v: Value = serde_json::from_slice(&bundles[at].bytes).map_err(|e| {
+            CatalogError::invalid(format!(
+                "{}: patient bundle {} (in name order) is not JSON ({e}); give the Synthea corpus archive as shipped",
+                source.display(),
+                at + 1
+            ))
+        })?;
         new_person(&mut v, &donors, &mut draw, seed, copy as u64);
         let bytes = serde_json::to_vec(&v)
             .map_err(|e| CatalogError::internal(format!("re-serializing a copy: {e}")))?;
