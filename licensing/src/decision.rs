@@ -49,6 +49,10 @@ pub enum AdminAction {
     ManageLicenses,
     ManageKeys,
     ReadAudit,
+    /// Build and retire release versions.
+    ManageReleases,
+    /// Read the platform's counts (patients, consents, quarantine) and payouts, and reconcile.
+    Operate,
 }
 
 /// Every kind of request, closed.
@@ -85,6 +89,11 @@ pub enum Request {
         license: String,
     },
     Admin(AdminAction),
+    /// List, issue or revoke the API keys of `organization` (an analyst manages their own
+    /// organization's keys; operators manage every key).
+    ManageOwnKeys {
+        organization: String,
+    },
 }
 
 /// Usage so far under the license (from the metering store).
@@ -249,7 +258,7 @@ fn check(
         return Err(Reason::CredentialExpired);
     }
     let (organization, bound) = match (&c.principal, request) {
-        (Principal::Admin, Request::Admin(_)) => return Ok(()),
+        (Principal::Admin, Request::Admin(_) | Request::ManageOwnKeys { .. }) => return Ok(()),
         (Principal::Admin, Request::BrowseCatalog | Request::ViewLicense { .. }) => {
             return Ok(());
         }
@@ -257,6 +266,18 @@ fn check(
         (Principal::Patient { .. }, _) => return Err(Reason::PatientCredential),
         (Principal::Analyst { .. }, Request::Admin(_)) => return Err(Reason::NotAdmin),
         (Principal::Analyst { .. }, Request::BrowseCatalog) => return Ok(()),
+        (
+            Principal::Analyst { organization, .. },
+            Request::ManageOwnKeys {
+                organization: theirs,
+            },
+        ) => {
+            return if organization == theirs {
+                Ok(())
+            } else {
+                Err(Reason::WrongOrganization)
+            };
+        }
         (
             Principal::Analyst {
                 organization,
@@ -313,7 +334,9 @@ fn check(
             }
             return Ok(());
         }
-        Request::BrowseCatalog | Request::Admin(_) => return Err(Reason::NotAdmin),
+        Request::BrowseCatalog | Request::Admin(_) | Request::ManageOwnKeys { .. } => {
+            return Err(Reason::NotAdmin);
+        }
     };
     let l = license
         .filter(|l| &l.id == license_id)
@@ -503,6 +526,44 @@ mod tests {
             (
                 "analyst asks admin",
                 Request::Admin(AdminAction::ReadAudit),
+                Some(analyst()),
+                None,
+                Usage::default(),
+                Decision::Deny(NotAdmin),
+            ),
+            (
+                "analyst manages own organization's keys",
+                Request::ManageOwnKeys {
+                    organization: "acme".into(),
+                },
+                Some(analyst()),
+                None,
+                Usage::default(),
+                Decision::Allow,
+            ),
+            (
+                "analyst manages another organization's keys",
+                Request::ManageOwnKeys {
+                    organization: "globex".into(),
+                },
+                Some(analyst()),
+                None,
+                Usage::default(),
+                Decision::Deny(WrongOrganization),
+            ),
+            (
+                "operator manages an organization's keys",
+                Request::ManageOwnKeys {
+                    organization: "acme".into(),
+                },
+                admin.clone(),
+                None,
+                Usage::default(),
+                Decision::Allow,
+            ),
+            (
+                "analyst builds a release",
+                Request::Admin(AdminAction::ManageReleases),
                 Some(analyst()),
                 None,
                 Usage::default(),

@@ -90,7 +90,7 @@ impl Gate {
             Request::ReadTable { license, .. }
             | Request::RunQuery { license, .. }
             | Request::ViewLicense { license } => Some(license.clone()),
-            Request::BrowseCatalog | Request::Admin(_) => None,
+            Request::BrowseCatalog | Request::Admin(_) | Request::ManageOwnKeys { .. } => None,
         };
         // Nothing is looked up for a request without a credential.
         let license = match (&license_id, credential) {

@@ -381,37 +381,10 @@ impl QueryService {
         let releases = self.releases.covered(&license, now).await?;
         let family = crate::session::cohort_family(&definition, &releases)?.to_string();
         let table = definition.table();
-        let sql = format!(
-            "SELECT count(*) AS persons FROM \"{}\".\"{}\".\"{table}\"",
-            crate::session::CATALOG,
-            schema_name(&family)
-        );
         // Evaluated with the new definition in place of any saved one of that name.
-        let output = self
-            .run(
-                credential,
-                Some(&license.id),
-                &sql,
-                Vec::new(),
-                Some(&definition),
-            )
+        let persons = self
+            .count_cohort(credential, &license.id, &family, &table, Some(&definition))
             .await?;
-        let persons = output
-            .batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .and_then(|b| {
-                datafusion::arrow::compute::cast(
-                    b.column(0),
-                    &datafusion::arrow::datatypes::DataType::Int64,
-                )
-                .ok()
-            })
-            .and_then(|a| {
-                use datafusion::arrow::array::{Array, AsArray};
-                let a = a.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                (!a.is_empty() && a.is_valid(0)).then(|| a.value(0).max(0) as u64)
-            });
         let text = serde_json::to_string(&definition)
             .map_err(|e| ServiceError::Store(format!("cannot write the cohort definition: {e}")))?;
         // Audited first: a save the audit log cannot record does not happen.
@@ -438,6 +411,73 @@ impl QueryService {
             suppressed: persons.is_none(),
             definition,
         })
+    }
+
+    /// Persons in a cohort now, counted by an ordinary audited and metered aggregate query
+    /// (`SELECT count(*) FROM cohort_<name>`) under the license's output rules; `None` when
+    /// withheld as a small cell. `pending` evaluates a definition not yet saved.
+    async fn count_cohort(
+        &self,
+        credential: Option<&Credential>,
+        license: &str,
+        family: &str,
+        table: &str,
+        pending: Option<&CohortDefinition>,
+    ) -> Result<Option<u64>, ServiceError> {
+        let sql = format!(
+            "SELECT count(*) AS persons FROM \"{}\".\"{}\".\"{table}\"",
+            crate::session::CATALOG,
+            schema_name(family)
+        );
+        let output = self
+            .run(credential, Some(license), &sql, Vec::new(), pending)
+            .await?;
+        Ok(output
+            .batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                datafusion::arrow::compute::cast(
+                    b.column(0),
+                    &datafusion::arrow::datatypes::DataType::Int64,
+                )
+                .ok()
+            })
+            .and_then(|a| {
+                use datafusion::arrow::array::{Array, AsArray};
+                let a = a.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                (!a.is_empty() && a.is_valid(0)).then(|| a.value(0).max(0) as u64)
+            }))
+    }
+
+    /// The size of a cohort saved under the caller's license, now (see [`Self::count_cohort`]:
+    /// audited, metered, under the output rules).
+    pub async fn cohort_size(
+        &self,
+        credential: Option<&Credential>,
+        named: Option<&str>,
+        name: &str,
+    ) -> Result<Option<u64>, ServiceError> {
+        let now = Utc::now();
+        let license = self.usable_license(credential, named, "", now).await?;
+        let saved = self
+            .gate
+            .store()
+            .cohorts(&license.id)
+            .await?
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                QueryError::Invalid(format!("no saved cohort `{name}` under this license"))
+            })?;
+        let definition: CohortDefinition =
+            serde_json::from_str(&saved.definition).map_err(|e| {
+                ServiceError::Store(format!("a saved cohort definition does not read: {e}"))
+            })?;
+        let releases = self.releases.covered(&license, now).await?;
+        let family = crate::session::cohort_family(&definition, &releases)?.to_string();
+        self.count_cohort(credential, &license.id, &family, &definition.table(), None)
+            .await
     }
 
     /// The cohorts saved under the caller's license.

@@ -20,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_licenses))
         .routes(routes!(get_license))
         .routes(routes!(get_usage))
+        .routes(routes!(get_signatures))
 }
 
 /// A license with what it means now.
@@ -109,7 +110,12 @@ pub async fn list_licenses(
 
 /// A license the caller may view (its own, in any status; any, for operators), decided and
 /// audited as `action`.
-async fn viewable(state: &AppState, caller: &Caller, id: &str, action: &str) -> ApiResult<License> {
+pub(super) async fn viewable(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> ApiResult<License> {
     state
         .authorize(
             caller,
@@ -196,5 +202,54 @@ pub async fn get_usage(
             rows_this_month: q.rows_per_month.saturating_sub(u.rows_this_month),
         },
         privacy,
+    }))
+}
+
+/// One of the caller's licenses with its signatures, and whether they verify.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedLicense {
+    #[serde(flatten)]
+    pub view: LicenseView,
+    pub signatures: Option<terms::SignedTerms>,
+    /// The stored terms are the signed terms, and the licensee's signature and the
+    /// platform's countersignature both verify.
+    pub valid: bool,
+    /// Why not, when not.
+    pub problem: Option<String>,
+}
+
+/// One of the caller's licenses with its signed terms, checked now.
+#[utoipa::path(
+    get, path = "/v1/licenses/{id}/signatures", tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "License id", example = "demo-aggregate-license")),
+    responses(
+        (status = 200, description = "The license, its signatures and the verdict", body = SignedLicense),
+        (status = 403, description = "Not the caller's license", body = ErrorBody),
+        (status = 404, description = "No such license (operators)", body = ErrorBody),
+        Refusals,
+    )
+)]
+pub async fn get_signatures(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<SignedLicense>> {
+    let license = viewable(&state, &caller, &id, "verify_license").await?;
+    let store = state.gate.store();
+    let (_, signed) = store.license(&license.id).await?;
+    let verdict = match &signed {
+        Some(_) => store.verify_license(&license.id, &state.platform.1).await?,
+        None => Ok(()),
+    };
+    Ok(Json(SignedLicense {
+        valid: signed.is_some() && verdict.is_ok(),
+        problem: match (&signed, verdict) {
+            (None, _) => Some("not signed yet".into()),
+            (Some(_), Err(e)) => Some(e.to_string()),
+            (Some(_), Ok(())) => None,
+        },
+        view: view(license, signed.is_some()),
+        signatures: signed,
     }))
 }

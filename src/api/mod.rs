@@ -10,8 +10,11 @@ pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod cohorts;
+pub mod console;
 pub mod error;
+pub mod keys;
 pub mod licenses;
+pub mod operations;
 pub mod ops;
 pub mod patients;
 
@@ -86,6 +89,8 @@ pub struct Inner {
     pub patients: Option<patients::PatientServices>,
     /// The query service, for saved cohorts (absent in the HTTP benchmark).
     pub query: Option<tessera_query::QueryService>,
+    /// Release builds from the API and the operator console (set by `tessera serve`).
+    pub operations: std::sync::OnceLock<operations::Operations>,
 }
 
 impl std::ops::Deref for AppState {
@@ -134,7 +139,24 @@ impl AppState {
             config,
             patients,
             query,
+            operations: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Lets operators build releases into `releases_dir` with the policies of `policies_dir`.
+    /// `flight_sql` is the Flight SQL address the analyst console's connection snippets show.
+    pub fn with_operations(
+        self,
+        releases_dir: std::path::PathBuf,
+        policies_dir: std::path::PathBuf,
+        flight_sql: String,
+    ) -> AppState {
+        let _ = self.0.operations.set(operations::Operations::new(
+            releases_dir,
+            policies_dir,
+            flight_sql,
+        ));
+        self
     }
 }
 
@@ -324,7 +346,9 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(catalog::routes())
         .merge(cohorts::routes())
         .merge(licenses::routes())
+        .merge(keys::routes())
         .merge(admin::routes())
+        .merge(operations::routes())
         .merge(ops::routes())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
@@ -332,6 +356,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let served = document.clone();
     let router = api
         .merge(patients::routes())
+        .merge(console::routes(state.clone()))
         .route(
             "/openapi.json",
             axum::routing::get(move || {

@@ -227,7 +227,16 @@ pub fn next_steps(g: &GlobalArgs) -> Vec<(&'static str, String)> {
             "serve the demo",
             format!("tessera --data-dir {data_dir} serve"),
         ),
-        ("HTTP API (after serve)", format!("{http}/openapi.json")),
+        ("start page (after serve)", format!("{http}/")),
+        (
+            "analyst console",
+            format!("{http}/analyst (sign in with an organization's api_key from demo.json)"),
+        ),
+        (
+            "operator console",
+            format!("{http}/operator (sign in with operator.api_key from demo.json)"),
+        ),
+        ("HTTP API", format!("{http}/openapi.json")),
         (
             "Flight SQL (ADBC, DBeaver)",
             format!(
@@ -254,6 +263,17 @@ pub fn next_steps(g: &GlobalArgs) -> Vec<(&'static str, String)> {
         ),
     ]);
     steps
+}
+
+/// The pages `tessera serve` offers at `http` (what it prints when it starts).
+pub fn console_urls(http: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("start page", format!("{http}/")),
+        ("analyst console", format!("{http}/analyst")),
+        ("operator console", format!("{http}/operator")),
+        ("patients' sign-in", format!("{http}/me")),
+        ("API reference", format!("{http}/openapi.json")),
+    ]
 }
 
 /// Three demo organizations, with an aggregate-only license under differential privacy, an

@@ -2,7 +2,7 @@
 //! SIGTERM or Ctrl-C; requests in flight are finished before the process exits.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// Largest request body, in KiB.
     #[arg(long, env = "TESSERA_BODY_LIMIT_KIB", default_value_t = 64)]
     pub body_limit_kib: usize,
+
+    /// The de-identification policies operators may build releases with from the operator
+    /// console and `/v1/admin/releases/builds` (the `.toml` files of this folder).
+    #[arg(long, env = "TESSERA_POLICIES", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))]
+    pub policies: PathBuf,
 }
 
 pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
@@ -146,9 +151,17 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         _ => None,
     };
     let flight = tessera_query::flight::uri(flight_listener.local_addr()?, tls.is_some());
+    let state = state.with_operations(
+        g.data_dir.join("releases"),
+        args.policies.clone(),
+        flight.clone(),
+    );
     record_services(&g.data_dir.join("demo.json"), &http, &flight)?;
     say!("tessera serve: HTTP API on {http} (OpenAPI at {http}/openapi.json)");
     say!("tessera serve: Flight SQL on {flight}; stop with SIGTERM or Ctrl-C");
+    for (what, url) in super::demo::console_urls(&http) {
+        say!("  {what:<18} {url}");
+    }
     // One signal stops both services; each finishes what it has in flight.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -17,13 +17,65 @@ use crate::support::Tessera;
 
 /// A demo data folder built once per test run (what `tessera demo` printed beside it); each
 /// test works on a copy.
+///
+/// It is built as a new user builds it from a bare clone: the repository's tracked files are
+/// copied into an empty folder (no `../shared` beside it, no untracked or ignored file), and
+/// `tessera demo` runs there with that copy's fixtures and policy. So every test that uses the
+/// demo also shows that the repository alone holds what the demo needs.
 fn demo_template() -> &'static (Tessera, String) {
     static T: OnceLock<(Tessera, String)> = OnceLock::new();
     T.get_or_init(|| {
         let t = Tessera::new();
-        let out = t.expect(&["demo"], 0);
-        (t, out)
+        let clone = bare_clone(&t.dir.path().join("clone"));
+        assert!(
+            !clone.join("../shared").exists(),
+            "the clone has no ../shared beside it"
+        );
+        let fixtures = clone.join("fixtures");
+        let policy = clone.join("policies/natural-history.toml");
+        let out = t
+            .command()
+            .current_dir(&clone)
+            .args(["demo", "--fixtures"])
+            .arg(&fixtures)
+            .arg("--release-policy")
+            .arg(&policy)
+            .output()
+            .expect("run tessera demo");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "tessera demo in a bare clone: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (t, text)
     })
+}
+
+/// The files git tracks (with their working-tree content), copied into `to`: what a fresh
+/// clone holds. Returns `to`.
+pub fn bare_clone(to: &Path) -> std::path::PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(repo)
+        .output()
+        .expect("git ls-files (the tests run in a git checkout)");
+    assert!(listed.status.success(), "git ls-files failed");
+    let mut n = 0;
+    for name in listed.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).to_string();
+        let from = repo.join(&name);
+        if !from.is_file() {
+            continue; // deleted in the working tree
+        }
+        let target = to.join(&name);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&from, &target).expect("copy a tracked file");
+        n += 1;
+    }
+    assert!(n > 50, "{n} tracked files copied");
+    to.to_path_buf()
 }
 
 /// What `tessera demo` printed when it built the demo.

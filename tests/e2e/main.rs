@@ -8,6 +8,7 @@ mod audit;
 mod broken_input;
 mod cohorts;
 mod consent;
+mod consoles;
 mod corpus;
 mod deid;
 mod dp;
