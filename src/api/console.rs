@@ -1982,3 +1982,35 @@ async fn operator_reconcile(
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_follows_only_console_paths() {
+        let n = |s: &str| safe_next(Some(&s.to_string()), "/analyst");
+        assert_eq!(n("/analyst/keys"), "/analyst/keys");
+        assert_eq!(n("/operator/audit"), "/operator/audit");
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/analyst",
+            "/analyst//evil",
+            "/me",
+            "/\\evil",
+        ] {
+            assert_eq!(n(bad), "/analyst", "{bad}");
+        }
+        assert_eq!(safe_next(None, "/operator"), "/operator");
+    }
+
+    #[test]
+    fn text_is_escaped_and_path_segments_encoded() {
+        assert_eq!(
+            esc("<a href=\"x\">'&"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
+        assert_eq!(seg("demo-natural-history"), "demo-natural-history");
+        assert_eq!(seg("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -60,7 +60,9 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
     let t = demo_copy();
     let server = Server::start(&t, &[]);
     let demo = demo_json(&t);
-    let (analyst, license, _) = demo_org(&demo, "demo-private");
+    // The exact aggregate-only organization (a differential-privacy license refuses the
+    // cohort-size count of a saved cohort: its rows are not one per person).
+    let (analyst, license, _) = demo_org(&demo, "demo-aggregate");
     let operator = demo["operator"]["api_key"]
         .as_str()
         .expect("operator key")
@@ -85,6 +87,59 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
         StatusCode::CREATED,
         "{}",
         r.text().await.unwrap_or_default()
+    );
+
+    // An analyst's own keys: no key they issue reaches a license their key is not bound to,
+    // and another organization's key is not theirs to revoke (nor to learn of).
+    let (_, other_license, other_key_id) = demo_org(&demo, "demo-rowlevel");
+    let r = http
+        .post(server.url("/v1/keys"))
+        .bearer_auth(&analyst)
+        .json(&json!({"licenses": [other_license]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "no widening by issuing a key"
+    );
+    let r = http
+        .delete(server.url(&format!("/v1/keys/{other_key_id}")))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "another organization's key"
+    );
+    let listed: Value = http
+        .get(server.url("/v1/keys"))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let keys = listed["keys"].as_array().expect("keys");
+    assert!(!keys.is_empty());
+    assert!(
+        keys.iter().all(|k| k["organization"] == "demo-aggregate"),
+        "only the organization's own keys: {listed}"
+    );
+    let r = http
+        .get(server.url("/v1/keys"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "operators use /v1/admin/keys"
     );
 
     // The analyst's Flight SQL query works before the suspension.
@@ -182,8 +237,23 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
         lic["verification"]
     );
     assert_eq!(
-        lic["privacyBudget"], true,
-        "the private license shows its budget"
+        lic["privacyBudget"], false,
+        "an exact license has no budget"
+    );
+    // The differentially private license's page shows its budget (the console takes the key
+    // as a bearer header too).
+    let (private_key, private_license, _) = demo_org(&demo, "demo-private");
+    let r = http
+        .get(server.url(&format!("/analyst/licenses/{private_license}")))
+        .bearer_auth(&private_key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.expect("page");
+    assert!(
+        text.contains("id=\"privacy-budget\"") && text.contains("ρ left"),
+        "{text}"
     );
     assert!(
         page("/operator/releases")["policies"]
@@ -264,7 +334,7 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
             .as_str()
             .expect("operator key id"),
     );
-    let (_, _, analyst_id) = demo_org(&demo, "demo-private");
+    let (_, _, analyst_id) = demo_org(&demo, "demo-aggregate");
     let log: Value = http
         .get(server.url("/v1/admin/audit?limit=1000&after=0"))
         .bearer_auth(&operator)
