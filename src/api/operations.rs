@@ -410,6 +410,7 @@ pub struct Retired {
     ),
     responses(
         (status = 200, description = "Retired", body = Retired),
+        (status = 400, description = "The version is not a number", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody),
         AdminRefusals,
     ))]

@@ -84,7 +84,7 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
         .expect("save a cohort");
     assert_eq!(
         r.status(),
-        StatusCode::CREATED,
+        StatusCode::OK,
         "{}",
         r.text().await.unwrap_or_default()
     );
