@@ -134,6 +134,22 @@ impl Catalog {
         self.store.count_by_kind().await
     }
 
+    /// Quarantine entries per reason code, counted in the database (no entry is unsealed).
+    pub async fn count_quarantine_by_reason(&self) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .store
+            .count_quarantine_by_reason()
+            .await?
+            .into_iter()
+            .map(|(reason, n)| {
+                let reason = Reason::parse(&reason)
+                    .map(|x| x.as_str().to_string())
+                    .unwrap_or(reason);
+                (reason, n)
+            })
+            .collect())
+    }
+
     pub async fn count_patients(&self) -> Result<i64> {
         self.store.count_patients().await
     }

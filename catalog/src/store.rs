@@ -317,6 +317,24 @@ impl Store {
             .collect()
     }
 
+    /// Quarantine entries per reason code (nothing is unsealed to count them).
+    pub async fn count_quarantine_by_reason(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT reason, COUNT(*) AS n FROM quarantine GROUP BY reason ORDER BY reason",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ctx("counting the quarantine")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("reason").ctx("counting the quarantine")?,
+                    r.try_get("n").ctx("counting the quarantine")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Stored records per kind.
     pub async fn count_by_kind(&self) -> Result<Vec<(String, i64)>> {
         let rows =

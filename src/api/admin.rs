@@ -37,7 +37,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(verify_audit))
 }
 
-async fn admin(
+/// An operator's action, decided and audited (every route of this module and of `operations`).
+pub(super) async fn admin(
     state: &AppState,
     caller: &Caller,
     action: AdminAction,

@@ -32,7 +32,6 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use ring::hmac;
 use tessera_licensing::decision::{Principal, Reason};
 use tessera_licensing::{License, LicenseStatus};
 
@@ -40,6 +39,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ops::{JsonBody, PathParams, QueryParams};
+use super::web::{cookie, esc};
 use super::{admin, catalog, cohorts, keys, licenses, operations};
 
 const COOKIE: &str = "tessera_console";
@@ -86,7 +86,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 /// as the JSON API is.
 async fn cookie_as_bearer(mut request: Request, next: Next) -> Response {
     if !request.headers().contains_key(header::AUTHORIZATION)
-        && let Some(key) = cookie(request.headers())
+        && let Some(key) = cookie(request.headers(), COOKIE)
         && let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}"))
     {
         request.headers_mut().insert(header::AUTHORIZATION, v);
@@ -96,27 +96,6 @@ async fn cookie_as_bearer(mut request: Request, next: Next) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
-}
-
-fn cookie(h: &axum::http::HeaderMap) -> Option<String> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_string)
-        })
-        .filter(|k| !k.is_empty())
-}
-
-pub(super) fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 /// Path segments in links: ids are `[a-z0-9._-]`, but escape anyway.
@@ -246,8 +225,7 @@ fn error_page(e: ApiError, console: Console, next: &str) -> Response {
 }
 
 fn csrf_token(s: &AppState, key_id: &str) -> String {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, &s.pepper);
-    hex::encode(&hmac::sign(&k, format!("console-csrf:{key_id}").as_bytes()).as_ref()[..16])
+    super::web::csrf_token(&s.pepper, "console-csrf", key_id)
 }
 
 /// The signed-in caller of a console page: a live credential of the console's role. No
@@ -258,7 +236,6 @@ fn signed_in(
     console: Console,
     next: &str,
 ) -> Result<String, Response> {
-    let now = Utc::now();
     let Some(c) = caller.credential.as_ref() else {
         return Err(error_page(
             ApiError::denied(Reason::NoCredential, None),
@@ -266,7 +243,7 @@ fn signed_in(
             next,
         ));
     };
-    if c.revoked_at.is_some_and(|t| t <= now) || c.expires_at.is_some_and(|t| t <= now) {
+    if !c.is_live(Utc::now()) {
         return Err(html(
             StatusCode::UNAUTHORIZED,
             sign_in_form(
@@ -313,6 +290,29 @@ fn check_csrf(token: &str, form: &HashMap<String, String>) -> Result<(), Respons
             "/",
         ))
     }
+}
+
+/// The signed-in caller of a form post ([`signed_in`]) whose CSRF token is their key's.
+fn signed_in_form(
+    s: &AppState,
+    caller: &Caller,
+    console: Console,
+    next: &str,
+    form: &HashMap<String, String>,
+) -> Result<String, Response> {
+    let token = signed_in(s, caller, console, next)?;
+    check_csrf(&token, form)?;
+    Ok(token)
+}
+
+/// The value, or return the refusal page.
+macro_rules! or_return {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
 }
 
 /// Unwraps a handler's answer, or answers its refusal as a page.
@@ -476,10 +476,7 @@ fn yes(b: bool) -> &'static str {
 
 async fn analyst_home(State(s): State<AppState>, caller: Caller) -> Response {
     let next = "/analyst";
-    let token = match signed_in(&s, &caller, Console::Analyst, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Analyst, next));
     let org = caller
         .analyst()
         .map(|(o, _)| o.to_string())
@@ -620,10 +617,7 @@ async fn analyst_release(
     Path((family, version)): Path<(String, String)>,
 ) -> Response {
     let next = format!("/analyst/releases/{}/{}", seg(&family), seg(&version));
-    let token = match signed_in(&s, &caller, Console::Analyst, &next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Analyst, &next));
     let d = call!(
         catalog::get_release(
             State(s.clone()),
@@ -755,10 +749,7 @@ async fn analyst_license(
     Path(id): Path<String>,
 ) -> Response {
     let next = format!("/analyst/licenses/{}", seg(&id));
-    let token = match signed_in(&s, &caller, Console::Analyst, &next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Analyst, &next));
     let signed = call!(
         licenses::get_signatures(State(s.clone()), caller.clone(), PathParams(id.clone())),
         Console::Analyst,
@@ -899,10 +890,7 @@ async fn analyst_cohorts(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let next = "/analyst/cohorts";
-    let token = match signed_in(&s, &caller, Console::Analyst, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Analyst, next));
     let license = q.get("license").cloned();
     let bound: Vec<String> = caller
         .analyst()
@@ -1057,10 +1045,7 @@ fn keys_page(
 
 async fn analyst_keys(State(s): State<AppState>, caller: Caller) -> Response {
     let next = "/analyst/keys";
-    let token = match signed_in(&s, &caller, Console::Analyst, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Analyst, next));
     let own = call!(
         keys::list_own_keys(State(s.clone()), caller.clone()),
         Console::Analyst,
@@ -1088,16 +1073,11 @@ async fn analyst_issue_key(
     body: axum::body::Bytes,
 ) -> Response {
     let next = "/analyst/keys";
-    let token = match signed_in(&s, &caller, Console::Analyst, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Analyst, next));
     // Repeated `license` fields: parsed by hand (a map keeps only one).
     let pairs: Vec<(String, String)> = form_urlencoded_pairs(&body);
     let f: HashMap<String, String> = pairs.iter().cloned().collect();
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(check_csrf(&token, &f));
     let licenses: Vec<String> = pairs
         .iter()
         .filter(|(k, _)| k == "license")
@@ -1158,13 +1138,7 @@ async fn analyst_revoke_key(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = "/analyst/keys";
-    let token = match signed_in(&s, &caller, Console::Analyst, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(signed_in_form(&s, &caller, Console::Analyst, next, &f));
     let _ = call!(
         keys::revoke_own_key(State(s.clone()), caller.clone(), PathParams(id)),
         Console::Analyst,
@@ -1178,10 +1152,7 @@ async fn analyst_revoke_key(
 
 async fn operator_home(State(s): State<AppState>, caller: Caller) -> Response {
     let next = "/operator";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Operator, next));
     let o = call!(
         operations::overview(State(s.clone()), caller.clone()),
         Console::Operator,
@@ -1229,10 +1200,7 @@ async fn operator_home(State(s): State<AppState>, caller: Caller) -> Response {
 
 async fn operator_quarantine(State(s): State<AppState>, caller: Caller) -> Response {
     let next = "/operator/quarantine";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Operator, next));
     let entries = call!(
         operations::quarantine(
             State(s.clone()),
@@ -1280,10 +1248,7 @@ async fn operator_quarantine(State(s): State<AppState>, caller: Caller) -> Respo
 
 async fn operator_releases(State(s): State<AppState>, caller: Caller) -> Response {
     let next = "/operator/releases";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Operator, next));
     let builds = call!(
         operations::list_builds(State(s.clone()), caller.clone()),
         Console::Operator,
@@ -1381,13 +1346,7 @@ async fn operator_build(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = "/operator/releases";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(signed_in_form(&s, &caller, Console::Operator, next, &f));
     let get = |k: &str| f.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
     let _ = call!(
         operations::build_release(
@@ -1412,13 +1371,7 @@ async fn operator_retire(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = "/operator/releases";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(signed_in_form(&s, &caller, Console::Operator, next, &f));
     let _ = call!(
         operations::retire_release(
             State(s.clone()),
@@ -1454,10 +1407,7 @@ fn license_template() -> String {
 
 async fn operator_licenses(State(s): State<AppState>, caller: Caller) -> Response {
     let next = "/operator/licenses";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Operator, next));
     let orgs = call!(
         admin::list_organizations(State(s.clone()), caller.clone()),
         Console::Operator,
@@ -1543,13 +1493,7 @@ async fn operator_add_org(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = "/operator/licenses";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(signed_in_form(&s, &caller, Console::Operator, next, &f));
     let get = |k: &str| f.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
     let _ = call!(
         admin::add_organization(
@@ -1573,13 +1517,7 @@ async fn operator_create_license(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = "/operator/licenses";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(signed_in_form(&s, &caller, Console::Operator, next, &f));
     let license: License =
         match serde_json::from_str(f.get("terms").map(String::as_str).unwrap_or("")) {
             Ok(l) => l,
@@ -1610,10 +1548,7 @@ async fn operator_license(
     Path(id): Path<String>,
 ) -> Response {
     let next = format!("/operator/licenses/{}", seg(&id));
-    let token = match signed_in(&s, &caller, Console::Operator, &next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Operator, &next));
     let d = call!(
         admin::get_license_detail(State(s.clone()), caller.clone(), PathParams(id.clone())),
         Console::Operator,
@@ -1682,13 +1617,7 @@ async fn operator_sign(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = format!("/operator/licenses/{}", seg(&id));
-    let token = match signed_in(&s, &caller, Console::Operator, &next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(signed_in_form(&s, &caller, Console::Operator, &next, &f));
     let _ = call!(
         admin::sign_license(
             State(s.clone()),
@@ -1714,13 +1643,7 @@ async fn operator_status(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = "/operator/licenses";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    or_return!(signed_in_form(&s, &caller, Console::Operator, next, &f));
     let status: LicenseStatus = match serde_json::from_value(serde_json::Value::String(
         f.get("status").cloned().unwrap_or_default(),
     )) {
@@ -1752,10 +1675,7 @@ async fn operator_audit(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let next = "/operator/audit";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Operator, next));
     let v = call!(
         admin::verify_audit(State(s.clone()), caller.clone()),
         Console::Operator,
@@ -1926,10 +1846,7 @@ fn payouts_page(
 
 async fn operator_payouts(State(s): State<AppState>, caller: Caller) -> Response {
     let next = "/operator/payouts";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let token = or_return!(signed_in(&s, &caller, Console::Operator, next));
     let v = call!(
         operations::payouts_view(State(s.clone()), caller.clone()),
         Console::Operator,
@@ -1953,13 +1870,7 @@ async fn operator_reconcile(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     let next = "/operator/payouts";
-    let token = match signed_in(&s, &caller, Console::Operator, next) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_csrf(&token, &f) {
-        return r;
-    }
+    let token = or_return!(signed_in_form(&s, &caller, Console::Operator, next, &f));
     let r = call!(
         operations::reconcile(State(s.clone()), caller.clone()),
         Console::Operator,
@@ -2005,7 +1916,7 @@ mod tests {
     }
 
     #[test]
-    fn text_is_escaped_and_path_segments_encoded() {
+    fn path_segments_are_encoded() {
         assert_eq!(
             esc("<a href=\"x\">'&"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"

@@ -17,6 +17,7 @@ pub mod licenses;
 pub mod operations;
 pub mod ops;
 pub mod patients;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -15,12 +15,13 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tessera_catalog::{Purpose, ReleaseRequest};
-use tessera_licensing::decision::{AdminAction, Request};
+use tessera_licensing::decision::AdminAction;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::admin::admin;
 use super::auth::Caller;
 use super::error::{AdminRefusals, ApiError, ApiResult, ErrorBody};
 use super::ops::{JsonBody, PathParams, QueryParams};
@@ -82,19 +83,6 @@ impl Operations {
     }
 }
 
-async fn admin(
-    state: &AppState,
-    caller: &Caller,
-    action: AdminAction,
-    what: &str,
-    resource: String,
-) -> ApiResult<()> {
-    state
-        .authorize(caller, Request::Admin(action), what, resource, None)
-        .await
-        .map(|_| ())
-}
-
 fn operations(state: &AppState) -> ApiResult<&Operations> {
     state.operations.get().ok_or_else(|| {
         ApiError::new(
@@ -111,7 +99,7 @@ pub struct Overview {
     pub patients: i64,
     /// Patients whose consent for the purpose is in force now.
     pub consents: BTreeMap<String, usize>,
-    /// Quarantined files and entries (up to the 10,000 most recent), by reason code.
+    /// Quarantined files and entries, by reason code.
     pub quarantine: BTreeMap<String, usize>,
     pub releases: usize,
     pub organizations: usize,
@@ -144,8 +132,8 @@ pub async fn overview(State(state): State<AppState>, caller: Caller) -> ApiResul
         );
     }
     let mut quarantine = BTreeMap::new();
-    for q in state.catalog.quarantine(10_000).await? {
-        *quarantine.entry(q.reason).or_insert(0) += 1;
+    for (reason, n) in state.catalog.count_quarantine_by_reason().await? {
+        *quarantine.entry(reason).or_insert(0) += n as usize;
     }
     let store = state.gate.store();
     let mut licenses = BTreeMap::new();

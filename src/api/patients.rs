@@ -26,7 +26,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use ring::hmac;
 use serde_json::json;
 use tessera_catalog::{Grant, Purpose, Scope};
 use tessera_licensing::decision::Principal;
@@ -37,6 +36,7 @@ use tessera_payouts::webhook::{self, Provider};
 use tessera_payouts::{Currency, Money, Payouts};
 
 use super::AppState;
+use super::web::esc;
 use crate::payouts::PayoutsConfig;
 
 /// What the patients' pages and the webhooks need.
@@ -156,17 +156,7 @@ async fn giftcard_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> 
 
 /// The signed-in patient: (patient id, key id) from the cookie or a bearer key.
 async fn patient(s: &AppState, h: &HeaderMap) -> Result<(String, String), Response> {
-    let cookie = h
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_string)
-        })
-        .next();
+    let cookie = super::web::cookie(h, COOKIE);
     let bearer = header_str(h, "authorization")
         .strip_prefix("Bearer ")
         .map(str::to_string);
@@ -201,8 +191,7 @@ async fn patient(s: &AppState, h: &HeaderMap) -> Result<(String, String), Respon
 }
 
 fn csrf(s: &AppState, key_id: &str) -> String {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, &s.pepper);
-    hex::encode(&hmac::sign(&k, format!("csrf:{key_id}").as_bytes()).as_ref()[..16])
+    super::web::csrf_token(&s.pepper, "csrf", key_id)
 }
 
 async fn sign_in(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -262,13 +251,6 @@ fn money(minor: i64, c: Currency) -> String {
         "{sym}{}",
         tessera_payouts::rails::decimal_text(Money::new(minor, c))
     )
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Earnings over time as an inline SVG step line (no script).
