@@ -34,6 +34,25 @@ use ingest::problem::Reason;
 const KEY_CHECK_TEXT: &[u8] = b"tessera key check v1";
 const KEY_CHECK_AAD: &[u8] = b"key_checks";
 
+/// Checks what a release build is asked before any work starts: the family name (1 to 64
+/// lowercase letters, digits, `-`, `_`, `.`, not starting with `.`) and that the policy can
+/// de-identify the person table. [`Catalog::build_release`] checks it first; callers that
+/// start a build in the background check it up front so the caller hears of a bad request.
+pub fn check_release_request(family: &str, policy: &tessera_deid::policy::Policy) -> Result<()> {
+    let valid = !family.is_empty()
+        && family.len() <= 64
+        && family
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && !family.starts_with('.');
+    if !valid {
+        return Err(CatalogError::invalid(format!(
+            "release family `{family}`: use lowercase letters, digits, `-`, `_` and `.`"
+        )));
+    }
+    release::build::check_person_policy(policy)
+}
+
 /// A quarantined file or entry, as `tessera quarantine list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuarantineEntry {
@@ -393,19 +412,8 @@ impl Catalog {
         &self,
         req: &ReleaseRequest<'_>,
     ) -> Result<(ReleaseRow, release::build::Manifest)> {
+        check_release_request(req.family, req.policy)?;
         let family = req.family;
-        let valid = !family.is_empty()
-            && family.len() <= 64
-            && family
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
-            && !family.starts_with('.');
-        if !valid {
-            return Err(CatalogError::invalid(format!(
-                "release family `{family}`: use lowercase letters, digits, `-`, `_` and `.`"
-            )));
-        }
-        release::build::check_person_policy(req.policy)?;
         let at = Utc::now();
         // The consent snapshot: who is in, with which scope. Summaries are then read in chunks,
         // twice (see `release::build::Builder`), so memory stays bounded by a chunk.

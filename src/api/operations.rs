@@ -317,6 +317,7 @@ pub async fn build_release(
         .map_err(|e| ApiError::invalid(format!("policy {}: {e}", body.policy)))?;
     let policy = tessera_deid::policy::Policy::from_file(&path)
         .map_err(|e| ApiError::invalid(format!("policy {}: {e}", body.policy)))?;
+    tessera_catalog::check_release_request(&body.family, &policy)?;
     let job = {
         let mut b = ops
             .builds
@@ -495,9 +496,10 @@ pub async fn payouts_view(
     for p in &all {
         *by_status.entry(p.status.clone()).or_insert(0) += 1;
     }
-    let mut recent: Vec<PayoutLine> = all
-        .iter()
-        .rev()
+    let mut newest: Vec<&tessera_payouts::payout::PayoutRow> = all.iter().collect();
+    newest.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+    let recent: Vec<PayoutLine> = newest
+        .into_iter()
         .take(100)
         .map(|p| PayoutLine {
             id: p.id.clone(),
@@ -512,7 +514,6 @@ pub async fn payouts_view(
             created_at: p.created_at.clone(),
         })
         .collect();
-    recent.sort_by(|a, b| b.created_at.cmp(&a.created_at));
     let today = Utc::now().date_naive();
     let mut holds = BTreeMap::new();
     let mut available_minor = 0;

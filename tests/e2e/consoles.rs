@@ -142,6 +142,41 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
         "operators use /v1/admin/keys"
     );
 
+    // Release builds: a bad request is refused before anything starts.
+    for (body, why) in [
+        (
+            json!({"family": "Bad Name", "purpose": "research.natural_history", "policy": "natural-history.toml"}),
+            "family",
+        ),
+        (
+            json!({"family": "nh", "purpose": "research.natural_history", "policy": "../etc/passwd"}),
+            "policy",
+        ),
+        (
+            json!({"family": "nh", "purpose": "no.such_purpose", "policy": "natural-history.toml"}),
+            "purpose",
+        ),
+    ] {
+        let r = http
+            .post(server.url("/v1/admin/releases/builds"))
+            .bearer_auth(&operator)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{why}");
+    }
+    let builds: Value = http
+        .get(server.url("/v1/admin/releases/builds"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(builds["builds"], json!([]), "no build started");
+
     // The analyst's Flight SQL query works before the suspension.
     let uri = flight_uri(&demo);
     let mut c = client(&uri, Some(&analyst)).await;
@@ -327,13 +362,9 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
     assert!(refused.contains("not active"), "{refused}");
 
     // Both actions are the API's own audited calls, by the keys that signed in.
-    let (_, _, operator_id) = (
-        0,
-        0,
-        demo["operator"]["key_id"]
-            .as_str()
-            .expect("operator key id"),
-    );
+    let operator_id = demo["operator"]["key_id"]
+        .as_str()
+        .expect("operator key id");
     let (_, _, analyst_id) = demo_org(&demo, "demo-aggregate");
     let log: Value = http
         .get(server.url("/v1/admin/audit?limit=1000&after=0"))

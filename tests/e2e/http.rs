@@ -879,6 +879,10 @@ async fn openapi_document_is_stable_and_schemathesis_finds_nothing() {
                     .args(["run", &url])
                     .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
                     .args(["--max-examples", "25", "--workers", "2", "--phases", "examples,coverage,fuzzing"])
+                    // Starting a release build is the one operation whose valid requests launch
+                    // minutes of work in the background; its refusals are checked in
+                    // consoles.rs instead.
+                    .args(["--exclude-operation-id", "build_release"])
                     .arg("--header")
                     .arg(format!("Authorization: Bearer {key}"))
                     .env("SCHEMATHESIS_HOOKS", "")
