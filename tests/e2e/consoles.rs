@@ -153,7 +153,7 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
             "policy",
         ),
         (
-            json!({"family": "nh", "purpose": "no.such_purpose", "policy": "natural-history.toml"}),
+            json!({"family": "nh", "purpose": "Not A Purpose", "policy": "natural-history.toml"}),
             "purpose",
         ),
     ] {
