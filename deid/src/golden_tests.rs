@@ -14,7 +14,15 @@ use crate::search;
 fn adult_dir() -> PathBuf {
     std::env::var_os("TESSERA_SHARED_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+        // The checkout the tests run in, as cargo tells the test process: a test binary built
+        // in another checkout sharing the target directory (and not rebuilt, its sources being
+        // the same) would otherwise look beside that one.
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+                .join("../../shared/data")
+        })
         .join("adult")
 }
 

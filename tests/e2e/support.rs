@@ -64,7 +64,14 @@ pub fn shared_or_skip(test: &str, what: &str) -> Option<PathBuf> {
 pub fn shared_data() -> PathBuf {
     std::env::var_os("TESSERA_SHARED_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+        // Beside the checkout the tests run in, as cargo tells the test process (a binary built
+        // in another checkout sharing the target directory keeps that one's compile-time path).
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+                .join("../shared/data")
+        })
 }
 
 /// Where skipped tests are listed for `scripts/test` to print (`$CARGO_TARGET_DIR/tmp`).
