@@ -4,4 +4,5 @@
 //! `tessera-licensing`, and shape JSON.
 
 pub mod api;
+pub mod mail;
 pub mod payouts;

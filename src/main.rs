@@ -70,6 +70,9 @@ enum Command {
     /// License invoices, studies and survey incentives, patients' payouts, reconciliation.
     #[command(subcommand)]
     Payouts(commands::payouts::PayoutsCommand),
+    /// Study questionnaires patients answer on their pages.
+    #[command(subcommand)]
+    Study(commands::study::StudyCommand),
 }
 
 fn init_tracing(global: &GlobalArgs) {
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
             Command::Key(c) => commands::license::key(g, c).await,
             Command::Serve(a) => commands::serve::run(g, a).await,
             Command::Payouts(c) => commands::payouts::run(g, c).await,
+            Command::Study(c) => commands::study::run(g, c).await,
         }
     });
     match result {

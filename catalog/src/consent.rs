@@ -22,6 +22,36 @@ pub const KNOWN_PURPOSES: [&str; 4] = [
     "commercial.licensing",
 ];
 
+/// What a purpose means, in plain language, for the patients' consent centre: a title and a
+/// sentence. A purpose Tessera does not know is described by its name.
+pub fn describe_purpose(purpose: &str) -> (String, String) {
+    let (title, text) = match purpose {
+        "research.natural_history" => (
+            "Natural history research",
+            "Researchers study how a disease develops over time in people like you, to design better studies and care.",
+        ),
+        "research.synthetic_control" => (
+            "External control arms for trials",
+            "Your de-identified history can stand in for a placebo group, so fewer people in a trial need to go without the treatment being tested.",
+        ),
+        "research.drug_development" => (
+            "Drug development research",
+            "Companies developing treatments use de-identified data to choose targets, plan trials and check safety.",
+        ),
+        "commercial.licensing" => (
+            "Licensing to companies",
+            "Tessera licenses de-identified data to companies under a signed data-use agreement, and shares the revenue with the patients whose data is in it.",
+        ),
+        other => {
+            return (
+                other.to_string(),
+                format!("Research for the purpose `{other}`."),
+            );
+        }
+    };
+    (title.to_string(), text.to_string())
+}
+
 /// A research or commercial purpose, e.g. `research.natural_history`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Purpose(String);

@@ -5,6 +5,8 @@
 //! consent registry first and returns only patients whose consent covers the purpose at that
 //! moment, with only the records their scope covers.
 
+pub mod access;
+pub mod accounts;
 pub mod consent;
 pub mod crypto;
 pub mod error;
@@ -12,7 +14,9 @@ pub mod ingest;
 pub mod model;
 mod payload;
 pub mod release;
+pub mod sharing;
 mod store;
+pub mod surveys;
 pub mod synthetic;
 
 use std::path::PathBuf;

@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "releases",
         sql: include_str!("../migrations/0002_releases.sql"),
     },
+    Migration {
+        version: 3,
+        name: "accounts",
+        sql: include_str!("../migrations/0003_accounts.sql"),
+    },
 ];
 
 /// Bound parameters per bulk statement: below SQLite's 32,766 and PostgreSQL's 65,535 limits.
@@ -66,6 +71,8 @@ pub struct RecordRow<'a> {
     pub resource_type: &'a str,
     pub content_hash: &'a str,
     pub sealed: &'a Sealed,
+    /// The ingest source it arrived through.
+    pub source: &'a str,
 }
 
 /// A quarantine entry ready to upsert.
@@ -700,6 +707,728 @@ impl Store {
     }
 }
 
+/// A session as stored (the token itself is never stored, only its keyed hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub account_id: String,
+    pub patient_id: String,
+    pub method: String,
+    pub label: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub last_seen_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// A patient an account acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRow {
+    pub patient_id: String,
+    pub relation: String,
+    pub linked_at: String,
+    pub linked_by: String,
+}
+
+/// One of a patient's own records with where and when it arrived: (record_id, kind, source,
+/// ingested_at, updated_at, sealed payload).
+pub type OwnRecordRow = (String, String, Option<String>, String, String, Sealed);
+
+fn session_from(r: &AnyRow) -> Result<SessionRow> {
+    let g = |c: &str| -> Result<String> { r.try_get(c).ctx("reading a session") };
+    Ok(SessionRow {
+        session_id: g("session_id")?,
+        account_id: g("account_id")?,
+        patient_id: g("patient_id")?,
+        method: g("method")?,
+        label: g("label")?,
+        created_at: g("created_at")?,
+        expires_at: g("expires_at")?,
+        last_seen_at: g("last_seen_at")?,
+        revoked_at: r.try_get("revoked_at").ctx("reading a session")?,
+    })
+}
+
+const SESSION_COLUMNS: &str = "session_id, account_id, patient_id, method, label, created_at, expires_at, last_seen_at, revoked_at";
+
+// ---- accounts, sign-in links, sessions (patients' pages) --------------------------------
+impl Store {
+    /// A patient's own records, every kind and category (the patient's right of access is not
+    /// a consent question), with their source and times.
+    pub async fn own_records(&self, patient_id: &str) -> Result<Vec<OwnRecordRow>> {
+        let rows = sqlx::query(
+            "SELECT record_id, kind, source, ingested_at, updated_at, key_id, nonce, payload
+             FROM records WHERE patient_id = $1 ORDER BY ingested_at, record_id",
+        )
+        .bind(patient_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading a patient's records")?;
+        rows.iter()
+            .map(|r| {
+                let g = |c: &str| -> Result<String> { r.try_get(c).ctx("reading records") };
+                Ok((
+                    g("record_id")?,
+                    g("kind")?,
+                    r.try_get("source").ctx("reading records")?,
+                    g("ingested_at")?,
+                    g("updated_at")?,
+                    sealed_from(r, "key_id", "nonce", "payload")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn insert_account(
+        &self,
+        account_id: &str,
+        email_index: Option<&str>,
+        sealed: &Sealed,
+    ) -> Result<()> {
+        let now = now_text();
+        sqlx::query(
+            "INSERT INTO accounts (account_id, email_index, key_id, nonce, sealed, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(account_id)
+        .bind(email_index)
+        .bind(&sealed.key_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(&now)
+        .execute(&self.pool)
+        .await
+        .ctx("creating an account")?;
+        Ok(())
+    }
+
+    pub async fn update_account(
+        &self,
+        account_id: &str,
+        email_index: Option<&str>,
+        sealed: &Sealed,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE accounts SET email_index = $2, key_id = $3, nonce = $4, sealed = $5, updated_at = $6
+             WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .bind(email_index)
+        .bind(&sealed.key_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .ctx("updating an account")?;
+        Ok(())
+    }
+
+    pub async fn account_by_email_index(&self, email_index: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT account_id FROM accounts WHERE email_index = $1")
+            .bind(email_index)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("finding an account")
+    }
+
+    /// (sealed profile, created_at) of an account.
+    pub async fn account(&self, account_id: &str) -> Result<Option<(Sealed, String)>> {
+        let row = sqlx::query(
+            "SELECT key_id, nonce, sealed, created_at FROM accounts WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading an account")?;
+        row.map(|r| {
+            Ok((
+                sealed_from(&r, "key_id", "nonce", "sealed")?,
+                r.try_get("created_at").ctx("reading an account")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Links an account to a patient, or changes the relation of an existing link.
+    pub async fn link_account(
+        &self,
+        account_id: &str,
+        patient_id: &str,
+        relation: &str,
+        linked_by: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO account_patients (account_id, patient_id, relation, linked_at, linked_by)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (account_id, patient_id) DO UPDATE SET relation = excluded.relation",
+        )
+        .bind(account_id)
+        .bind(patient_id)
+        .bind(relation)
+        .bind(now_text())
+        .bind(linked_by)
+        .execute(&self.pool)
+        .await
+        .ctx("linking an account to a patient")?;
+        Ok(())
+    }
+
+    pub async fn account_links(&self, account_id: &str) -> Result<Vec<LinkRow>> {
+        let rows = sqlx::query(
+            "SELECT patient_id, relation, linked_at, linked_by FROM account_patients
+             WHERE account_id = $1 ORDER BY linked_at, patient_id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading an account's patients")?;
+        rows.iter()
+            .map(|r| {
+                let g = |c: &str| -> Result<String> { r.try_get(c).ctx("reading a link") };
+                Ok(LinkRow {
+                    patient_id: g("patient_id")?,
+                    relation: g("relation")?,
+                    linked_at: g("linked_at")?,
+                    linked_by: g("linked_by")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The accounts that act for a patient with relation `self`.
+    pub async fn own_accounts(&self, patient_id: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT account_id FROM account_patients WHERE patient_id = $1 AND relation = 'self' ORDER BY linked_at",
+        )
+        .bind(patient_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("finding a patient's account")
+    }
+
+    pub async fn insert_sign_in_link(
+        &self,
+        token_hash: &str,
+        account_id: &str,
+        kind: &str,
+        expires_at: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sign_in_links (token_hash, account_id, kind, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash)
+        .bind(account_id)
+        .bind(kind)
+        .bind(now_text())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .ctx("recording a sign-in link")?;
+        Ok(())
+    }
+
+    /// Sign-in links of an account made since `since` (for the rate of e-mailed links).
+    pub async fn count_sign_in_links(&self, account_id: &str, since: &str) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sign_in_links WHERE account_id = $1 AND created_at >= $2",
+        )
+        .bind(account_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .ctx("counting sign-in links")
+    }
+
+    /// Uses a sign-in link: marks it used, in one statement, only if it is unused and not
+    /// expired at `now`, and answers its (account, kind). A second use finds nothing.
+    pub async fn redeem_sign_in_link(
+        &self,
+        token_hash: &str,
+        now: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "UPDATE sign_in_links SET used_at = $2
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2
+             RETURNING account_id, kind",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("using a sign-in link")?;
+        row.map(|r| {
+            Ok((
+                r.try_get("account_id").ctx("using a sign-in link")?,
+                r.try_get("kind").ctx("using a sign-in link")?,
+            ))
+        })
+        .transpose()
+    }
+
+    pub async fn insert_session(&self, s: &SessionRow, token_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (session_id, token_hash, account_id, patient_id, method, label,
+                                   created_at, expires_at, last_seen_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&s.session_id)
+        .bind(token_hash)
+        .bind(&s.account_id)
+        .bind(&s.patient_id)
+        .bind(&s.method)
+        .bind(&s.label)
+        .bind(&s.created_at)
+        .bind(&s.expires_at)
+        .bind(&s.last_seen_at)
+        .execute(&self.pool)
+        .await
+        .ctx("starting a session")?;
+        Ok(())
+    }
+
+    pub async fn session_by_token(&self, token_hash: &str) -> Result<Option<SessionRow>> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("reading a session")?;
+        row.map(|r| session_from(&r)).transpose()
+    }
+
+    pub async fn touch_session(&self, session_id: &str, now: &str) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE session_id = $1")
+            .bind(session_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .ctx("updating a session")?;
+        Ok(())
+    }
+
+    pub async fn set_session_patient(&self, session_id: &str, patient_id: &str) -> Result<()> {
+        sqlx::query("UPDATE sessions SET patient_id = $2 WHERE session_id = $1")
+            .bind(session_id)
+            .bind(patient_id)
+            .execute(&self.pool)
+            .await
+            .ctx("updating a session")?;
+        Ok(())
+    }
+
+    /// An account's sessions, newest first.
+    pub async fn sessions_of(&self, account_id: &str) -> Result<Vec<SessionRow>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = $1 ORDER BY created_at DESC"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("reading sessions")?;
+        rows.iter().map(session_from).collect()
+    }
+
+    /// Revokes one session of an account (`Some`) or all of them (`None`); answers how many
+    /// live sessions it ended.
+    pub async fn revoke_sessions(
+        &self,
+        account_id: &str,
+        session_id: Option<&str>,
+        now: &str,
+    ) -> Result<u64> {
+        let done = match session_id {
+            Some(id) => sqlx::query(
+                "UPDATE sessions SET revoked_at = $3
+                 WHERE account_id = $1 AND session_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(account_id)
+            .bind(id)
+            .bind(now),
+            None => sqlx::query(
+                "UPDATE sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(account_id)
+            .bind(now),
+        }
+        .execute(&self.pool)
+        .await
+        .ctx("revoking sessions")?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// A passkey as listed on the account page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyRow {
+    pub credential_id: String,
+    pub label: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+impl Store {
+    pub async fn insert_passkey(
+        &self,
+        credential_id: &str,
+        account_id: &str,
+        user_handle: &str,
+        credential: &str,
+        label: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO passkeys (credential_id, account_id, user_handle, credential, label, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(credential_id)
+        .bind(account_id)
+        .bind(user_handle)
+        .bind(credential)
+        .bind(label)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .ctx("storing a passkey")?;
+        Ok(())
+    }
+
+    /// (account, user handle, credential) of a passkey.
+    pub async fn passkey(&self, credential_id: &str) -> Result<Option<(String, String, String)>> {
+        let row = sqlx::query(
+            "SELECT account_id, user_handle, credential FROM passkeys WHERE credential_id = $1",
+        )
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading a passkey")?;
+        row.map(|r| {
+            Ok((
+                r.try_get("account_id").ctx("reading a passkey")?,
+                r.try_get("user_handle").ctx("reading a passkey")?,
+                r.try_get("credential").ctx("reading a passkey")?,
+            ))
+        })
+        .transpose()
+    }
+
+    pub async fn passkeys_of(&self, account_id: &str) -> Result<Vec<PasskeyRow>> {
+        let rows = sqlx::query(
+            "SELECT credential_id, label, created_at, last_used_at FROM passkeys
+             WHERE account_id = $1 ORDER BY created_at",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading passkeys")?;
+        rows.iter()
+            .map(|r| {
+                Ok(PasskeyRow {
+                    credential_id: r.try_get("credential_id").ctx("reading passkeys")?,
+                    label: r.try_get("label").ctx("reading passkeys")?,
+                    created_at: r.try_get("created_at").ctx("reading passkeys")?,
+                    last_used_at: r.try_get("last_used_at").ctx("reading passkeys")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn update_passkey(&self, credential_id: &str, credential: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE passkeys SET credential = $2, last_used_at = $3 WHERE credential_id = $1",
+        )
+        .bind(credential_id)
+        .bind(credential)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .ctx("updating a passkey")?;
+        Ok(())
+    }
+
+    pub async fn delete_passkey(&self, account_id: &str, credential_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM passkeys WHERE account_id = $1 AND credential_id = $2")
+            .bind(account_id)
+            .bind(credential_id)
+            .execute(&self.pool)
+            .await
+            .ctx("removing a passkey")?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A share (SMART Health Link) as stored.
+#[derive(Debug, Clone)]
+pub struct ShareRow {
+    pub share_id: String,
+    pub patient_id: String,
+    pub account_id: String,
+    pub sealed: Sealed,
+    pub jwe: String,
+    pub passcode_hash: Option<String>,
+    pub attempts_left: i64,
+    pub created_at: String,
+    pub expires_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// One use of a share as stored.
+#[derive(Debug, Clone)]
+pub struct ShareViewRow {
+    pub view_id: String,
+    pub share_id: String,
+    pub at: String,
+    pub what: String,
+    pub outcome: String,
+    pub recipient: Sealed,
+}
+
+fn share_from(r: &AnyRow) -> Result<ShareRow> {
+    let g = |c: &str| -> Result<String> { r.try_get(c).ctx("reading a share") };
+    Ok(ShareRow {
+        share_id: g("share_id")?,
+        patient_id: g("patient_id")?,
+        account_id: g("account_id")?,
+        sealed: sealed_from(r, "key_id", "nonce", "sealed")?,
+        jwe: g("jwe")?,
+        passcode_hash: r.try_get("passcode_hash").ctx("reading a share")?,
+        attempts_left: r.try_get("attempts_left").ctx("reading a share")?,
+        created_at: g("created_at")?,
+        expires_at: g("expires_at")?,
+        revoked_at: r.try_get("revoked_at").ctx("reading a share")?,
+    })
+}
+
+const SHARE_COLUMNS: &str = "share_id, patient_id, account_id, key_id, nonce, sealed, jwe, passcode_hash, attempts_left, created_at, expires_at, revoked_at";
+
+impl Store {
+    pub async fn insert_share(&self, r: &ShareRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO shares (share_id, patient_id, account_id, key_id, nonce, sealed, jwe,
+                                 passcode_hash, attempts_left, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&r.share_id)
+        .bind(&r.patient_id)
+        .bind(&r.account_id)
+        .bind(&r.sealed.key_id)
+        .bind(&r.sealed.nonce)
+        .bind(&r.sealed.ciphertext)
+        .bind(&r.jwe)
+        .bind(&r.passcode_hash)
+        .bind(r.attempts_left)
+        .bind(&r.created_at)
+        .bind(&r.expires_at)
+        .execute(&self.pool)
+        .await
+        .ctx("storing a share")?;
+        Ok(())
+    }
+
+    pub async fn share(&self, share_id: &str) -> Result<Option<ShareRow>> {
+        let sql = format!("SELECT {SHARE_COLUMNS} FROM shares WHERE share_id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(share_id)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("reading a share")?;
+        row.map(|r| share_from(&r)).transpose()
+    }
+
+    /// A patient's shares, newest first.
+    pub async fn shares_of(&self, patient_id: &str) -> Result<Vec<ShareRow>> {
+        let sql = format!(
+            "SELECT {SHARE_COLUMNS} FROM shares WHERE patient_id = $1 ORDER BY created_at DESC"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(patient_id)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("reading shares")?;
+        rows.iter().map(share_from).collect()
+    }
+
+    pub async fn revoke_share(&self, patient_id: &str, share_id: &str, at: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE shares SET revoked_at = $3
+             WHERE patient_id = $1 AND share_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(patient_id)
+        .bind(share_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .ctx("revoking a share")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Spends one passcode attempt; answers those left.
+    pub async fn spend_share_attempt(&self, share_id: &str) -> Result<i64> {
+        let left: Option<i64> = sqlx::query_scalar(
+            "UPDATE shares SET attempts_left = attempts_left - 1
+             WHERE share_id = $1 AND attempts_left > 0
+             RETURNING attempts_left",
+        )
+        .bind(share_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("counting a passcode attempt")?;
+        Ok(left.unwrap_or(0))
+    }
+
+    pub async fn insert_share_view(&self, v: &ShareViewRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO share_views (view_id, share_id, at, what, outcome, key_id, nonce, recipient)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&v.view_id)
+        .bind(&v.share_id)
+        .bind(&v.at)
+        .bind(&v.what)
+        .bind(&v.outcome)
+        .bind(&v.recipient.key_id)
+        .bind(&v.recipient.nonce)
+        .bind(&v.recipient.ciphertext)
+        .execute(&self.pool)
+        .await
+        .ctx("recording a share's use")?;
+        Ok(())
+    }
+
+    pub async fn share_views(&self, share_id: &str) -> Result<Vec<ShareViewRow>> {
+        let rows = sqlx::query(
+            "SELECT view_id, share_id, at, what, outcome, key_id, nonce, recipient
+             FROM share_views WHERE share_id = $1 ORDER BY at",
+        )
+        .bind(share_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading a share's uses")?;
+        rows.iter()
+            .map(|r| {
+                let g = |c: &str| -> Result<String> { r.try_get(c).ctx("reading a share's uses") };
+                Ok(ShareViewRow {
+                    view_id: g("view_id")?,
+                    share_id: g("share_id")?,
+                    at: g("at")?,
+                    what: g("what")?,
+                    outcome: g("outcome")?,
+                    recipient: sealed_from(r, "key_id", "nonce", "recipient")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A stored questionnaire: (id, url, title, study, resource JSON).
+pub type QuestionnaireRow = (String, String, String, Option<String>, String);
+
+impl Store {
+    pub async fn upsert_questionnaire(
+        &self,
+        id: &str,
+        url: &str,
+        version: Option<&str>,
+        title: &str,
+        study: Option<&str>,
+        resource: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO questionnaires (questionnaire_id, url, version, title, study, resource, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (questionnaire_id) DO UPDATE SET version = excluded.version,
+                 title = excluded.title, study = excluded.study, resource = excluded.resource",
+        )
+        .bind(id)
+        .bind(url)
+        .bind(version)
+        .bind(title)
+        .bind(study)
+        .bind(resource)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .ctx("storing a questionnaire")?;
+        Ok(())
+    }
+
+    pub async fn questionnaires(&self) -> Result<Vec<QuestionnaireRow>> {
+        let rows = sqlx::query(
+            "SELECT questionnaire_id, url, title, study, resource FROM questionnaires ORDER BY added_at, url",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading questionnaires")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("questionnaire_id")
+                        .ctx("reading questionnaires")?,
+                    r.try_get("url").ctx("reading questionnaires")?,
+                    r.try_get("title").ctx("reading questionnaires")?,
+                    r.try_get("study").ctx("reading questionnaires")?,
+                    r.try_get("resource").ctx("reading questionnaires")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn save_draft(
+        &self,
+        patient_id: &str,
+        questionnaire_id: &str,
+        sealed: &Sealed,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO survey_drafts (patient_id, questionnaire_id, key_id, nonce, sealed, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (patient_id, questionnaire_id) DO UPDATE SET key_id = excluded.key_id,
+                 nonce = excluded.nonce, sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(patient_id)
+        .bind(questionnaire_id)
+        .bind(&sealed.key_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .ctx("saving a survey draft")?;
+        Ok(())
+    }
+
+    /// A patient's drafts: (questionnaire id, sealed fields, updated_at).
+    pub async fn drafts(&self, patient_id: &str) -> Result<Vec<(String, Sealed, String)>> {
+        let rows = sqlx::query(
+            "SELECT questionnaire_id, key_id, nonce, sealed, updated_at FROM survey_drafts WHERE patient_id = $1",
+        )
+        .bind(patient_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading survey drafts")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("questionnaire_id").ctx("reading survey drafts")?,
+                    sealed_from(r, "key_id", "nonce", "sealed")?,
+                    r.try_get("updated_at").ctx("reading survey drafts")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn delete_draft(&self, patient_id: &str, questionnaire_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM survey_drafts WHERE patient_id = $1 AND questionnaire_id = $2")
+            .bind(patient_id)
+            .bind(questionnaire_id)
+            .execute(&self.pool)
+            .await
+            .ctx("removing a survey draft")?;
+        Ok(())
+    }
+}
+
 /// A write transaction of the ingest writer.
 #[derive(Debug)]
 pub struct Tx {
@@ -860,7 +1589,7 @@ impl Tx {
     }
 
     pub async fn insert_records(&mut self, rows: &[RecordRow<'_>]) -> Result<()> {
-        const COLS: usize = 10;
+        const COLS: usize = 11;
         let now = now_text();
         for chunk in rows.chunks(MAX_PARAMS / COLS) {
             let values = (0..chunk.len())
@@ -869,7 +1598,7 @@ impl Tx {
                 .join(", ");
             let sql = format!(
                 "INSERT INTO records (record_id, patient_id, kind, resource_type, content_hash, key_id, nonce,
-                                      payload, ingested_at, updated_at)
+                                      payload, ingested_at, updated_at, source)
                  VALUES {values}"
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -884,7 +1613,8 @@ impl Tx {
                     .bind(&r.sealed.nonce)
                     .bind(&r.sealed.ciphertext)
                     .bind(&now)
-                    .bind(&now);
+                    .bind(&now)
+                    .bind(r.source);
             }
             q.execute(&mut *self.tx).await.ctx("storing records")?;
         }
@@ -894,7 +1624,7 @@ impl Tx {
     pub async fn update_record(&mut self, r: &RecordRow<'_>) -> Result<()> {
         sqlx::query(
             "UPDATE records SET kind = $2, resource_type = $3, content_hash = $4, key_id = $5, nonce = $6,
-                    payload = $7, updated_at = $8
+                    payload = $7, updated_at = $8, source = $9
              WHERE record_id = $1",
         )
         .bind(r.record_id)
@@ -905,6 +1635,7 @@ impl Tx {
         .bind(&r.sealed.nonce)
         .bind(&r.sealed.ciphertext)
         .bind(now_text())
+        .bind(r.source)
         .execute(&mut *self.tx)
         .await
         .ctx("updating a record")?;

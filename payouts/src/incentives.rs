@@ -96,6 +96,44 @@ impl Payouts {
         Ok(())
     }
 
+    /// Adds a questionnaire to a registered study, so that completing it earns the study's
+    /// incentive (nothing changes when the study names it already).
+    pub async fn attach_questionnaire(
+        &self,
+        study: &str,
+        questionnaire: &str,
+    ) -> Result<(), PayoutsError> {
+        let q = canonical(questionnaire).to_string();
+        crate::retry(|| async {
+            let mut tx = self.begin().await?;
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT questionnaires FROM studies WHERE id = $1")
+                    .bind(study)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(sql_err("reading a study"))?;
+            let Some(current) = current else {
+                return Err(PayoutsError::NotFound(format!(
+                    "study `{study}`: register it first (`tessera payouts study`)"
+                )));
+            };
+            let mut list: Vec<String> = serde_json::from_str(&current).unwrap_or_default();
+            if list.contains(&q) {
+                return Ok(());
+            }
+            list.push(q.clone());
+            sqlx::query("UPDATE studies SET questionnaires = $2 WHERE id = $1")
+                .bind(study)
+                .bind(serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *tx)
+                .await
+                .map_err(sql_err("updating a study"))?;
+            tx.commit().await.map_err(sql_err("updating a study"))?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn studies(&self) -> Result<Vec<Study>, PayoutsError> {
         let c = || sql_err("reading studies");
         sqlx::query("SELECT id, sponsor, questionnaires, currency, enrollment_minor, per_survey_minor, survey_cap_minor, patient_cap_minor FROM studies ORDER BY id")

@@ -115,26 +115,13 @@ enum Console {
     None,
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d1d1f;background:#fff;line-height:1.45}\
-header{background:#123c69;color:#fff;padding:.6rem 1rem;display:flex;gap:1.2rem;align-items:center;flex-wrap:wrap}\
-header a{color:#fff}header .brand{font-weight:700;font-size:1.1rem;text-decoration:none}\
-nav ul{list-style:none;display:flex;gap:1rem;margin:0;padding:0;flex-wrap:wrap}\
-main{max-width:1060px;margin:1.2rem auto;padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:1.6rem}\
-table{border-collapse:collapse;width:100%;margin:.4rem 0}td,th{border-bottom:1px solid #d8d8d8;padding:.3rem .4rem;text-align:left;vertical-align:top}\
-th{background:#f2f4f7}code,pre{font-family:ui-monospace,monospace;font-size:.9rem}pre{background:#f2f4f7;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-break:break-all}\
-.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #c9ced6;border-radius:8px;padding:.8rem 1rem;min-width:10rem;flex:1 1 10rem}\
-.card b{display:block;font-size:1.3rem;overflow-wrap:anywhere}.ok{color:#1a6b2c;font-weight:600}.bad{color:#a4161a;font-weight:600}\
-.note{background:#eef5ff;border:1px solid #9cc1f0;padding:.6rem;border-radius:6px}.warn{background:#fff6e0;border:1px solid #c9a13b;padding:.6rem;border-radius:6px}\
-form.inline{display:inline}button{font:inherit;padding:.25rem .7rem;border:1px solid #123c69;background:#123c69;color:#fff;border-radius:4px;cursor:pointer}\
-button.secondary{background:#fff;color:#123c69}label{display:block;margin:.4rem 0}input,select,textarea{font:inherit;padding:.2rem}\
-.muted{color:#555}.skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:1rem;background:#fff;color:#000;padding:.4rem}";
-
 fn layout(title: &str, console: Console, csrf: Option<&str>, body: &str) -> String {
     let mut h = String::with_capacity(body.len() + 4096);
     let _ = write!(
         h,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · Tessera</title><style>{STYLE}</style></head><body><a class=\"skip\" href=\"#main\">Skip to content</a><header><a class=\"brand\" href=\"/\">Tessera</a>",
-        esc(title)
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · Tessera</title><style>{}</style></head><body><a class=\"skip\" href=\"#main\">Skip to content</a><header><a class=\"brand\" href=\"/\">Tessera</a>",
+        esc(title),
+        super::web::STYLE
     );
     let links: &[(&str, &str)] = match console {
         Console::Analyst => &[

@@ -14,9 +14,13 @@ pub mod console;
 pub mod error;
 pub mod keys;
 pub mod licenses;
+pub mod me;
 pub mod operations;
 pub mod ops;
+pub mod passkeys;
 pub mod patients;
+pub mod shares;
+pub mod surveys;
 pub mod web;
 
 use std::future::Future;
@@ -357,6 +361,10 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let served = document.clone();
     let router = api
         .merge(patients::routes())
+        .merge(me::routes())
+        .merge(passkeys::routes())
+        .merge(shares::routes())
+        .merge(surveys::routes())
         .merge(console::routes(state.clone()))
         .route(
             "/openapi.json",

@@ -21,13 +21,12 @@ use std::fmt::Write as _;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Form, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use serde_json::json;
-use tessera_catalog::{Grant, Purpose, Scope};
 use tessera_licensing::decision::Principal;
 use tessera_payouts::earnings::Earnings;
 use tessera_payouts::payout::{Choice, Preferences};
@@ -45,19 +44,22 @@ pub struct PatientServices {
     pub payouts: Payouts,
     pub config: PayoutsConfig,
     pub rails: Rails,
+    /// Sends patients' sign-in links.
+    pub mailer: crate::mail::Mailer,
+    /// The address patients reach this server at, for links in e-mails
+    /// (`TESSERA_PUBLIC_URL`, else the HTTP address).
+    pub public_url: String,
+    /// The passkeys' relying party at the public URL, or why passkeys are not offered.
+    pub passkeys: std::sync::Arc<Result<super::passkeys::Passkeys, String>>,
 }
-
-const COOKIE: &str = "tessera_patient";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/webhooks/stripe", post(stripe_hook))
         .route("/v1/webhooks/identity", post(identity_hook))
         .route("/v1/webhooks/giftcard", post(giftcard_hook))
-        .route("/me/sign-in", get(sign_in))
         .route("/me", get(page))
         .route("/me/payout-choice", post(set_choice))
-        .route("/me/consent", post(set_consent))
         .route("/v1/me/earnings", get(earnings_json))
 }
 
@@ -154,18 +156,24 @@ async fn giftcard_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> 
     hook_result(svc.payouts.handle_giftcard_event(&body).await)
 }
 
-/// The signed-in patient: (patient id, key id) from the cookie or a bearer key.
-async fn patient(s: &AppState, h: &HeaderMap) -> Result<(String, String), Response> {
-    let cookie = super::web::cookie(h, COOKIE);
+/// The signed-in patient of the JSON route: a session cookie (the pages' sign-in), or a
+/// patient's bearer key (the operator's sign-in link, for scripts).
+async fn patient(s: &AppState, h: &HeaderMap) -> Result<String, Response> {
     let bearer = header_str(h, "authorization")
         .strip_prefix("Bearer ")
         .map(str::to_string);
-    let Some(key) = cookie.or(bearer) else {
-        return Err(err(
-            StatusCode::UNAUTHORIZED,
-            "sign_in",
-            "sign in with the link Tessera sent you",
-        ));
+    let Some(key) = bearer else {
+        return match super::me::me(s, h).await {
+            Ok(me) => Ok(me.session.patient_id),
+            Err(super::me::Refusal::Unavailable) => {
+                Err(err(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"))
+            }
+            Err(_) => Err(err(
+                StatusCode::UNAUTHORIZED,
+                "sign_in",
+                "sign in at /me/sign-in, or send a patient's key as a bearer token",
+            )),
+        };
     };
     let cred = s
         .gate
@@ -175,7 +183,7 @@ async fn patient(s: &AppState, h: &HeaderMap) -> Result<(String, String), Respon
         .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"))?;
     match cred {
         Some(c) if c.is_live(Utc::now()) => match c.principal {
-            Principal::Patient { patient } => Ok((patient, c.id)),
+            Principal::Patient { patient } => Ok(patient),
             _ => Err(err(
                 StatusCode::FORBIDDEN,
                 "patient_credential",
@@ -187,35 +195,6 @@ async fn patient(s: &AppState, h: &HeaderMap) -> Result<(String, String), Respon
             "sign_in",
             "this sign-in link has expired or was revoked: ask for a new one",
         )),
-    }
-}
-
-fn csrf(s: &AppState, key_id: &str) -> String {
-    super::web::csrf_token(&s.pepper, "csrf", key_id)
-}
-
-async fn sign_in(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(token) = q.get("token") else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "token",
-            "the sign-in link is incomplete",
-        );
-    };
-    let mut h = HeaderMap::new();
-    if let Ok(v) = format!("Bearer {token}").parse() {
-        h.insert(header::AUTHORIZATION, v);
-    }
-    match patient(&s, &h).await {
-        Ok(_) => (
-            [(
-                header::SET_COOKIE,
-                format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=86400"),
-            )],
-            Redirect::to("/me"),
-        )
-            .into_response(),
-        Err(r) => r,
     }
 }
 
@@ -235,7 +214,7 @@ async fn earnings_of(s: &AppState, patient: &str) -> Result<Earnings, Response> 
 }
 
 async fn earnings_json(State(s): State<AppState>, h: HeaderMap) -> Response {
-    let (p, _) = match patient(&s, &h).await {
+    let p = match patient(&s, &h).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -285,16 +264,11 @@ fn chart(series: &[(String, i64)], c: Currency) -> String {
     )
 }
 
-fn render(
-    e: &Earnings,
-    token: &str,
-    consents: &[(String, bool)],
-    orgs: &[tessera_payouts::payout::AdvocacyOrg],
-) -> String {
+/// The earnings page's body.
+fn render(e: &Earnings, token: &str, orgs: &[tessera_payouts::payout::AdvocacyOrg]) -> String {
     let c = e.currency;
     let mut h = String::with_capacity(8192);
-    h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Your earnings · Tessera</title><style>body{font-family:system-ui,sans-serif;max-width:760px;margin:2rem auto;padding:0 1rem;color:#222}h1{font-size:1.6rem}.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1rem;min-width:9rem}.card b{display:block;font-size:1.4rem}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left}.muted{color:#666}.hold{background:#fff6e0;border:1px solid #f0c36d;padding:.6rem;border-radius:6px}form{margin:.6rem 0}</style></head><body>");
-    h.push_str("<h1>Your earnings</h1><div class=\"cards\">");
+    h.push_str("<div class=\"cards\">");
     for (label, v, id) in [
         ("Available", e.available_minor, "available"),
         ("Pending", e.pending_minor, "pending"),
@@ -443,45 +417,16 @@ fn render(
         c,
         tessera_payouts::rails::decimal_text(Money::new(e.preferences.minimum_minor, c))
     );
-    h.push_str("<h2>Your consent</h2><table>");
-    for (purpose, granted) in consents {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/me/consent\"><input type=\"hidden\" name=\"csrf\" value=\"{token}\"><input type=\"hidden\" name=\"purpose\" value=\"{}\"><input type=\"hidden\" name=\"action\" value=\"{}\"><button type=\"submit\">{}</button></form></td></tr>",
-            esc(purpose),
-            if *granted { "shared" } else { "not shared" },
-            esc(purpose),
-            if *granted { "revoke" } else { "grant" },
-            if *granted { "Stop sharing" } else { "Share" }
-        );
-    }
-    h.push_str("</table></body></html>");
+    h.push_str("<p>What you share, and with whom: <a href=\"/me/consent\">your consent</a>.</p>");
     h
 }
 
-async fn consents(s: &AppState, patient: &str) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    for purpose in tessera_catalog::consent::KNOWN_PURPOSES {
-        let granted = match Purpose::parse(purpose) {
-            Ok(p) => s
-                .catalog
-                .consent_state(patient, &p, Utc::now())
-                .await
-                .map(|st| matches!(st, tessera_catalog::consent::ConsentState::Granted { .. }))
-                .unwrap_or(false),
-            Err(_) => false,
-        };
-        out.push((purpose.to_string(), granted));
-    }
-    out
-}
-
 async fn page(State(s): State<AppState>, h: HeaderMap) -> Response {
-    let (p, key_id) = match patient(&s, &h).await {
-        Ok(v) => v,
-        Err(_) => return (StatusCode::UNAUTHORIZED, Html("<!doctype html><title>Sign in</title><p>Sign in with the link Tessera sent you.</p>".to_string())).into_response(),
+    let me = match super::me::me(&s, &h).await {
+        Ok(m) => m,
+        Err(r) => return r.page(),
     };
-    let e = match earnings_of(&s, &p).await {
+    let e = match earnings_of(&s, me.patient()).await {
         Ok(e) => e,
         Err(r) => return r,
     };
@@ -489,40 +434,25 @@ async fn page(State(s): State<AppState>, h: HeaderMap) -> Response {
         Ok(svc) => svc.payouts.advocacy_orgs().await.unwrap_or_default(),
         Err(r) => return r,
     };
-    let c = consents(&s, &p).await;
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Html(render(&e, &csrf(&s, &key_id), &c, &orgs)),
+        Html(super::me::layout(
+            "Your earnings",
+            Some(&me),
+            &render(&e, &me.csrf, &orgs),
+        )),
     )
         .into_response()
 }
 
-/// The signed-in patient of a form post, whose CSRF token matches their sign-in.
-async fn form_patient(
-    s: &AppState,
-    h: &HeaderMap,
-    f: &HashMap<String, String>,
-) -> Result<String, Response> {
-    let (p, key_id) = patient(s, h).await?;
-    if f.get("csrf").map(String::as_str) != Some(csrf(s, &key_id).as_str()) {
-        return Err(err(
-            StatusCode::FORBIDDEN,
-            "csrf",
-            "reload the page and try again",
-        ));
-    }
-    Ok(p)
-}
-
-async fn set_choice(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    Form(f): Form<HashMap<String, String>>,
-) -> Response {
-    let p = match form_patient(&s, &h, &f).await {
+async fn set_choice(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let me = match super::me::form_me(&s, &h, &pairs).await {
         Ok(v) => v,
         Err(r) => return r,
     };
+    let p = me.patient().to_string();
+    let f: HashMap<String, String> = pairs.into_iter().collect();
     let svc = match services(&s) {
         Ok(v) => v,
         Err(r) => return r,
@@ -568,48 +498,6 @@ async fn set_choice(
             StatusCode::SERVICE_UNAVAILABLE,
             "retry",
             "could not save your choice now",
-        ),
-    }
-}
-
-async fn set_consent(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    Form(f): Form<HashMap<String, String>>,
-) -> Response {
-    let p = match form_patient(&s, &h, &f).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let Some(purpose) = f.get("purpose").and_then(|v| Purpose::parse(v).ok()) else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "purpose",
-            "unknown consent purpose",
-        );
-    };
-    let r = match f.get("action").map(String::as_str) {
-        Some("grant") => s
-            .catalog
-            .grant(Grant {
-                patient_id: p.clone(),
-                purpose,
-                scope: Scope::All,
-                valid_from: None,
-                valid_until: None,
-                actor: "patient".into(),
-            })
-            .await
-            .map(|_| ()),
-        Some("revoke") => s.catalog.revoke(&p, &purpose, "patient").await.map(|_| ()),
-        _ => return err(StatusCode::BAD_REQUEST, "action", "grant or revoke"),
-    };
-    match r {
-        Ok(()) => Redirect::to("/me").into_response(),
-        Err(_) => err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "retry",
-            "could not change your consent now",
         ),
     }
 }

@@ -216,6 +216,18 @@ pub async fn run(g: &GlobalArgs, args: DemoArgs) -> Result<ExitCode> {
     })
 }
 
+/// The demo study's questionnaire (`fixtures/questionnaires/seizure-diary.json`), compiled in
+/// so the demo needs no file beside the binary.
+fn demo_questionnaire() -> Option<serde_json::Value> {
+    serde_json::from_str(include_str!(
+        "../../fixtures/questionnaires/seizure-diary.json"
+    ))
+    .ok()
+}
+
+/// The demo patient's e-mail address (an example.org address: nothing is delivered there).
+pub const DEMO_PATIENT_EMAIL: &str = "demo.patient@example.org";
+
 /// What to do after the demo, as `tessera demo` prints it: each line a purpose and a command or
 /// address (the addresses `tessera serve` listens on by default).
 pub fn next_steps(g: &GlobalArgs) -> Vec<(&'static str, String)> {
@@ -251,6 +263,12 @@ pub fn next_steps(g: &GlobalArgs) -> Vec<(&'static str, String)> {
         .and_then(|d| d["patient"]["sign_in"].as_str().map(str::to_string))
     {
         steps.push(("a patient's earnings page", link));
+        steps.push((
+            "or sign in as the patient by e-mail",
+            format!(
+                "{http}/me/sign-in with {DEMO_PATIENT_EMAIL}; the link lands in {data_dir}/outbox/"
+            ),
+        ));
     }
     steps.extend([
         (
@@ -458,6 +476,19 @@ async fn demo_payouts(g: &GlobalArgs, catalog: &tessera_catalog::Catalog) -> Res
         .await?;
     let credited = tessera::payouts::credit_surveys(&payouts, catalog).await?;
     say!("survey incentives: {credited} new credits (study demo-quality-of-life)");
+    // A survey patients answer on their pages, for the same study's incentive.
+    if let Some(q) = demo_questionnaire() {
+        let stored = catalog
+            .add_questionnaire(&q, Some("demo-quality-of-life"))
+            .await?;
+        payouts
+            .attach_questionnaire("demo-quality-of-life", &stored.questionnaire.url)
+            .await?;
+        say!(
+            "survey open to patients: {} (study demo-quality-of-life)",
+            stored.questionnaire.title
+        );
+    }
 
     let store = tessera_licensing::store::LicensingStore::connect(&g.database_url()).await?;
     let invoiced: Vec<String> = payouts
@@ -514,11 +545,41 @@ async fn demo_payouts(g: &GlobalArgs, catalog: &tessera_catalog::Catalog) -> Res
     if let Some(patient) = earners.into_iter().next().map(|b| b.owner) {
         let server = format!("http://{DEFAULT_HTTP_ADDR}");
         let link = super::payouts::sign_in_link(g, catalog, &patient, &server, 30).await?;
+        // The demo patient's account, with an address for e-mailed sign-in links (written to
+        // DATA_DIR/outbox by a server without an SMTP relay).
+        let (account, _) = catalog
+            .invite(
+                &patient,
+                tessera_catalog::accounts::Relation::Own,
+                Some(DEMO_PATIENT_EMAIL),
+                "demo",
+            )
+            .await?;
+        // A share the demo patient made for their clinician (passcode 1234), on their Share page.
+        if catalog.shares(&patient).await?.is_empty() {
+            catalog
+                .create_share(
+                    &patient,
+                    &account,
+                    "For my neurologist (demo)",
+                    tessera_catalog::sharing::Contents {
+                        kinds: Vec::new(),
+                        identity: true,
+                    },
+                    tessera_catalog::sharing::DEFAULT_DAYS,
+                    Some("1234"),
+                )
+                .await?;
+        }
         let path = g.data_dir.join("demo.json");
         if let Ok(text) = std::fs::read_to_string(&path)
             && let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&text)
         {
-            doc["patient"] = serde_json::json!({"patient_id": patient, "sign_in": link});
+            doc["patient"] = serde_json::json!({
+                "patient_id": patient,
+                "sign_in": link,
+                "email": DEMO_PATIENT_EMAIL,
+            });
             crate::config::replace_private(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
         }
         say!("a demo patient's earnings page, after `tessera serve`: {link}");

@@ -11,6 +11,7 @@ pub mod payouts;
 pub mod quarantine;
 pub mod release;
 pub mod serve;
+pub mod study;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,4 @@
-//! `tessera patients list` and `tessera stats`.
+//! `tessera patients list`, `tessera patients invite` and `tessera stats`.
 
 use std::process::ExitCode;
 
@@ -20,6 +20,35 @@ pub enum PatientsCommand {
         /// JSON lines on standard output.
         #[arg(long)]
         json: bool,
+    },
+    /// Invites someone to the patients' pages for a stored patient: the patient themself
+    /// (`--relation self`) or a caregiver. Prints a single-use link (7 days); with `--email`,
+    /// the account's sign-in links go to that address from then on.
+    Invite {
+        /// The patient's internal id (`tessera patients list`).
+        #[arg(
+            long,
+            conflicts_with = "identifier",
+            required_unless_present = "identifier"
+        )]
+        patient: Option<String>,
+        /// Or an identifier the patient's records carry, as SYSTEM|VALUE (matched the way
+        /// ingest matches patients).
+        #[arg(long)]
+        identifier: Option<String>,
+        /// self, parent, guardian, spouse, child or other.
+        #[arg(long, default_value = "self")]
+        relation: String,
+        /// The invitee's e-mail address (sign-in links go there).
+        #[arg(long)]
+        email: Option<String>,
+        /// The address patients reach the server at, for the link.
+        #[arg(
+            long,
+            env = "TESSERA_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        public_url: String,
     },
 }
 
@@ -56,6 +85,43 @@ pub async fn run(g: &GlobalArgs, c: PatientsCommand) -> Result<ExitCode> {
                     .collect();
                 output::table(&["patient id", "records", "first ingested"], &rows);
             }
+        }
+        PatientsCommand::Invite {
+            patient,
+            identifier,
+            relation,
+            email,
+            public_url,
+        } => {
+            let relation = tessera_catalog::accounts::Relation::parse(&relation)?;
+            let patient = match (patient, identifier) {
+                (Some(p), _) => p,
+                (None, Some(id)) => {
+                    let (system, value) = id.split_once('|').ok_or_else(|| {
+                        anyhow::anyhow!("--identifier: give SYSTEM|VALUE, such as http://hospital.example.org/mrn|12345")
+                    })?;
+                    catalog
+                        .find_patient_by_identifier(system, value)
+                        .await?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "no single stored patient has that identifier: check the system and value, or give --patient"
+                            )
+                        })?
+                }
+                (None, None) => anyhow::bail!("give --patient or --identifier"),
+            };
+            let (account, token) = catalog
+                .invite(&patient, relation, email.as_deref(), "operator")
+                .await?;
+            say!(
+                "invited: account {account} acts for patient {patient} as {}",
+                relation.as_str()
+            );
+            say!(
+                "{}/me/sign-in?token={token}",
+                public_url.trim_end_matches('/')
+            );
         }
     }
     catalog.close().await;

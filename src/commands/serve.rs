@@ -27,6 +27,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERA_FLIGHT_ADDR", default_value = DEFAULT_FLIGHT_ADDR)]
     pub flight: SocketAddr,
 
+    /// The address patients reach the HTTP service at (behind a proxy, say), for the links in
+    /// sign-in e-mails; default: the HTTP address. Mail goes through `TESSERA_SMTP_URL` (else
+    /// it is written to DATA_DIR/outbox), from `TESSERA_MAIL_FROM`.
+    #[arg(long, env = "TESSERA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// PEM certificate chain for serving Flight SQL over TLS (with --tls-key); the URI becomes
     /// grpc+tls://. Without it Flight SQL is plain gRPC: put it behind a TLS proxy, or on
     /// loopback only.
@@ -98,8 +104,40 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         burst: args.burst,
         enforce: true,
     };
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}: is another server using it?"))
+    };
+    let listener = bind(args.http).await?;
+    let flight_listener = bind(args.flight).await?;
+    let http = format!("http://{}", listener.local_addr()?);
     let payouts_config = tessera::payouts::PayoutsConfig::from_env(&keyring);
+    let mailer = tessera::mail::Mailer::from_env(&g.data_dir)?;
+    // Links in e-mails and passkeys use the public URL. On a loopback address the default is
+    // `localhost` rather than the IP address, because WebAuthn takes no IP address as a relying
+    // party.
+    let local = listener.local_addr()?;
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| {
+            if local.ip().is_loopback() {
+                format!("http://localhost:{}", local.port())
+            } else {
+                http.clone()
+            }
+        })
+        .trim_end_matches('/')
+        .to_string();
+    let passkeys = tessera::api::passkeys::Passkeys::new(&public_url);
+    if let Err(why) = &passkeys {
+        say!("tessera serve: no passkeys: {why}");
+    }
     let patients = tessera::api::patients::PatientServices {
+        mailer: mailer.clone(),
+        passkeys: std::sync::Arc::new(passkeys),
+        public_url,
         payouts: tessera_payouts::Payouts::connect(&g.database_url())
             .await
             .context("cannot open the payouts store")?,
@@ -131,14 +169,6 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         Some(patients),
         Some(query.clone()),
     );
-    let bind = |addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}: is another server using it?"))
-    };
-    let listener = bind(args.http).await?;
-    let flight_listener = bind(args.flight).await?;
-    let http = format!("http://{}", listener.local_addr()?);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             tessera_query::flight::TlsFiles {
@@ -159,6 +189,10 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     record_services(&g.data_dir.join("demo.json"), &http, &flight)?;
     say!("tessera serve: HTTP API on {http} (OpenAPI at {http}/openapi.json)");
     say!("tessera serve: Flight SQL on {flight}; stop with SIGTERM or Ctrl-C");
+    say!(
+        "tessera serve: patients' sign-in e-mails: {}",
+        mailer.describe()
+    );
     for (what, url) in super::demo::console_urls(&http) {
         say!("  {what:<18} {url}");
     }

@@ -55,6 +55,55 @@ fn copy_screenshots(from: &Path) {
     }
 }
 
+/// Runs a script of `tests/browser/` (copied next to the packages `scripts/install-deps`
+/// installed) with `env` and `SHOTS` set to `test-artifacts/<shots>` under the test target's
+/// temporary folder; answers the JSON report it prints.
+pub fn run_browser(script: &str, env: &[(&str, &str)], shots: &str) -> Value {
+    let dir = browser_dir();
+    let copy = dir.join(script);
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/browser")
+            .join(script),
+        &copy,
+    )
+    .expect("copy the browser script next to its node_modules");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("test-artifacts")
+        .join(shots);
+    let _ = std::fs::remove_dir_all(&shots);
+    let out = std::process::Command::new("node")
+        .arg(&copy)
+        .current_dir(&dir)
+        .envs(env.iter().copied())
+        .env("SHOTS", &shots)
+        .output()
+        .expect("node (scripts/install-deps installs Node.js when it is missing)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser run {script} failed: {stderr}"
+    );
+    eprintln!("{script} screenshots: {}", shots.display());
+    serde_json::from_slice(&out.stdout).expect("the browser run's JSON report")
+}
+
+/// No serious or critical axe-core violation on a page of a browser report.
+pub fn assert_accessible(p: &Value) {
+    let bad: Vec<&Value> = p["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .filter(|v| v["impact"] == "serious" || v["impact"] == "critical")
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "axe on {} as {}: {bad:?}",
+        p["path"],
+        p["role"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
     let t = demo_copy();
@@ -185,30 +234,18 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
         .await
         .expect("a query under the active license");
 
-    let dir = browser_dir();
-    let script = dir.join("consoles.mjs");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/consoles.mjs"),
-        &script,
-    )
-    .expect("copy the browser script next to its node_modules");
+    let report = run_browser(
+        "consoles.mjs",
+        &[
+            ("TESSERA_URL", server.base.as_str()),
+            ("ANALYST_KEY", analyst.as_str()),
+            ("OPERATOR_KEY", operator.as_str()),
+            ("PATIENT_KEY", patient.as_str()),
+            ("SUSPEND_LICENSE", license.as_str()),
+        ],
+        "consoles",
+    );
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts/consoles");
-    let _ = std::fs::remove_dir_all(&shots);
-    let out = std::process::Command::new("node")
-        .arg(&script)
-        .current_dir(&dir)
-        .env("TESSERA_URL", &server.base)
-        .env("ANALYST_KEY", &analyst)
-        .env("OPERATOR_KEY", &operator)
-        .env("PATIENT_KEY", &patient)
-        .env("SUSPEND_LICENSE", &license)
-        .env("SHOTS", &shots)
-        .output()
-        .expect("node (scripts/install-deps installs Node.js when it is missing)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser run failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("the browser run's JSON report");
-    eprintln!("console screenshots: {}", shots.display());
 
     // Every page rendered for its role, with no serious or critical accessibility violation.
     let pages = report["pages"].as_array().expect("pages");
@@ -221,18 +258,7 @@ async fn the_consoles_in_chromium_by_role_with_actions_and_accessibility() {
             p["path"],
             p["role"]
         );
-        let bad: Vec<&Value> = p["violations"]
-            .as_array()
-            .expect("violations")
-            .iter()
-            .filter(|v| v["impact"] == "serious" || v["impact"] == "critical")
-            .collect();
-        assert!(
-            bad.is_empty(),
-            "axe on {} as {}: {bad:?}",
-            p["path"],
-            p["role"]
-        );
+        assert_accessible(p);
     }
     let page = |path: &str| {
         pages

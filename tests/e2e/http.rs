@@ -113,10 +113,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(t: &Tessera, extra: &[&str]) -> Server {
+        Server::start_env(t, extra, &[])
+    }
+
+    /// As [`Server::start`], with environment variables (`TESSERA_SMTP_URL`, say).
+    pub fn start_env(t: &Tessera, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = t
             .command()
             .args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

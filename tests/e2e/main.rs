@@ -16,6 +16,7 @@ mod flight;
 mod formats;
 mod http;
 mod licenses;
+mod me;
 mod notebooks;
 mod payouts;
 mod postgres;

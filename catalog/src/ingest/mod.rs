@@ -311,6 +311,55 @@ pub async fn run(
     Ok(report)
 }
 
+/// Stores one FHIR resource a patient made themself (a survey answered on the patients'
+/// pages) through the same parser, extraction, sealing and writer as any ingested file, as an
+/// ingest run of its own under `source`. The resource belongs to `patient_id` whatever its
+/// subject says (the caller has established whose it is); a resource that does not parse is
+/// refused with the problem, and nothing is written.
+pub async fn ingest_own_resource(
+    store: &Store,
+    keyring: &Keyring,
+    patient_id: &str,
+    source: &str,
+    resource: &serde_json::Value,
+) -> Result<IngestReport> {
+    let bytes = serde_json::to_vec(resource)
+        .map_err(|e| CatalogError::internal(format!("serializing a resource: {e}")))?;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let ctx = ParseContext {
+        keyring,
+        source,
+        today: &today,
+    };
+    let parsed = parse::parse_file(&bytes, "resource.json", &ctx);
+    if let Some(p) = parsed.problems.first() {
+        return Err(CatalogError::invalid(format!(
+            "the resource was refused at `{}`: {} ({})",
+            p.field,
+            p.message,
+            p.reason.as_str()
+        )));
+    }
+    if parsed.records.is_empty() {
+        return Err(CatalogError::invalid("the resource holds no record"));
+    }
+    let run_id = hex::encode(random_bytes::<8>()?);
+    let mut tx = store.begin().await?;
+    tx.start_run(&run_id, source).await?;
+    tx.commit().await?;
+    let mut writer = Writer::new(store, keyring, &run_id, source);
+    writer.begin().await?;
+    writer.report.files = 1;
+    writer.report.bytes = bytes.len() as u64;
+    let ready: Vec<(Option<String>, ParsedRecord)> = parsed
+        .records
+        .into_iter()
+        .map(|r| (Some(patient_id.to_string()), r))
+        .collect();
+    writer.write_records(&ready).await?;
+    writer.finish().await
+}
+
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     use ring::rand::SecureRandom;
     let mut b = [0u8; N];
@@ -565,6 +614,7 @@ impl<'a> Writer<'a> {
                 resource_type: &r.resource_type,
                 content_hash: &r.content_hash,
                 sealed: &r.sealed,
+                source: self.source,
             };
             let counts = self
                 .report
