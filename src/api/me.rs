@@ -112,7 +112,7 @@ pub fn layout(title: &str, me: Option<&Me>, body: &str) -> String {
     h
 }
 
-fn page(status: StatusCode, html: String) -> Response {
+pub(crate) fn page(status: StatusCode, html: String) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
@@ -561,11 +561,11 @@ async fn sign_out(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respo
 // ---------------------------------------------------------------------------------------
 // Account
 
-fn date(t: &str) -> &str {
+pub(crate) fn date(t: &str) -> &str {
     &t[..10.min(t.len())]
 }
 
-fn minute(t: &str) -> String {
+pub(crate) fn minute(t: &str) -> String {
     if t.len() >= 16 {
         format!("{} {} UTC", &t[..10], &t[11..16])
     } else {

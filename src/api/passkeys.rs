@@ -182,7 +182,6 @@ async fn register_start(State(s): State<AppState>, h: HeaderMap) -> Response {
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(&p.credential_id)
                 .ok()
-                .map(Into::into)
         })
         .collect();
     // The name the authenticator shows: the account's address, else a generic one (never a

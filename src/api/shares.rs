@@ -31,7 +31,7 @@ use tessera_catalog::model::RecordKind;
 use tessera_catalog::sharing::{Contents, DEFAULT_DAYS, Refused, ShareError};
 
 use super::AppState;
-use super::me::{Refusal, form_me, layout, me};
+use super::me::{Refusal, form_me, layout, me, minute};
 use super::web::esc;
 
 pub fn routes() -> Router<AppState> {
@@ -72,14 +72,6 @@ const KINDS: [(RecordKind, &str); 8] = [
     (RecordKind::Variant, "Genetic variants"),
     (RecordKind::SurveyResponse, "Survey answers"),
 ];
-
-fn minute(t: &str) -> String {
-    if t.len() >= 16 {
-        format!("{} {} UTC", &t[..10], &t[11..16])
-    } else {
-        t.to_string()
-    }
-}
 
 async fn share_page(State(s): State<AppState>, h: HeaderMap) -> Response {
     let me = match me(&s, &h).await {

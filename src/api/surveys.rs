@@ -17,15 +17,15 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tessera_catalog::surveys::{Fields, Filled, Item, ItemType, Standing, Stored, Submitted};
 
 use super::AppState;
-use super::me::{Me, Refusal, form_me, layout, me};
+use super::me::{Me, Refusal, date, form_me, layout, me, page};
 use super::web::esc;
 
 pub fn routes() -> Router<AppState> {
@@ -33,14 +33,6 @@ pub fn routes() -> Router<AppState> {
         .route("/me/surveys", get(list))
         .route("/me/surveys/{id}", get(form_page).post(post_form))
         .route("/v1/admin/questionnaires", post(add_questionnaire))
-}
-
-fn page(status: StatusCode, html: String) -> Response {
-    (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
-}
-
-fn date(t: &str) -> &str {
-    &t[..10.min(t.len())]
 }
 
 async fn list(
