@@ -232,40 +232,165 @@ fn money(minor: i64, c: Currency) -> String {
     )
 }
 
-/// Earnings over time as an inline SVG step line (no script).
+/// Days since 1970 of a `YYYY-MM-DD` day (the series' keys), if it parses.
+fn day_number(day: &str) -> Option<i64> {
+    chrono::NaiveDate::parse_from_str(day.get(..10)?, "%Y-%m-%d")
+        .ok()
+        .map(|d| {
+            d.signed_duration_since(chrono::NaiveDate::default())
+                .num_days()
+        })
+}
+
+/// Cumulative earnings over time as an inline SVG (no script) that reads well whatever the
+/// history: one day of earnings is one bar with its date and amount; longer histories are a
+/// step line on a time axis (days placed by date, not by index), with a tick for each year
+/// when they span more than one. A table of the same figures follows for screen readers.
 fn chart(series: &[(String, i64)], c: Currency) -> String {
-    let (w, h, pad) = (640.0f64, 200.0f64, 36.0f64);
-    if series.is_empty() {
+    let (w, h, pad) = (640.0f64, 200.0f64, 44.0f64);
+    let points: Vec<(i64, &str, i64)> = series
+        .iter()
+        .filter_map(|(d, v)| day_number(d).map(|n| (n, d.as_str(), *v)))
+        .collect();
+    let Some(&(first, first_label, _)) = points.first() else {
         return "<p class=\"muted\">No earnings yet.</p>".into();
-    }
-    let max = series.iter().map(|(_, v)| *v).max().unwrap_or(1).max(1) as f64;
-    let n = series.len().max(2) as f64 - 1.0;
-    // From zero at the first day, so a single day of earnings still draws a line.
-    let mut pts = format!("{pad:.1},{:.1} ", h - pad);
-    for (i, (_, v)) in series.iter().enumerate() {
-        let x = pad + (w - 2.0 * pad) * (i as f64 / n);
-        let y = h - pad - (h - 2.0 * pad) * (*v as f64 / max);
-        let _ = write!(pts, "{x:.1},{y:.1} ");
-    }
-    let first = esc(&series[0].0);
-    let last = esc(&series[series.len() - 1].0);
-    format!(
-        "<svg role=\"img\" aria-label=\"Cumulative earnings over time\" viewBox=\"0 0 {w} {h}\" width=\"100%\" height=\"{h}\">\
-<line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#999\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#999\"/>\
-<polyline fill=\"none\" stroke=\"#1b6ac9\" stroke-width=\"3\" points=\"{pts}\"/>\
-<text x=\"{pad}\" y=\"{ty}\" font-size=\"12\">{first}</text><text x=\"{x1}\" y=\"{ty}\" font-size=\"12\" text-anchor=\"end\">{last}</text>\
-<text x=\"{tx}\" y=\"{ymax}\" font-size=\"12\" text-anchor=\"end\">{top}</text></svg>",
+    };
+    let &(last, last_label, total) = points.last().unwrap_or(&points[0]);
+    let max = points.iter().map(|p| p.2).max().unwrap_or(1).max(1) as f64;
+    let y = |v: i64| h - pad - (h - 2.0 * pad) * (v as f64 / max);
+    let mut svg = format!(
+        "<svg role=\"img\" aria-labelledby=\"chart-title\" viewBox=\"0 0 {w} {h}\" width=\"100%\" height=\"{h}\"><title id=\"chart-title\">Earnings over time: {} in all by {}</title>\
+<line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#767676\"/>",
+        esc(&money(total, c)),
+        esc(last_label),
         y0 = h - pad,
         x1 = w - pad,
-        ty = h - 12.0,
-        tx = pad - 4.0,
-        ymax = pad + 4.0,
-        top = esc(&money(max as i64, c)),
-    )
+    );
+    if first == last {
+        // One day: a bar, labelled.
+        let (bx, bw) = (w / 2.0 - 30.0, 60.0);
+        let _ = write!(
+            svg,
+            "<rect x=\"{bx}\" y=\"{top:.1}\" width=\"{bw}\" height=\"{hh:.1}\" fill=\"#1b6ac9\"/>\
+<text x=\"{cx}\" y=\"{ty:.1}\" font-size=\"13\" text-anchor=\"middle\">{amount}</text>\
+<text x=\"{cx}\" y=\"{dy}\" font-size=\"12\" text-anchor=\"middle\">{day}</text>",
+            top = y(total),
+            hh = (h - pad) - y(total),
+            cx = w / 2.0,
+            ty = y(total) - 6.0,
+            amount = esc(&money(total, c)),
+            dy = h - pad + 16.0,
+            day = esc(first_label),
+        );
+    } else {
+        let span = (last - first) as f64;
+        let x = |d: i64| pad + (w - 2.0 * pad) * ((d - first) as f64 / span);
+        // A step line: the total holds until the next day with earnings.
+        let mut pts = format!("{:.1},{:.1} ", x(first), y(0));
+        let mut prev = 0;
+        for &(d, _, v) in &points {
+            let _ = write!(pts, "{:.1},{:.1} {:.1},{:.1} ", x(d), y(prev), x(d), y(v));
+            prev = v;
+        }
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"#1b6ac9\" stroke-width=\"3\" points=\"{pts}\"/>"
+        );
+        // Year ticks when the history spans years; else the first and last days.
+        let first_year: i32 = first_label
+            .get(..4)
+            .and_then(|y| y.parse().ok())
+            .unwrap_or(1970);
+        let last_year: i32 = last_label
+            .get(..4)
+            .and_then(|y| y.parse().ok())
+            .unwrap_or(1970);
+        if last_year > first_year {
+            for year in (first_year + 1)..=last_year {
+                if let Some(d) = day_number(&format!("{year}-01-01")) {
+                    let _ = write!(
+                        svg,
+                        "<line x1=\"{tx:.1}\" y1=\"{y0}\" x2=\"{tx:.1}\" y2=\"{y1}\" stroke=\"#767676\"/><text x=\"{tx:.1}\" y=\"{ly}\" font-size=\"12\" text-anchor=\"middle\">{year}</text>",
+                        tx = x(d),
+                        y0 = h - pad,
+                        y1 = h - pad + 5.0,
+                        ly = h - pad + 18.0,
+                    );
+                }
+            }
+        } else {
+            let _ = write!(
+                svg,
+                "<text x=\"{pad}\" y=\"{ly}\" font-size=\"12\">{}</text><text x=\"{x1}\" y=\"{ly}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+                esc(first_label),
+                esc(last_label),
+                ly = h - pad + 18.0,
+                x1 = w - pad,
+            );
+        }
+        let _ = write!(
+            svg,
+            "<text x=\"{tx}\" y=\"{ty:.1}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+            esc(&money(total, c)),
+            tx = w - pad,
+            ty = y(total) - 6.0,
+        );
+    }
+    svg.push_str("</svg>");
+    // The same figures as text: by month for long histories, by day for short ones.
+    let monthly = points.len() > 12;
+    let mut rows: Vec<(String, i64)> = Vec::new();
+    for &(_, d, v) in &points {
+        let key = if monthly { d.get(..7).unwrap_or(d) } else { d }.to_string();
+        match rows.last_mut() {
+            Some((k, total)) if *k == key => *total = v,
+            _ => rows.push((key, v)),
+        }
+    }
+    let _ = write!(
+        svg,
+        "<details><summary>The figures</summary><table><tr><th scope=\"col\">{}</th><th scope=\"col\">Earned by then</th></tr>",
+        if monthly { "Month" } else { "Day" }
+    );
+    for (k, v) in rows {
+        let _ = write!(
+            svg,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(&k),
+            esc(&money(v, c))
+        );
+    }
+    svg.push_str("</table></details>");
+    svg
 }
 
 /// The earnings page's body.
-fn render(e: &Earnings, token: &str, orgs: &[tessera_payouts::payout::AdvocacyOrg]) -> String {
+/// A survey's name for people: the questionnaire's title when Tessera holds it, else the last
+/// part of its URL in words (`…/quality-of-life` → "Quality of life").
+fn survey_title(url: &str, titles: &HashMap<String, String>) -> String {
+    let canonical = url.split('|').next().unwrap_or(url);
+    if let Some(t) = titles.get(canonical) {
+        return t.clone();
+    }
+    let last = canonical
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(canonical)
+        .replace(['-', '_'], " ");
+    let mut c = last.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => canonical.to_string(),
+    }
+}
+
+fn render(
+    e: &Earnings,
+    token: &str,
+    orgs: &[tessera_payouts::payout::AdvocacyOrg],
+    titles: &HashMap<String, String>,
+) -> String {
     let c = e.currency;
     let mut h = String::with_capacity(8192);
     h.push_str("<div class=\"cards\">");
@@ -312,8 +437,8 @@ fn render(e: &Earnings, token: &str, orgs: &[tessera_payouts::payout::AdvocacyOr
                 l.source.license.as_deref().unwrap_or("")
             ),
             "survey_incentive" => format!(
-                "Survey {} (study {})",
-                l.source.survey.as_deref().unwrap_or(""),
+                "Survey “{}” (study {})",
+                survey_title(l.source.survey.as_deref().unwrap_or(""), titles),
                 l.source.study.as_deref().unwrap_or("")
             ),
             "study_enrollment" => {
@@ -434,12 +559,20 @@ async fn page(State(s): State<AppState>, h: HeaderMap) -> Response {
         Ok(svc) => svc.payouts.advocacy_orgs().await.unwrap_or_default(),
         Err(r) => return r,
     };
+    let titles: HashMap<String, String> = s
+        .catalog
+        .questionnaires()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|q| (q.questionnaire.url, q.questionnaire.title))
+        .collect();
     (
         [(header::CACHE_CONTROL, "no-store")],
         Html(super::me::layout(
             "Your earnings",
             Some(&me),
-            &render(&e, &me.csrf, &orgs),
+            &render(&e, &me.csrf, &orgs, &titles),
         )),
     )
         .into_response()
@@ -499,5 +632,70 @@ async fn set_choice(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Res
             "retry",
             "could not save your choice now",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_day_of_earnings_is_one_labelled_bar() {
+        let svg = chart(&[("2026-10-02".into(), 4_000)], Currency::USD);
+        assert_eq!(svg.matches("<rect").count(), 1);
+        assert!(svg.contains("$40.00") && svg.contains("2026-10-02"));
+        assert!(!svg.contains("<polyline"));
+    }
+
+    #[test]
+    fn years_of_earnings_are_placed_by_date_with_year_ticks() {
+        let series: Vec<(String, i64)> = (0..30)
+            .map(|i| {
+                let d = chrono::NaiveDate::from_ymd_opt(2023, 1, 15).expect("date")
+                    + chrono::Duration::days(i * 40);
+                (d.format("%Y-%m-%d").to_string(), (i + 1) * 500)
+            })
+            .collect();
+        let svg = chart(&series, Currency::USD);
+        assert!(svg.contains("<polyline"));
+        for year in ["2024", "2025", "2026"] {
+            assert!(
+                svg.contains(&format!(">{year}</text>")),
+                "a tick for {year}"
+            );
+        }
+        assert!(
+            svg.contains("<th scope=\"col\">Month</th>"),
+            "long histories by month"
+        );
+        assert!(svg.contains("$150.00"), "the total");
+    }
+
+    #[test]
+    fn surveys_are_named_by_their_titles() {
+        let mut titles = HashMap::new();
+        titles.insert(
+            "https://tessera.example/Questionnaire/seizure-diary".to_string(),
+            "Seizures this month".to_string(),
+        );
+        assert_eq!(
+            survey_title(
+                "https://tessera.example/Questionnaire/seizure-diary|1.0",
+                &titles
+            ),
+            "Seizures this month"
+        );
+        assert_eq!(
+            survey_title(
+                "https://tessera.example/Questionnaire/quality-of-life",
+                &titles
+            ),
+            "Quality of life"
+        );
+    }
+
+    #[test]
+    fn no_earnings_say_so() {
+        assert!(chart(&[], Currency::USD).contains("No earnings yet"));
     }
 }
