@@ -56,9 +56,9 @@ impl std::fmt::Debug for OwnData {
 }
 
 impl Catalog {
-    /// Everything the catalog holds about a patient, for the patient: identity, every record
-    /// (every category, whatever the consent), where each came from, and the consent history.
-    pub async fn own_data(&self, patient_id: &str) -> Result<OwnData> {
+    /// The identity the catalog holds for a patient (names, birth date, address,
+    /// identifiers), for the patient or an account acting for them: one sealed row, no records.
+    pub async fn own_identity(&self, patient_id: &str) -> Result<PatientIdentity> {
         let sealed = self
             .store
             .patient_identity(patient_id)
@@ -67,9 +67,14 @@ impl Catalog {
                 what: format!("patient {patient_id}"),
                 hint: "the patient may have been deleted".into(),
             })?;
-        let identity =
-            serde_json::from_slice(&self.keyring.open(&sealed, &patient_aad(patient_id))?)
-                .map_err(|_| CatalogError::internal("a stored identity does not parse"))?;
+        serde_json::from_slice(&self.keyring.open(&sealed, &patient_aad(patient_id))?)
+            .map_err(|_| CatalogError::internal("a stored identity does not parse"))
+    }
+
+    /// Everything the catalog holds about a patient, for the patient: identity, every record
+    /// (every category, whatever the consent), where each came from, and the consent history.
+    pub async fn own_data(&self, patient_id: &str) -> Result<OwnData> {
+        let identity = self.own_identity(patient_id).await?;
         let mut records = Vec::new();
         for (record_id, kind, source, received_at, updated_at, sealed) in
             self.store.own_records(patient_id).await?

@@ -575,10 +575,10 @@ pub(crate) fn minute(t: &str) -> String {
 
 /// The name a caregiver sees for a patient they act for: given and family name.
 async fn patient_name(s: &AppState, patient_id: &str) -> String {
-    match s.catalog.own_data(patient_id).await {
-        Ok(d) => {
-            let mut n = d.identity.given_names.join(" ");
-            if let Some(f) = &d.identity.family_name {
+    match s.catalog.own_identity(patient_id).await {
+        Ok(identity) => {
+            let mut n = identity.given_names.join(" ");
+            if let Some(f) = &identity.family_name {
                 if !n.is_empty() {
                     n.push(' ');
                 }
