@@ -32,6 +32,18 @@ pub struct GlobalArgs {
     )]
     pub database_url: Option<String>,
 
+    /// Database URL of the key vault: each patient's data key, wrapped under the master key
+    /// (deleting a patient destroys theirs). Default: a SQLite file beside a SQLite catalog
+    /// (`tessera.keys.db`), or the catalog's own PostgreSQL database. Keep it apart from the
+    /// data's backups, on a shorter retention: see docs/operations.md.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_KEY_VAULT",
+        hide_env_values = true
+    )]
+    pub key_vault: Option<String>,
+
     /// File holding the master key (64 hex characters). Default: <data-dir>/master.key.
     /// TESSERA_MASTER_KEY, when set, takes precedence.
     #[arg(long, global = true, env = "TESSERA_KEY_FILE")]
@@ -60,6 +72,16 @@ impl GlobalArgs {
                 "sqlite://{}?mode=rwc",
                 self.data_dir.join(DATABASE_FILE_NAME).display()
             ),
+        }
+    }
+
+    /// The key vault's database URL (see `--key-vault`).
+    pub fn key_vault_url(&self) -> Result<String> {
+        match &self.key_vault {
+            Some(url) => Ok(url.clone()),
+            None => Ok(tessera_catalog::vault::Vault::default_url(
+                &self.database_url(),
+            )?),
         }
     }
 

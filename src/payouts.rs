@@ -227,3 +227,57 @@ pub async fn credit_surveys(payouts: &Payouts, catalog: &Catalog) -> Result<usiz
     }
     Ok(new)
 }
+
+/// What erasing a patient did.
+#[derive(Debug)]
+pub enum Erasure {
+    /// Deleted: what the catalog removed and how the patient's earnings were closed.
+    Done {
+        deletion: tessera_catalog::deletion::Deletion,
+        closing: tessera_payouts::closure::Closing,
+    },
+    /// Not deleted (nothing changed): payouts are still on their way at a provider.
+    PaymentsInFlight(Vec<tessera_payouts::payout::PayoutRow>),
+}
+
+/// Erases a patient at their request (or their guardian's, or an operator's on their behalf):
+/// closes their earnings first (payouts settled or voided, the rest kept as unclaimed funds:
+/// [`tessera_payouts::closure`]), then deletes their data and destroys their data key
+/// ([`tessera_catalog::deletion`]), and records the erasure in the audit chain under the
+/// pseudonymous id. `principal` names who asked in the audit (an account id, `operator-cli`).
+pub async fn erase_patient(
+    catalog: &Catalog,
+    payouts: &Payouts,
+    rails: &Rails,
+    audit: &tessera_licensing::store::LicensingStore,
+    patient_id: &str,
+    requested_by: &str,
+    principal: &str,
+) -> Result<Erasure> {
+    use tessera_payouts::closure::Closing;
+    let closing = payouts.close_patient(patient_id, rails).await?;
+    if let Closing::InFlight { payouts } = closing {
+        return Ok(Erasure::PaymentsInFlight(payouts));
+    }
+    // The operator's sign-in links for the patient are keys of theirs: revoked first.
+    audit
+        .revoke_patient_keys(patient_id)
+        .await
+        .context("revoking the patient's sign-in keys (nothing was deleted)")?;
+    let deletion = catalog.delete_patient(patient_id, requested_by).await?;
+    audit
+        .append_audit(tessera_licensing::audit::Event {
+            at: tessera_catalog::consent::timestamp(Utc::now()),
+            principal: principal.to_string(),
+            license: None,
+            action: "patient.delete".into(),
+            resource: format!("patient:{patient_id}"),
+            decision: "allow".into(),
+            query_sha256: None,
+            rows: Some(deletion.deleted.records),
+            persons: Some(1),
+        })
+        .await
+        .context("recording the deletion in the audit chain (the data is deleted)")?;
+    Ok(Erasure::Done { deletion, closing })
+}

@@ -67,7 +67,12 @@ impl Catalog {
                 what: format!("patient {patient_id}"),
                 hint: "the patient may have been deleted".into(),
             })?;
-        serde_json::from_slice(&self.keyring.open(&sealed, &patient_aad(patient_id))?)
+        serde_json::from_slice(
+            &self
+                .vault
+                .open(patient_id, &sealed, &patient_aad(patient_id))
+                .await?,
+        )
             .map_err(|_| CatalogError::internal("a stored identity does not parse"))
     }
 
@@ -79,7 +84,12 @@ impl Catalog {
         for (record_id, kind, source, received_at, updated_at, sealed) in
             self.store.own_records(patient_id).await?
         {
-            let body = payload::decode(&self.keyring.open(&sealed, &record_aad(&record_id))?)?;
+            let body = payload::decode(
+                &self
+                    .vault
+                    .open(patient_id, &sealed, &record_aad(&record_id))
+                    .await?,
+            )?;
             records.push(OwnRecord {
                 kind: RecordKind::parse(&kind).unwrap_or(RecordKind::Other),
                 record_id,

@@ -43,6 +43,107 @@ struct DataKey {
     aead: LessSafeKey,
 }
 
+impl DataKey {
+    fn seal(&self, rng: &SystemRandom, plaintext: &[u8], aad: &[u8]) -> Result<Sealed> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce).map_err(|_| CatalogError::Key {
+            message: "the system random number generator failed".into(),
+        })?;
+        let mut buf = plaintext.to_vec();
+        self.aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| CatalogError::internal("AES-GCM sealing failed"))?;
+        Ok(Sealed {
+            key_id: self.id.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext: buf,
+        })
+    }
+
+    fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>> {
+        let nonce = <[u8; NONCE_LEN]>::try_from(sealed.nonce.as_slice())
+            .map_err(|_| CatalogError::internal("stored nonce has the wrong length"))?;
+        let mut buf = sealed.ciphertext.clone();
+        let len = self
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| CatalogError::Key {
+                message: "a stored value failed authentication: wrong key, or the row was altered"
+                    .into(),
+            })?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+/// A patient's own data key (crypto-shredding). Everything Tessera holds about one patient
+/// (identity, records, survey drafts, shares) is sealed under it; it is stored only wrapped
+/// under the master key, in the key vault, apart from the data (see `vault`). Destroying it
+/// makes every copy of that patient's rows unreadable, backups included. Its id (`p:` and 16
+/// hex digits) goes in each sealed value's key id, so a reader knows which key to ask for.
+pub struct PatientKey {
+    key: DataKey,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for PatientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PatientKey")
+            .field("id", &self.key.id)
+            .finish()
+    }
+}
+
+impl PatientKey {
+    /// How the key id of a value sealed under a patient key starts.
+    pub const ID_PREFIX: &'static str = "p:";
+
+    fn from_parts(id: &[u8], material: &[u8]) -> PatientKey {
+        let unbound = UnboundKey::new(&AES_256_GCM, material).expect("AES-256 takes a 32-byte key");
+        PatientKey {
+            key: DataKey {
+                id: format!("{}{}", Self::ID_PREFIX, hex::encode(id)),
+                aead: LessSafeKey::new(unbound),
+            },
+            rng: SystemRandom::new(),
+        }
+    }
+
+    fn wrap_aad(patient_id: &str) -> Vec<u8> {
+        format!("vault/{patient_id}").into_bytes()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.key.id
+    }
+
+    /// Seals `plaintext` under this patient's key; `aad` names the row.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Sealed> {
+        self.key.seal(&self.rng, plaintext, aad)
+    }
+
+    /// Opens a value sealed under this key.
+    pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>> {
+        if sealed.key_id != self.key.id {
+            return Err(CatalogError::Key {
+                message: "a stored value was sealed under another data key than this patient's \
+                          (the row was moved, or the patient's key was replaced)"
+                    .into(),
+            });
+        }
+        self.key.open(sealed, aad)
+    }
+}
+
 /// The master key and its derived keys. Debug output never shows key material.
 pub struct Keyring {
     current: DataKey,
@@ -169,24 +270,7 @@ impl Keyring {
 
     /// Seals `plaintext`; `aad` names the row (table and id) the value belongs to.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Sealed> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| CatalogError::Key {
-            message: "the system random number generator failed".into(),
-        })?;
-        let mut buf = plaintext.to_vec();
-        self.current
-            .aead
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
-            .map_err(|_| CatalogError::internal("AES-GCM sealing failed"))?;
-        Ok(Sealed {
-            key_id: self.current.id.clone(),
-            nonce: nonce.to_vec(),
-            ciphertext: buf,
-        })
+        self.current.seal(&self.rng, plaintext, aad)
     }
 
     /// Opens a sealed value. Fails when the key is unknown or the value was tampered with or
@@ -196,29 +280,47 @@ impl Keyring {
             .chain(self.previous.iter())
             .find(|k| k.id == sealed.key_id)
             .ok_or_else(|| CatalogError::Key {
-                message: format!(
-                    "a stored value was sealed with key {}, which this keyring does not hold; \
-                     supply that master key (TESSERA_MASTER_KEY or --key-file)",
-                    sealed.key_id
-                ),
+                message: if sealed.key_id.starts_with(PatientKey::ID_PREFIX) {
+                    "a stored value was sealed with a patient's data key, and was read without it \
+                     (please report this)"
+                        .to_string()
+                } else {
+                    format!(
+                        "a stored value was sealed with key {}, which this keyring does not hold; \
+                         supply that master key (TESSERA_MASTER_KEY or --key-file)",
+                        sealed.key_id
+                    )
+                },
             })?;
-        let nonce = <[u8; NONCE_LEN]>::try_from(sealed.nonce.as_slice())
-            .map_err(|_| CatalogError::internal("stored nonce has the wrong length"))?;
-        let mut buf = sealed.ciphertext.clone();
-        let plain = key
-            .aead
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
+        key.open(sealed, aad)
+    }
+
+    /// A fresh random patient data key, and its wrapped form (sealed under the current master
+    /// key, bound to the patient) for the key vault.
+    pub fn new_patient_key(&self, patient_id: &str) -> Result<(PatientKey, Sealed)> {
+        let mut material = [0u8; 32];
+        let mut id = [0u8; 8];
+        self.rng
+            .fill(&mut material)
+            .and_then(|()| self.rng.fill(&mut id))
             .map_err(|_| CatalogError::Key {
-                message: "a stored value failed authentication: wrong key, or the row was altered"
-                    .into(),
+                message: "the system random number generator failed".into(),
             })?;
-        let len = plain.len();
-        buf.truncate(len);
-        Ok(buf)
+        let mut plain = id.to_vec();
+        plain.extend_from_slice(&material);
+        let wrapped = self.seal(&plain, &PatientKey::wrap_aad(patient_id))?;
+        Ok((PatientKey::from_parts(&id, &material), wrapped))
+    }
+
+    /// Unwraps a patient data key read from the key vault.
+    pub fn unwrap_patient_key(&self, patient_id: &str, wrapped: &Sealed) -> Result<PatientKey> {
+        let plain = self.open(wrapped, &PatientKey::wrap_aad(patient_id))?;
+        if plain.len() != 8 + 32 {
+            return Err(CatalogError::internal(
+                "a wrapped patient data key has the wrong length",
+            ));
+        }
+        Ok(PatientKey::from_parts(&plain[..8], &plain[8..]))
     }
 
     /// A keyed hash (HMAC-SHA-256, hex, 160 bits) of bytes under a label, for change detection

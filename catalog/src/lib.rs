@@ -9,6 +9,7 @@ pub mod access;
 pub mod accounts;
 pub mod consent;
 pub mod crypto;
+pub mod deletion;
 pub mod error;
 pub mod ingest;
 pub mod model;
@@ -18,6 +19,7 @@ pub mod sharing;
 mod store;
 pub mod surveys;
 pub mod synthetic;
+pub mod vault;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,17 +82,31 @@ pub struct PatientListing {
     pub records: i64,
 }
 
-/// The catalog: store plus keyring.
+/// The catalog: store, keyring and key vault.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     store: store::Store,
     keyring: Arc<Keyring>,
+    vault: vault::Vault,
 }
 
 impl Catalog {
-    /// Opens (creating and migrating if needed) the catalog at a database URL.
+    /// Opens (creating and migrating if needed) the catalog at a database URL, with its key
+    /// vault where [`vault::Vault::default_url`] puts it.
     /// Refuses a keyring that holds none of the keys this database was written with.
     pub async fn open(database_url: &str, keyring: Keyring) -> Result<Catalog> {
+        let vault_url = vault::Vault::default_url(database_url)?;
+        Catalog::open_with_vault(database_url, &vault_url, keyring).await
+    }
+
+    /// Opens the catalog at a database URL with its key vault at `vault_url` (see [`vault`]).
+    /// Finishes any deletion an earlier process recorded but could not complete (the key
+    /// destroyed after the rows: see [`Catalog::delete_patient`]).
+    pub async fn open_with_vault(
+        database_url: &str,
+        vault_url: &str,
+        keyring: Keyring,
+    ) -> Result<Catalog> {
         let store = store::Store::connect(database_url).await?;
         let checks = store.key_checks().await?;
         let opens = |s: &crypto::Sealed| {
@@ -116,10 +132,15 @@ impl Catalog {
                 .add_key_check(&keyring.seal(KEY_CHECK_TEXT, KEY_CHECK_AAD)?)
                 .await?;
         }
-        Ok(Catalog {
+        let keyring = Arc::new(keyring);
+        let vault = vault::Vault::connect(vault_url, Arc::clone(&keyring)).await?;
+        let catalog = Catalog {
             store,
-            keyring: Arc::new(keyring),
-        })
+            keyring,
+            vault,
+        };
+        catalog.finish_deletions().await?;
+        Ok(catalog)
     }
 
     pub fn backend(&self) -> Backend {
@@ -128,6 +149,7 @@ impl Catalog {
 
     pub async fn close(&self) {
         self.store.close().await;
+        self.vault.close().await;
     }
 
     /// Ingests files, folders and archives. See [`ingest`].
@@ -140,6 +162,7 @@ impl Catalog {
         ingest::run(
             &self.store,
             Arc::clone(&self.keyring),
+            &self.vault,
             paths,
             options,
             progress,
@@ -292,8 +315,11 @@ impl Catalog {
     }
 
     /// Every consent event of a patient, by purpose, oldest first.
+    /// Kept after the patient's deletion (the record of what they allowed, and when).
     pub async fn consent_history(&self, patient_id: &str) -> Result<Vec<ConsentRow>> {
-        self.require_patient(patient_id).await?;
+        if !self.store.patient_known(patient_id).await? {
+            self.require_patient(patient_id).await?;
+        }
         self.store.consent_history(patient_id).await
     }
 
@@ -362,6 +388,8 @@ impl Catalog {
     /// The summaries of patients as [`Catalog::consented_patients`] lists them, each with only
     /// the records its consent scope covers. Private: a caller must have asked the registry.
     async fn summaries_of(&self, patients: &[(String, Scope)]) -> Result<Vec<PatientSummary>> {
+        let ids: Vec<&str> = patients.iter().map(|(id, _)| id.as_str()).collect();
+        self.vault.preload(&ids).await?;
         let mut out = Vec::with_capacity(patients.len());
         for (patient_id, scope) in patients {
             let patient_id = patient_id.clone();
@@ -374,13 +402,19 @@ impl Catalog {
                 })?;
             let identity = serde_json::from_slice(
                 &self
-                    .keyring
-                    .open(&sealed, &ingest::patient_aad(&patient_id))?,
+                    .vault
+                    .open(&patient_id, &sealed, &ingest::patient_aad(&patient_id))
+                    .await?,
             )
             .map_err(|e| CatalogError::internal(format!("stored identity does not parse: {e}")))?;
             let mut records = Vec::new();
             for (record_id, _kind, sealed) in self.store.patient_records(&patient_id).await? {
-                let body = payload::decode(&self.keyring.open(&sealed, &record_aad(&record_id))?)?;
+                let body = payload::decode(
+                    &self
+                        .vault
+                        .open(&patient_id, &sealed, &record_aad(&record_id))
+                        .await?,
+                )?;
                 if scope.covers(&body.categories) {
                     records.push(StoredRecord { record_id, body });
                 }
@@ -521,7 +555,12 @@ impl Catalog {
         let mut out = Vec::new();
         let kind = model::RecordKind::SurveyResponse.as_str();
         for (patient_id, record_id, sealed) in self.store.records_of_kind(kind).await? {
-            let body = payload::decode(&self.keyring.open(&sealed, &record_aad(&record_id))?)?;
+            let body = payload::decode(
+                &self
+                    .vault
+                    .open(&patient_id, &sealed, &record_aad(&record_id))
+                    .await?,
+            )?;
             if let model::Clinical::SurveyResponse {
                 questionnaire: Some(q),
                 status,

@@ -373,11 +373,15 @@ impl Catalog {
             contents,
             key: key_text.clone(),
         };
-        let sealed = self.keyring.seal(
-            &serde_json::to_vec(&secret)
-                .map_err(|e| CatalogError::internal(format!("sealing a share: {e}")))?,
-            &share_aad(&share_id),
-        )?;
+        let sealed = self
+            .vault
+            .seal(
+                patient_id,
+                &serde_json::to_vec(&secret)
+                    .map_err(|e| CatalogError::internal(format!("sealing a share: {e}")))?,
+                &share_aad(&share_id),
+            )
+            .await?;
         let expires_at = now + Duration::days(days);
         self.store
             .insert_share(&ShareRow {
@@ -403,21 +407,29 @@ impl Catalog {
         })
     }
 
-    fn open_secret(&self, row: &ShareRow) -> Result<Secret> {
-        serde_json::from_slice(&self.keyring.open(&row.sealed, &share_aad(&row.share_id))?)
-            .map_err(|_| CatalogError::internal("a stored share does not parse"))
+    async fn open_secret(&self, row: &ShareRow) -> Result<Secret> {
+        serde_json::from_slice(
+            &self
+                .vault
+                .open(&row.patient_id, &row.sealed, &share_aad(&row.share_id))
+                .await?,
+        )
+        .map_err(|_| CatalogError::internal("a stored share does not parse"))
     }
 
     /// A patient's shares, newest first, each with its views.
     pub async fn shares(&self, patient_id: &str) -> Result<Vec<Share>> {
         let mut out = Vec::new();
         for row in self.store.shares_of(patient_id).await? {
-            let secret = self.open_secret(&row)?;
+            let secret = self.open_secret(&row).await?;
             let mut views = Vec::new();
             for v in self.store.share_views(&row.share_id).await? {
-                let recipient =
-                    String::from_utf8(self.keyring.open(&v.recipient, &view_aad(&v.view_id))?)
-                        .unwrap_or_default();
+                let recipient = String::from_utf8(
+                    self.vault
+                        .open(patient_id, &v.recipient, &view_aad(&v.view_id))
+                        .await?,
+                )
+                .unwrap_or_default();
                 views.push(ShareView {
                     at: v.at,
                     what: v.what,
@@ -516,8 +528,9 @@ impl Catalog {
         };
         let view_id = format!("shv_{}", hex::encode(random_bytes::<10>()?));
         let sealed = self
-            .keyring
-            .seal(recipient.as_bytes(), &view_aad(&view_id))?;
+            .vault
+            .seal(&row.patient_id, recipient.as_bytes(), &view_aad(&view_id))
+            .await?;
         let outcome = refusal.as_ref().map_or("ok", |(o, _)| *o);
         self.store
             .insert_share_view(&ShareViewRow {
@@ -532,7 +545,7 @@ impl Catalog {
         if let Some((_, r)) = refusal {
             return Err(ShareError::Refused(r));
         }
-        let secret = self.open_secret(&row)?;
+        let secret = self.open_secret(&row).await?;
         let key: [u8; 32] = unb64(&secret.key)?
             .try_into()
             .map_err(|_| CatalogError::internal("a stored share key has the wrong length"))?;

@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "accounts",
         sql: include_str!("../migrations/0003_accounts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "deletion",
+        sql: include_str!("../migrations/0004_deletion.sql"),
+    },
 ];
 
 /// Bound parameters per bulk statement: below SQLite's 32,766 and PostgreSQL's 65,535 limits.
@@ -115,6 +120,16 @@ pub struct ConsentRow {
     pub actor: String,
 }
 
+/// What a patient's deletion removed, counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeletedRows {
+    pub records: u64,
+    pub shares: u64,
+    pub drafts: u64,
+    pub accounts: u64,
+    pub account_links: u64,
+}
+
 /// Totals of one ingest run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunTotals {
@@ -167,48 +182,198 @@ fn placeholders(backend: Backend, first: usize, n: usize) -> String {
     }
 }
 
+
+/// A pool on `url`. SQLite connections get WAL, full syncs and foreign keys; `secure_delete`
+/// (the key vault's) also zeroes deleted content in the file, so a destroyed key's bytes do
+/// not linger in free pages.
+async fn connect_pool(url: &str, secure_delete: bool) -> Result<(AnyPool, Backend)> {
+    sqlx::any::install_default_drivers();
+    let backend = if url.starts_with("sqlite:") {
+        Backend::Sqlite
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Backend::Postgres
+    } else {
+        return Err(CatalogError::invalid(
+            "the database URL must start with sqlite: or postgres: (for example sqlite://tessera-data/tessera.db)",
+        ));
+    };
+    let options = AnyConnectOptions::from_str(url)
+        .map_err(|e| CatalogError::invalid(format!("the database URL is not valid: {e}")))?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers run beside the writer; FULL syncs every commit.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA foreign_keys = ON",
+                        "PRAGMA busy_timeout = 10000",
+                        // 64 MiB of page cache: ingest inserts by random keys, and the
+                        // default 2 MiB cache evicts the index pages it keeps revisiting.
+                        "PRAGMA cache_size = -65536",
+                        // Statement journals (multi-row inserts) stay in memory.
+                        "PRAGMA temp_store = MEMORY",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    if secure_delete {
+                        sqlx::query("PRAGMA secure_delete = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .ctx("connecting to the database")?;
+    Ok((pool, backend))
+}
+
+/// The key vault's database (see `vault`): patients' data keys, wrapped under the master key.
+/// Its own database, so that it can be backed up apart from the data and on a shorter
+/// retention: crypto-shredding reaches a data backup once no vault backup holds the key.
+#[derive(Debug, Clone)]
+pub struct VaultStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A wrapped patient data key as the vault stores it.
+#[derive(Debug, Clone)]
+pub struct WrappedKeyRow {
+    pub patient_id: String,
+    pub wrapped: Sealed,
+}
+
+const VAULT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS patient_data_keys (
+    patient_id TEXT PRIMARY KEY,
+    -- The master key that wraps it, the nonce and the wrapped key (AES-256-GCM, bound to the
+    -- patient id).
+    key_id TEXT NOT NULL,
+    nonce BYTEA NOT NULL,
+    wrapped BYTEA NOT NULL,
+    created_at TEXT NOT NULL
+)";
+
+impl VaultStore {
+    pub async fn connect(url: &str) -> Result<VaultStore> {
+        let (pool, backend) = connect_pool(url, true).await?;
+        sqlx::query(VAULT_SCHEMA)
+            .execute(&pool)
+            .await
+            .ctx("creating the key vault's table")?;
+        Ok(VaultStore { pool, backend })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Wrapped keys of the patients named (those the vault holds).
+    pub async fn keys(&self, patient_ids: &[&str]) -> Result<Vec<WrappedKeyRow>> {
+        let mut out = Vec::with_capacity(patient_ids.len());
+        for chunk in patient_ids.chunks(MAX_PARAMS) {
+            let sql = format!(
+                "SELECT patient_id, key_id, nonce, wrapped FROM patient_data_keys WHERE patient_id IN ({})",
+                placeholders(self.backend, 1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await.ctx("reading the key vault")? {
+                out.push(WrappedKeyRow {
+                    patient_id: r.try_get("patient_id").ctx("reading the key vault")?,
+                    wrapped: sealed_from(&r, "key_id", "nonce", "wrapped")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores new wrapped keys in one transaction. A key already stored for a patient stays:
+    /// a patient's key is never replaced (values sealed under it would no longer open).
+    pub async fn insert(&self, rows: &[WrappedKeyRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let now = now_text();
+        let mut tx = self.pool.begin().await.ctx("starting a key vault write")?;
+        for chunk in rows.chunks(MAX_PARAMS / 5) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(self.backend, 1 + i * 5, 5)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO patient_data_keys (patient_id, key_id, nonce, wrapped, created_at) VALUES {}
+                 ON CONFLICT (patient_id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(&r.patient_id)
+                    .bind(&r.wrapped.key_id)
+                    .bind(&r.wrapped.nonce)
+                    .bind(&r.wrapped.ciphertext)
+                    .bind(&now);
+            }
+            q.execute(&mut *tx).await.ctx("storing patients' data keys")?;
+        }
+        tx.commit().await.ctx("committing patients' data keys")?;
+        Ok(())
+    }
+
+    /// Destroys the keys of the patients named and makes sure their bytes leave the files:
+    /// SQLite zeroes deleted content (`secure_delete`) and the write-ahead log is checkpointed
+    /// and truncated; PostgreSQL's table is vacuumed (best effort: a failure is logged, the
+    /// keys are gone from every query either way). Returns how many keys were destroyed.
+    pub async fn destroy(&self, patient_ids: &[&str]) -> Result<u64> {
+        let mut n = 0;
+        for chunk in patient_ids.chunks(MAX_PARAMS) {
+            let sql = format!(
+                "DELETE FROM patient_data_keys WHERE patient_id IN ({})",
+                placeholders(self.backend, 1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            n += q
+                .execute(&self.pool)
+                .await
+                .ctx("destroying patients' data keys")?
+                .rows_affected();
+        }
+        if n > 0 {
+            let scrub = match self.backend {
+                Backend::Sqlite => "PRAGMA wal_checkpoint(TRUNCATE)",
+                Backend::Postgres => "VACUUM patient_data_keys",
+            };
+            if let Err(e) = sqlx::query(scrub).execute(&self.pool).await {
+                tracing::warn!(error = %e, "scrubbing the key vault after destroying keys failed; the keys are deleted, their bytes may linger in free space until the next vacuum");
+            }
+        }
+        Ok(n)
+    }
+
+    /// How many keys the vault holds.
+    pub async fn count(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM patient_data_keys")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("counting the key vault")
+    }
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://...`) and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(CatalogError::invalid(
-                "the database URL must start with sqlite: or postgres: (for example sqlite://tessera-data/tessera.db)",
-            ));
-        };
-        let options = AnyConnectOptions::from_str(url)
-            .map_err(|e| CatalogError::invalid(format!("the database URL is not valid: {e}")))?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL syncs every commit.
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = FULL",
-                            "PRAGMA foreign_keys = ON",
-                            "PRAGMA busy_timeout = 10000",
-                            // 64 MiB of page cache: ingest inserts by random keys, and the
-                            // default 2 MiB cache evicts the index pages it keeps revisiting.
-                            "PRAGMA cache_size = -65536",
-                            // Statement journals (multi-row inserts) stay in memory.
-                            "PRAGMA temp_store = MEMORY",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await
-            .ctx("connecting to the database")?;
+        let (pool, backend) = connect_pool(url, false).await?;
         let store = Store { pool, backend };
         store.migrate().await?;
         Ok(store)
@@ -360,7 +525,7 @@ impl Store {
     }
 
     pub async fn count_patients(&self) -> Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM patients")
+        sqlx::query_scalar("SELECT COUNT(*) FROM patients WHERE deleted_at IS NULL")
             .fetch_one(&self.pool)
             .await
             .ctx("counting patients")
@@ -377,7 +542,7 @@ impl Store {
             // the whole join before the LIMIT read every record for every page.
             "SELECT p.patient_id, p.created_at,
                     (SELECT COUNT(*) FROM records r WHERE r.patient_id = p.patient_id) AS n
-             FROM patients p ORDER BY p.patient_id LIMIT $1 OFFSET $2",
+             FROM patients p WHERE p.deleted_at IS NULL ORDER BY p.patient_id LIMIT $1 OFFSET $2",
         )
         .bind(limit)
         .bind(offset)
@@ -396,6 +561,18 @@ impl Store {
     }
 
     pub async fn patient_exists(&self, patient_id: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM patients WHERE patient_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(patient_id)
+            .fetch_one(&self.pool)
+            .await
+            .ctx("looking up a patient")?;
+        Ok(n > 0)
+    }
+
+    /// Whether a patient exists or existed (a deleted patient's tombstone counts).
+    pub async fn patient_known(&self, patient_id: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM patients WHERE patient_id = $1")
             .bind(patient_id)
             .fetch_one(&self.pool)
@@ -405,11 +582,13 @@ impl Store {
     }
 
     pub async fn patient_identity(&self, patient_id: &str) -> Result<Option<Sealed>> {
-        let row = sqlx::query("SELECT key_id, nonce, identity FROM patients WHERE patient_id = $1")
-            .bind(patient_id)
-            .fetch_optional(&self.pool)
-            .await
-            .ctx("reading a patient")?;
+        let row = sqlx::query(
+            "SELECT key_id, nonce, identity FROM patients WHERE patient_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(patient_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading a patient")?;
         row.map(|r| sealed_from(&r, "key_id", "nonce", "identity"))
             .transpose()
     }
@@ -464,6 +643,174 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    // ---- deletion ------------------------------------------------------------------------
+
+    /// Deletes everything the catalog holds about a patient but their tombstone, in one
+    /// transaction: the consent events given are appended first (revocations of what was in
+    /// force), then shares and their views, drafts, sessions, the accounts that act for this
+    /// patient alone (with their links and passkeys; a caregiver's account that acts for
+    /// others too only loses its link), records and match keys; the patients row keeps its id
+    /// and consent history, with the identity emptied and the deletion recorded. `None` when
+    /// the patient does not exist or was already deleted.
+    pub async fn delete_patient(
+        &self,
+        patient_id: &str,
+        deleted_by: &str,
+        revocations: &mut [ConsentRow],
+    ) -> Result<Option<DeletedRows>> {
+        let c = "deleting a patient";
+        let mut tx = self.pool.begin().await.ctx(c)?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM patients WHERE patient_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(patient_id)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx(c)?;
+        if live == 0 {
+            return Ok(None);
+        }
+        for row in revocations.iter_mut() {
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(seq) FROM consent_events WHERE patient_id = $1 AND purpose = $2",
+            )
+            .bind(&row.patient_id)
+            .bind(&row.purpose)
+            .fetch_one(&mut *tx)
+            .await
+            .ctx(c)?;
+            row.seq = last.unwrap_or(0) + 1;
+            sqlx::query(
+                "INSERT INTO consent_events
+                   (event_id, patient_id, purpose, action, scope, valid_from, valid_until, recorded_at, seq, actor)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&row.event_id)
+            .bind(&row.patient_id)
+            .bind(&row.purpose)
+            .bind(&row.action)
+            .bind(&row.scope)
+            .bind(&row.valid_from)
+            .bind(&row.valid_until)
+            .bind(&row.recorded_at)
+            .bind(row.seq)
+            .bind(&row.actor)
+            .execute(&mut *tx)
+            .await
+            .ctx(c)?;
+        }
+        let only_this: Vec<String> = sqlx::query_scalar(
+            "SELECT ap.account_id FROM account_patients ap
+             WHERE ap.patient_id = $1
+               AND NOT EXISTS (SELECT 1 FROM account_patients o
+                               WHERE o.account_id = ap.account_id AND o.patient_id <> $1)",
+        )
+        .bind(patient_id)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx(c)?;
+        let mut out = DeletedRows::default();
+        let by_patient = |sql: &'static str| sqlx::query(sql).bind(patient_id.to_string());
+        by_patient(
+            "DELETE FROM share_views WHERE share_id IN (SELECT share_id FROM shares WHERE patient_id = $1)",
+        )
+        .execute(&mut *tx)
+        .await
+        .ctx(c)?;
+        out.shares = by_patient("DELETE FROM shares WHERE patient_id = $1")
+            .execute(&mut *tx)
+            .await
+            .ctx(c)?
+            .rows_affected();
+        out.drafts = by_patient("DELETE FROM survey_drafts WHERE patient_id = $1")
+            .execute(&mut *tx)
+            .await
+            .ctx(c)?
+            .rows_affected();
+        by_patient("DELETE FROM sessions WHERE patient_id = $1")
+            .execute(&mut *tx)
+            .await
+            .ctx(c)?;
+        for account in &only_this {
+            for sql in [
+                "DELETE FROM sessions WHERE account_id = $1",
+                "DELETE FROM sign_in_links WHERE account_id = $1",
+                "DELETE FROM passkeys WHERE account_id = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(account)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx(c)?;
+            }
+        }
+        out.account_links = by_patient("DELETE FROM account_patients WHERE patient_id = $1")
+            .execute(&mut *tx)
+            .await
+            .ctx(c)?
+            .rows_affected();
+        for account in &only_this {
+            sqlx::query("DELETE FROM accounts WHERE account_id = $1")
+                .bind(account)
+                .execute(&mut *tx)
+                .await
+                .ctx(c)?;
+        }
+        out.accounts = only_this.len() as u64;
+        out.records = by_patient("DELETE FROM records WHERE patient_id = $1")
+            .execute(&mut *tx)
+            .await
+            .ctx(c)?
+            .rows_affected();
+        by_patient("DELETE FROM patient_keys WHERE patient_id = $1")
+            .execute(&mut *tx)
+            .await
+            .ctx(c)?;
+        let empty: Vec<u8> = Vec::new();
+        sqlx::query(
+            "UPDATE patients SET key_id = 'deleted', nonce = $2, identity = $2, identity_hash = '',
+                 deleted_at = $3, deleted_by = $4, updated_at = $3
+             WHERE patient_id = $1",
+        )
+        .bind(patient_id)
+        .bind(&empty)
+        .bind(now_text())
+        .bind(deleted_by)
+        .execute(&mut *tx)
+        .await
+        .ctx(c)?;
+        tx.commit().await.ctx("committing a patient's deletion")?;
+        Ok(Some(out))
+    }
+
+    /// Ids of the deleted patients (tombstones).
+    pub async fn deleted_patients(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT patient_id FROM patients WHERE deleted_at IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await
+            .ctx("listing deleted patients")
+    }
+
+    /// When a patient was deleted and at whose request, if they were.
+    pub async fn deletion_of(&self, patient_id: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT deleted_at, deleted_by FROM patients WHERE patient_id = $1 AND deleted_at IS NOT NULL",
+        )
+        .bind(patient_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading a deletion")?;
+        row.map(|r| {
+            Ok((
+                r.try_get("deleted_at").ctx("reading a deletion")?,
+                r.try_get::<Option<String>, _>("deleted_by")
+                    .ctx("reading a deletion")?
+                    .unwrap_or_default(),
+            ))
+        })
+        .transpose()
     }
 
     // ---- consent -------------------------------------------------------------------------
@@ -541,6 +888,8 @@ impl Store {
              WHERE e.purpose = $1 AND e.recorded_at <= $2
                AND e.seq = (SELECT MAX(x.seq) FROM consent_events x
                             WHERE x.patient_id = e.patient_id AND x.purpose = e.purpose AND x.recorded_at <= $2)
+               AND NOT EXISTS (SELECT 1 FROM patients d
+                               WHERE d.patient_id = e.patient_id AND d.deleted_at IS NOT NULL)
              ORDER BY e.patient_id",
             Self::CONSENT_COLUMNS
                 .split(", ")

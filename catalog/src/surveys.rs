@@ -873,7 +873,10 @@ impl Catalog {
         for (qid, sealed, _) in self.store.drafts(patient_id).await? {
             if qid == id {
                 return serde_json::from_slice(
-                    &self.keyring.open(&sealed, &draft_aad(patient_id, id))?,
+                    &self
+                        .vault
+                        .open(patient_id, &sealed, &draft_aad(patient_id, id))
+                        .await?,
                 )
                 .map_err(|_| CatalogError::internal("a stored draft does not parse"));
             }
@@ -883,11 +886,15 @@ impl Catalog {
 
     /// Saves a patient's fields to finish later.
     pub async fn save_draft(&self, patient_id: &str, id: &str, fields: &Fields) -> Result<()> {
-        let sealed = self.keyring.seal(
-            &serde_json::to_vec(fields)
-                .map_err(|e| CatalogError::internal(format!("sealing a draft: {e}")))?,
-            &draft_aad(patient_id, id),
-        )?;
+        let sealed = self
+            .vault
+            .seal(
+                patient_id,
+                &serde_json::to_vec(fields)
+                    .map_err(|e| CatalogError::internal(format!("sealing a draft: {e}")))?,
+                &draft_aad(patient_id, id),
+            )
+            .await?;
         self.store.save_draft(patient_id, id, &sealed).await
     }
 
@@ -913,6 +920,7 @@ impl Catalog {
         crate::ingest::ingest_own_resource(
             &self.store,
             &self.keyring,
+            &self.vault,
             patient_id,
             SURVEY_SOURCE,
             &response,

@@ -600,6 +600,20 @@ impl LicensingStore {
         Ok(())
     }
 
+    /// Revokes every live key of a patient (their sign-in links, when the patient is deleted).
+    /// Returns how many were revoked.
+    pub async fn revoke_patient_keys(&self, patient: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE principal = 'patient' AND subject = $2 AND revoked_at IS NULL",
+        )
+        .bind(Utc::now().to_rfc3339())
+        .bind(patient)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("revoking a patient's keys"))?
+        .rows_affected())
+    }
+
     /// The credential a presented key stands for, or `None` when it is malformed, unknown or
     /// its secret does not match (expiry and revocation are for [`crate::decide`] to judge).
     pub async fn credential(

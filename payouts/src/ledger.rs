@@ -63,10 +63,14 @@ pub enum AccountKind {
     OrgClearing,
     /// Incentives a study has paid out (an expense of its sponsor).
     StudyIncentives,
+    /// What deleted patients had earned and not been paid: a liability kept (as unclaimed
+    /// funds, which unclaimed-property law may require to be reported) under the pseudonymous
+    /// id of each, since whom to pay is no longer known.
+    Unclaimed,
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 8] = [
+    pub const ALL: [AccountKind; 9] = [
         AccountKind::ProviderFunds,
         AccountKind::PlatformRevenue,
         AccountKind::PatientPool,
@@ -75,6 +79,7 @@ impl AccountKind {
         AccountKind::RailClearing,
         AccountKind::OrgClearing,
         AccountKind::StudyIncentives,
+        AccountKind::Unclaimed,
     ];
 
     pub fn code(self) -> &'static str {
@@ -87,6 +92,7 @@ impl AccountKind {
             AccountKind::RailClearing => "clearing",
             AccountKind::OrgClearing => "org",
             AccountKind::StudyIncentives => "incentives",
+            AccountKind::Unclaimed => "unclaimed",
         }
     }
 

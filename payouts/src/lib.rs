@@ -12,6 +12,7 @@
 //! ([`money`]); no float touches money.
 
 pub mod allocate;
+pub mod closure;
 pub mod earnings;
 pub mod fault;
 pub mod incentives;

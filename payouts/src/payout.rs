@@ -655,7 +655,7 @@ impl Payouts {
             .collect()
     }
 
-    async fn payouts_in(&self, statuses: &[&str]) -> Result<Vec<PayoutRow>, PayoutsError> {
+    pub(crate) async fn payouts_in(&self, statuses: &[&str]) -> Result<Vec<PayoutRow>, PayoutsError> {
         let list = statuses
             .iter()
             .map(|s| format!("'{s}'"))

@@ -65,6 +65,7 @@ const ME_STYLE: &str = ".acting{background:#eef5ff;border-bottom:1px solid #9cc1
 .plot{max-width:420px}fieldset{border:1px solid #c9ced6;border-radius:6px;margin:.6rem 0}\
 .purpose{border:1px solid #c9ced6;border-radius:8px;padding:.6rem 1rem;margin:.8rem 0}\
 input,textarea,select{max-width:100%}code.shlink{overflow-wrap:anywhere}\
+button.danger{background:#a4161a;border-color:#a4161a}\
 @media (max-width:640px){table{table-layout:fixed}td,th{overflow-wrap:anywhere}main{padding:0 .6rem}}";
 
 /// A patients' page: the shared style, the patients' navigation, sign-out, and, for a
@@ -116,7 +117,7 @@ pub(crate) fn page(status: StatusCode, html: String) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
-fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
+pub(crate) fn message_page(status: StatusCode, title: &str, text: &str) -> Response {
     page(
         status,
         layout(title, None, &format!("<p role=\"alert\">{}</p>", esc(text))),
@@ -259,11 +260,11 @@ pub async fn form_me(
     Ok(me)
 }
 
-fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim())
 }
 
-fn parse_form(body: &Bytes) -> Vec<(String, String)> {
+pub(crate) fn parse_form(body: &Bytes) -> Vec<(String, String)> {
     serde_urlencoded::from_bytes(body).unwrap_or_default()
 }
 
@@ -712,7 +713,8 @@ async fn account_page(State(s): State<AppState>, h: HeaderMap) -> Response {
     let _ = write!(
         b,
         "</table><form method=\"post\" action=\"/me/account/sessions\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"session\" value=\"all\"><button type=\"submit\">Sign out everywhere</button></form>\
-<p class=\"muted\">A session ends {} hours after sign-in or after {} minutes without use.</p>",
+<p class=\"muted\">A session ends {} hours after sign-in or after {} minutes without use.</p>\
+<h2>Delete your data</h2><p>You can <a href=\"/me/delete\">delete everything Tessera holds about you</a> at any time: the page says first what is deleted and what the law asks us to keep.</p>",
         me.csrf,
         tessera_catalog::accounts::SESSION_LIFETIME.num_hours(),
         tessera_catalog::accounts::SESSION_IDLE.num_minutes()

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod catalog;
 pub mod cohorts;
 pub mod console;
+pub mod deletion;
 pub mod error;
 pub mod keys;
 pub mod licenses;
@@ -362,6 +363,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let router = api
         .merge(patients::routes())
         .merge(me::routes())
+        .merge(deletion::routes())
         .merge(passkeys::routes())
         .merge(shares::routes())
         .merge(surveys::routes())

@@ -224,7 +224,7 @@ async fn earnings_json(State(s): State<AppState>, h: HeaderMap) -> Response {
     }
 }
 
-fn money(minor: i64, c: Currency) -> String {
+pub(crate) fn money(minor: i64, c: Currency) -> String {
     let sym = if c == Currency::USD { "$" } else { "" };
     format!(
         "{sym}{}",

@@ -34,7 +34,13 @@ pub async fn open_catalog(g: &GlobalArgs, create: bool) -> Result<Catalog> {
         }
     }
     let keyring = g.keyring(create)?;
-    Catalog::open(&g.database_url(), keyring)
+    let vault = g.key_vault_url()?;
+    if g.key_vault.is_none() && !vault.starts_with("sqlite:") {
+        tracing::warn!(
+            "the key vault shares the catalog's PostgreSQL database, so backups of it carry patients' data keys: set TESSERA_KEY_VAULT to a database of its own (docs/operations.md)"
+        );
+    }
+    Catalog::open_with_vault(&g.database_url(), &vault, keyring)
         .await
         .context("cannot open the catalog database")
 }

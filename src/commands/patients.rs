@@ -50,6 +50,20 @@ pub enum PatientsCommand {
         )]
         public_url: String,
     },
+    /// Deletes a patient at their request (received by the operator, e.g. by letter): closes
+    /// their earnings (payouts settled or voided first; the rest kept as unclaimed funds),
+    /// deletes their records, identity, accounts and shares, and destroys their data key so
+    /// that no copy, backups included, can be read. Consent history, the payments ledger and
+    /// the audit trail are kept under the pseudonymous id. Patients do this themselves on
+    /// `/me/delete`.
+    Delete {
+        /// The patient's internal id (`tessera patients list`).
+        #[arg(long)]
+        patient: String,
+        /// Confirms the deletion (it cannot be undone).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +99,16 @@ pub async fn run(g: &GlobalArgs, c: PatientsCommand) -> Result<ExitCode> {
                     .collect();
                 output::table(&["patient id", "records", "first ingested"], &rows);
             }
+        }
+        PatientsCommand::Delete { patient, yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "deleting patient {patient} cannot be undone: run again with --yes to confirm"
+                );
+            }
+            let code = delete(g, &catalog, &patient).await;
+            catalog.close().await;
+            return code;
         }
         PatientsCommand::Invite {
             patient,
@@ -125,6 +149,68 @@ pub async fn run(g: &GlobalArgs, c: PatientsCommand) -> Result<ExitCode> {
         }
     }
     catalog.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete(g: &GlobalArgs, catalog: &tessera_catalog::Catalog, patient: &str) -> Result<ExitCode> {
+    use tessera::payouts::{Erasure, PayoutsConfig, erase_patient};
+    use tessera_payouts::closure::Closing;
+    use tessera_payouts::rails::decimal_text;
+    let keyring = g.keyring(false)?;
+    let cfg = PayoutsConfig::from_env(&keyring);
+    let payouts = tessera_payouts::Payouts::connect(&g.database_url()).await?;
+    let audit = tessera_licensing::store::LicensingStore::connect(&g.database_url()).await?;
+    let erased = erase_patient(
+        catalog,
+        &payouts,
+        &cfg.rails()?,
+        &audit,
+        patient,
+        "operator",
+        "operator-cli",
+    )
+    .await?;
+    match erased {
+        Erasure::PaymentsInFlight(list) => {
+            let amounts: Vec<String> = list.iter().map(|p| format!("{} ({})", decimal_text(p.amount), p.id)).collect();
+            anyhow::bail!(
+                "nothing was deleted: payouts are still on their way at the provider: {}; run this again once they have settled (`tessera payouts run` looks them up)",
+                amounts.join(", ")
+            );
+        }
+        Erasure::Done { deletion, closing } => {
+            if deletion.already {
+                say!(
+                    "patient {patient} was already deleted ({}); data key destroyed now: {}",
+                    deletion.deleted_at,
+                    if deletion.key_destroyed { "yes" } else { "no (none was left)" }
+                );
+            } else {
+                say!(
+                    "deleted patient {patient}: {} records, {} shares, {} accounts; consent revoked for {}; data key destroyed: {}",
+                    deletion.deleted.records,
+                    deletion.deleted.shares,
+                    deletion.deleted.accounts,
+                    if deletion.consents_revoked.is_empty() {
+                        "no purpose (none was in force)".to_string()
+                    } else {
+                        deletion.consents_revoked.join(", ")
+                    },
+                    if deletion.key_destroyed { "yes" } else { "no (the records predate patient keys)" }
+                );
+            }
+            if let Closing::Closed { voided, unclaimed, .. } = closing {
+                if !voided.is_empty() {
+                    say!("payouts voided (never sent): {}", voided.join(", "));
+                }
+                for m in unclaimed {
+                    say!("kept as unclaimed funds: {}", decimal_text(m));
+                }
+            }
+            say!("kept: the consent history, the payments ledger and the audit trail, under the pseudonymous id {patient}");
+        }
+    }
+    payouts.close().await;
     Ok(ExitCode::SUCCESS)
 }
 

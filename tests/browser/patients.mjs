@@ -3,7 +3,7 @@
 // visits every page with axe-core and a screenshot (desktop and phone widths), shares and stops
 // sharing for a purpose with the consent centre's buttons, downloads the FHIR bundle with the
 // download page's link, answers a survey with conditional items, adds a passkey and signs in
-// with it (Chromium's virtual authenticator), and signs out. Prints one JSON report on stdout; tests/e2e/me.rs
+// with it (Chromium's virtual authenticator), signs out, and finally deletes the account. Prints one JSON report on stdout; tests/e2e/me.rs
 // asserts on it.
 //
 // Input (environment): TESSERA_URL, SIGN_IN_LINK (an unused e-mailed link), SHOTS (a folder
@@ -178,6 +178,21 @@ try {
   await Promise.all([page.waitForURL(base + "/me/sign-in"), page.getByRole("button", { name: "Sign out", exact: true }).click()]);
   const after = await page.goto(base + "/me/data");
   report.actions.afterSignOut = after.status();
+
+  // Delete: signed in again with the passkey, the account page leads to the deletion page,
+  // which says what goes and what is kept; a ticked box and DELETE typed confirm it.
+  await page.goto(base + "/me/sign-in");
+  await Promise.all([page.waitForURL(base + "/me"), page.locator("#passkey-sign-in").click()]);
+  await page.goto(base + "/me/account");
+  await Promise.all([page.waitForURL(base + "/me/delete"), page.getByRole("link", { name: "delete everything Tessera holds about you" }).click()]);
+  await record(page, 200, "patient-delete");
+  await page.getByLabel(/I understand/).check();
+  await page.getByLabel("Type DELETE to confirm").fill("DELETE");
+  await Promise.all([page.waitForLoadState("load"), page.getByRole("button", { name: "Delete everything" }).click()]);
+  await record(page, 200, "patient-deleted");
+  report.actions.deleted = (await page.locator("main").textContent()) || "";
+  const gone = await page.goto(base + "/me/data");
+  report.actions.afterDelete = gone.status();
 } finally {
   await browser.close();
 }

@@ -22,7 +22,7 @@ use tessera_catalog::model::SensitiveCategory;
 use tessera_catalog::{Purpose, Scope};
 
 use crate::http::Server;
-use crate::support::{Tessera, venv_program};
+use crate::support::{Tessera, test_key, venv_program};
 
 /// aiosmtpd, writing each message it receives into a Maildir.
 pub struct Smtp {
@@ -1133,12 +1133,376 @@ async fn patients_sign_in_see_their_data_change_consent_and_download_it() {
     );
     assert_eq!(actions["afterSignOut"], 401);
     let history = catalog.consent_history(&a).await.expect("history");
-    assert_eq!(
-        history.len(),
-        4,
-        "the browser's share and stop joined the history"
+    assert!(
+        history.len() >= 4,
+        "the browser's share and stop joined the history, which the deletion keeps"
     );
+    let mut latest: BTreeMap<&str, &tessera_catalog::ConsentRow> = BTreeMap::new();
+    for e in &history {
+        if latest.get(e.purpose.as_str()).is_none_or(|l| l.seq < e.seq) {
+            latest.insert(&e.purpose, e);
+        }
+    }
+    assert!(
+        latest.values().all(|e| e.action == "revoke"),
+        "after the deletion no purpose is granted: {history:?}"
+    );
+
+    // The deletion, made in the browser: A is gone (identity, records, account), the $15.00
+    // survey incentive A had not been paid is kept as unclaimed funds, and the books balance.
+    let deleted = actions["deleted"].as_str().unwrap_or("");
+    assert!(
+        deleted.contains("has been deleted") && deleted.contains("$15.00"),
+        "{deleted}"
+    );
+    assert_eq!(actions["afterDelete"], 401, "the session ended with the data");
+    let (_, by) = catalog
+        .deletion_of(&a)
+        .await
+        .expect("deletion")
+        .expect("A is deleted");
+    assert_eq!(by, "patient");
+    assert!(catalog.own_identity(&a).await.is_err());
+    assert!(catalog.own_data(&a).await.is_err());
+    assert_eq!(catalog.count_patients().await.expect("count"), 1, "B remains");
+    let (status, _) = get(&http, &server, "/me/data", &ada).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let payouts = tessera_payouts::Payouts::connect(&t.database_url())
+        .await
+        .expect("payouts");
+    assert_eq!(
+        payouts
+            .balance(&tessera_payouts::closure::unclaimed_account(
+                &a,
+                tessera_payouts::Currency::USD
+            ))
+            .await
+            .expect("balance"),
+        1_500
+    );
+    assert!(payouts.verify_ledger().await.expect("verify").is_empty());
 
     let (code, _) = server.stop();
     assert_eq!(code, Some(0));
+}
+
+/// The `person_id`s of a release version's person table, read here from the Parquet file.
+fn released_persons(dir: &Path) -> BTreeSet<String> {
+    use polars::prelude::*;
+    let df = ParquetReader::new(std::fs::File::open(dir.join("person.parquet")).expect("parquet"))
+        .finish()
+        .expect("read");
+    df.column("person_id")
+        .expect("person_id")
+        .str()
+        .expect("text")
+        .iter()
+        .flatten()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A copy of a SQLite database as it stands (`VACUUM INTO`): a backup.
+async fn backup(from: &Path, to: &Path) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", from.display()))
+        .await
+        .expect("open for backup");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "VACUUM INTO '{}'",
+        to.display()
+    )))
+    .execute(&pool)
+    .await
+    .expect("backup");
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_patient_leaves_queries_releases_and_backups_at_once() {
+    use tessera_catalog::{Catalog, Keyring};
+    use tessera_licensing::gate::Gate;
+    use tessera_licensing::store::LicensingStore;
+    use tessera_query::arrow::array::Int64Array;
+    use tessera_query::{Limits, QueryService};
+
+    let t = crate::http::demo_copy();
+    let demo = crate::http::demo_json(&t);
+    let patient = demo["patient"]["patient_id"]
+        .as_str()
+        .expect("the demo patient")
+        .to_string();
+    let operator_link = demo["patient"]["sign_in"]
+        .as_str()
+        .expect("the demo patient's link")
+        .to_string();
+    let url = t.database_url();
+    let catalog = t.catalog().await;
+    let family = "demo-natural-history";
+    let pseudonym = catalog.release_pseudonym(family, &patient);
+    assert!(
+        crate::http::persons_by("person", "person_id").contains_key(&pseudonym),
+        "the demo patient is in the demo release"
+    );
+    let store = LicensingStore::connect(&url).await.expect("store");
+    let pepper = Keyring::new(&test_key(), &[])
+        .application_secret("api-key-pepper")
+        .to_vec();
+    let gate = Gate::new(store.clone(), pepper);
+    let service = QueryService::new(catalog.clone(), gate.clone(), Limits::default());
+    let (row_key, _, _) = crate::http::demo_org(&demo, "demo-rowlevel");
+    let row = gate.credential(Some(&row_key)).await.expect("lookup");
+    let count_one = format!("SELECT count(*) FROM person WHERE person_id = '{pseudonym}'");
+    let count = |o: tessera_query::QueryOutput| {
+        o.batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map(|a| a.value(0))
+            })
+            .expect("a count")
+    };
+    assert_eq!(
+        count(
+            service
+                .query(row.as_ref(), None, &count_one)
+                .await
+                .expect("query")
+        ),
+        1
+    );
+
+    // Backups taken before the deletion: the data, and the key vault as it was then.
+    let backups = tempfile::tempdir().expect("dir");
+    let data = t.data_dir();
+    backup(&data.join("tessera.db"), &backups.path().join("tessera.db")).await;
+    backup(
+        &data.join("tessera.keys.db"),
+        &backups.path().join("old-vault.db"),
+    )
+    .await;
+    sqlx::any::install_default_drivers();
+    let vault = sqlx::AnyPool::connect(&format!(
+        "sqlite://{}",
+        data.join("tessera.keys.db").display()
+    ))
+    .await
+    .expect("vault");
+    let wrapped: Vec<u8> =
+        sqlx::query_scalar("SELECT wrapped FROM patient_data_keys WHERE patient_id = $1")
+            .bind(&patient)
+            .fetch_one(&vault)
+            .await
+            .expect("the demo patient has a data key");
+    vault.close().await;
+    let payouts = tessera_payouts::Payouts::connect(&url)
+        .await
+        .expect("payouts");
+    let standing = payouts.standing(&patient).await.expect("standing");
+    let unpaid: i64 = standing.available.iter().map(|m| m.minor).sum();
+    assert!(unpaid > 0, "the demo patient has earnings not yet paid");
+    let patients_before = catalog.count_patients().await.expect("count");
+
+    // The patient signs in and deletes: the page says what goes and what stays; a form without
+    // the confirmation deletes nothing.
+    let server = Server::start(&t, &[]);
+    let http = client();
+    let token = operator_link.split("token=").nth(1).expect("token");
+    let r = http
+        .get(server.url(&format!("/me/sign-in?token={token}")))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_string();
+    let (status, page) = get(&http, &server, "/me/delete", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    for said in [
+        "What is deleted",
+        "What is kept, and why",
+        "Money not yet paid",
+        "consent history",
+        "Payment records",
+    ] {
+        assert!(page.contains(said), "the page says {said:?}");
+    }
+    let csrf = csrf_of(&page);
+    let r = http
+        .post(server.url("/me/delete"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("understand", "yes"), ("confirm", "delete")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(catalog.own_identity(&patient).await.is_ok(), "nothing deleted");
+    let r = http
+        .post(server.url("/me/delete"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("understand", "yes"), ("confirm", "DELETE")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    let done = r.text().await.expect("html");
+    assert!(done.contains("has been deleted"), "{done}");
+
+    // Gone from live queries at once, and from the identified store.
+    assert_eq!(
+        count(
+            service
+                .query(row.as_ref(), None, &count_one)
+                .await
+                .expect("query")
+        ),
+        0,
+        "a deleted patient vanishes from the next query"
+    );
+    assert!(catalog.own_identity(&patient).await.is_err());
+    assert_eq!(
+        catalog.count_patients().await.expect("count"),
+        patients_before - 1
+    );
+    let (status, _) = get(&http, &server, "/me", &cookie).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the session ended");
+    let r = http
+        .get(server.url(&format!("/me/sign-in?token={token}")))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the operator's link was revoked with the data"
+    );
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0));
+    assert!(!log.contains(&operator_link));
+
+    // From the next release: built after the deletion, without the patient.
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/natural-history.toml");
+    t.expect(
+        &[
+            "release",
+            "build",
+            "--family",
+            family,
+            "--purpose",
+            "research.natural_history",
+            "--policy",
+            policy.to_str().expect("path"),
+        ],
+        0,
+    );
+    let v2 = catalog.release(family, 2).await.expect("version 2");
+    let persons = released_persons(Path::new(&v2.path));
+    assert!(!persons.is_empty());
+    assert!(
+        !persons.contains(&pseudonym),
+        "the next release leaves the deleted patient out"
+    );
+    assert!(
+        !catalog
+            .release_contributors(family, 2)
+            .await
+            .expect("contributors")
+            .contains(&patient)
+    );
+
+    // Crypto-shredding: the data backup from before the deletion, opened with the key vault
+    // as it is now, does not give the patient's data back (another patient's still opens);
+    // the destroyed key's bytes are in no file of the live vault.
+    let old = Catalog::open_with_vault(
+        &format!(
+            "sqlite://{}?mode=rwc",
+            backups.path().join("tessera.db").display()
+        ),
+        &format!(
+            "sqlite://{}?mode=rwc",
+            data.join("tessera.keys.db").display()
+        ),
+        Keyring::new(&test_key(), &[]),
+    )
+    .await
+    .expect("the backup opens");
+    let err = old.own_data(&patient).await.expect_err("shredded");
+    assert!(err.to_string().contains("deleted"), "{err}");
+    let other = old
+        .list_patients(10, 0)
+        .await
+        .expect("patients")
+        .into_iter()
+        .map(|p| p.patient_id)
+        .find(|p| p != &patient)
+        .expect("another patient");
+    assert!(old.own_data(&other).await.is_ok());
+    for entry in std::fs::read_dir(&data).expect("data dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("tessera.keys.db") {
+            let bytes = std::fs::read(&path).expect("read");
+            assert!(
+                !bytes.windows(wrapped.len()).any(|w| w == wrapped.as_slice()),
+                "{name} still holds the destroyed key"
+            );
+        }
+    }
+    // (A vault backup from before the deletion still opens it: that is why the vault is kept
+    // apart from the data, on a shorter retention. docs/operations.md.)
+    let with_old_vault = Catalog::open_with_vault(
+        &format!(
+            "sqlite://{}?mode=rwc",
+            backups.path().join("tessera.db").display()
+        ),
+        &format!(
+            "sqlite://{}?mode=rwc",
+            backups.path().join("old-vault.db").display()
+        ),
+        Keyring::new(&test_key(), &[]),
+    )
+    .await
+    .expect("opens");
+    assert!(with_old_vault.own_data(&patient).await.is_ok());
+
+    // The books: every entry kept under the pseudonymous id, what was not paid moved to
+    // unclaimed funds in a balanced transaction, and the ledger verifies.
+    assert_eq!(
+        payouts
+            .balance(&tessera_payouts::closure::unclaimed_account(
+                &patient,
+                tessera_payouts::Currency::USD
+            ))
+            .await
+            .expect("balance"),
+        unpaid
+    );
+    assert!(payouts.verify_ledger().await.expect("verify").is_empty());
+    let e = payouts
+        .earnings(
+            &patient,
+            Utc::now().date_naive(),
+            &tessera_payouts::rails::Rails::new(),
+        )
+        .await
+        .expect("earnings");
+    assert!(e.earned_minor > 0, "the history of earnings is kept");
+    // The audit chain records the deletion, by the patient's account, under the pseudonym.
+    let entries = store.audit_entries().await.expect("audit");
+    assert!(entries.iter().any(|e| e.event.action == "patient.delete"
+        && e.event.resource == format!("patient:{patient}")
+        && e.event.principal.starts_with("patient-account:")));
+    // Deleting again (an operator, say) finishes nothing more and says so.
+    let again = t.expect(&["patients", "delete", "--patient", &patient, "--yes"], 0);
+    assert!(again.contains("already deleted"), "{again}");
+    let refused = t.run(&["patients", "delete", "--patient", &other]);
+    assert_ne!(refused.status.code(), Some(0), "--yes is required");
 }

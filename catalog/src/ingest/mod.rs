@@ -21,11 +21,12 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use serde::Serialize;
 
-use crate::crypto::Keyring;
+use crate::crypto::{Keyring, PatientKey, Sealed};
 use crate::error::{CatalogError, Result};
+use crate::vault::{NewKey, Vault};
 use crate::model::PatientIdentity;
 use crate::store::{QuarantineRow, RecordRow, RunTotals, Store, Tx};
-use parse::{KeyKind, ParseContext, ParsedFile, ParsedRecord, PatientLink};
+use parse::{KeyKind, ParseContext, ParsedFile, ParsedRecord, PatientLink, record_aad};
 use problem::{Problem, Reason};
 use source::Input;
 
@@ -189,6 +190,7 @@ fn parse_job(
 pub async fn run(
     store: &Store,
     keyring: Arc<Keyring>,
+    vault: &Vault,
     paths: &[PathBuf],
     options: &IngestOptions,
     progress: &dyn Progress,
@@ -273,7 +275,7 @@ pub async fn run(
     }
     drop(out_tx);
 
-    let mut writer = Writer::new(store, &keyring, &run_id, &options.source);
+    let mut writer = Writer::new(store, &keyring, vault, &run_id, &options.source);
     let mut pending = 0usize;
     writer.begin().await?;
     while let Some(p) = out_rx.recv().await {
@@ -319,6 +321,7 @@ pub async fn run(
 pub async fn ingest_own_resource(
     store: &Store,
     keyring: &Keyring,
+    vault: &Vault,
     patient_id: &str,
     source: &str,
     resource: &serde_json::Value,
@@ -347,7 +350,7 @@ pub async fn ingest_own_resource(
     let mut tx = store.begin().await?;
     tx.start_run(&run_id, source).await?;
     tx.commit().await?;
-    let mut writer = Writer::new(store, keyring, &run_id, source);
+    let mut writer = Writer::new(store, keyring, vault, &run_id, source);
     writer.begin().await?;
     writer.report.files = 1;
     writer.report.bytes = bytes.len() as u64;
@@ -379,6 +382,10 @@ struct Deferred {
 struct Writer<'a> {
     store: &'a Store,
     keyring: &'a Keyring,
+    /// Patients' data keys: identities and records are sealed here, under their patient's key.
+    vault: &'a Vault,
+    /// Keys made in the open transaction, stored in the vault before it commits.
+    new_keys: Vec<NewKey>,
     run_id: &'a str,
     source: &'a str,
     tx: Option<Tx>,
@@ -400,10 +407,18 @@ pub(crate) fn patient_aad(patient_id: &str) -> Vec<u8> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(store: &'a Store, keyring: &'a Keyring, run_id: &'a str, source: &'a str) -> Self {
+    fn new(
+        store: &'a Store,
+        keyring: &'a Keyring,
+        vault: &'a Vault,
+        run_id: &'a str,
+        source: &'a str,
+    ) -> Self {
         Writer {
             store,
             keyring,
+            vault,
+            new_keys: Vec::new(),
             run_id,
             source,
             tx: None,
@@ -421,7 +436,13 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Commits the open transaction, after storing the data keys made in it: a value is never
+    /// committed sealed under a key the vault does not hold. (A failure in between leaves an
+    /// unused key in the vault, which seals nothing.)
     async fn commit(&mut self) -> Result<()> {
+        if !self.new_keys.is_empty() {
+            self.vault.store(std::mem::take(&mut self.new_keys)).await?;
+        }
         if let Some(tx) = self.tx.take() {
             tx.commit().await?;
         }
@@ -432,6 +453,16 @@ impl<'a> Writer<'a> {
         self.tx
             .as_mut()
             .ok_or_else(|| CatalogError::internal("ingest writer has no open transaction"))
+    }
+
+    /// The patient's data key; made (and stored at the next commit) when they have none.
+    async fn patient_key(&mut self, patient_id: &str) -> Result<Arc<PatientKey>> {
+        if let Some(k) = self.vault.key(patient_id).await? {
+            return Ok(k);
+        }
+        let (key, new) = self.vault.create(patient_id)?;
+        self.new_keys.push(new);
+        Ok(key)
     }
 
     /// Looks up keys not yet known in this run.
@@ -496,7 +527,7 @@ impl<'a> Writer<'a> {
         let patient_id = match target {
             Some(pid) => {
                 let (sealed, old_hash) = self.tx()?.patient_identity(&pid).await?;
-                let plain = self.keyring.open(&sealed, &patient_aad(&pid))?;
+                let plain = self.vault.open(&pid, &sealed, &patient_aad(&pid)).await?;
                 let mut merged: PatientIdentity = serde_json::from_slice(&plain).map_err(|e| {
                     CatalogError::internal(format!("stored identity does not parse: {e}"))
                 })?;
@@ -505,7 +536,7 @@ impl<'a> Writer<'a> {
                 if hash == old_hash {
                     self.report.patients_unchanged += 1;
                 } else {
-                    let sealed = self.keyring.seal(&json, &patient_aad(&pid))?;
+                    let sealed = self.patient_key(&pid).await?.seal(&json, &patient_aad(&pid))?;
                     self.tx()?.update_patient(&pid, &sealed, &hash).await?;
                     self.report.patients_updated += 1;
                 }
@@ -514,7 +545,9 @@ impl<'a> Writer<'a> {
             None => {
                 let pid = hex::encode(random_bytes::<16>()?);
                 let (json, hash) = identity_hash(self.keyring, &identity)?;
-                let sealed = self.keyring.seal(&json, &patient_aad(&pid))?;
+                let (key, new) = self.vault.create(&pid)?;
+                self.new_keys.push(new);
+                let sealed = key.seal(&json, &patient_aad(&pid))?;
                 self.tx()?.insert_patient(&pid, &sealed, &hash).await?;
                 self.report.patients_new += 1;
                 pid
@@ -591,51 +624,68 @@ impl<'a> Writer<'a> {
     async fn write_records(&mut self, ready: &[(Option<String>, ParsedRecord)]) -> Result<()> {
         let ids: Vec<&str> = ready.iter().map(|(_, r)| r.record_id.as_str()).collect();
         let existing = self.tx()?.record_hashes(&ids).await?;
-        let mut inserts = Vec::new();
-        let mut updates = Vec::new();
+        // What to write (index into `ready`, update or not), decided first; then only those
+        // are sealed, each under its patient's key (reference data, with no patient, under
+        // the master key).
+        let mut writes: Vec<(usize, bool)> = Vec::new();
         // The same record twice in one write (a deferred record from two copies of a file):
         // the first copy stands, the others count as unchanged.
         let mut seen: std::collections::HashSet<&str> =
             std::collections::HashSet::with_capacity(ready.len());
-        for (pid, r) in ready {
+        for (i, (_, r)) in ready.iter().enumerate() {
+            let counts = self
+                .report
+                .by_resource_type
+                .entry(r.resource_type.clone())
+                .or_default();
             if !seen.insert(r.record_id.as_str()) {
-                self.report
-                    .by_resource_type
-                    .entry(r.resource_type.clone())
-                    .or_default()
-                    .unchanged += 1;
+                counts.unchanged += 1;
                 self.report.records.unchanged += 1;
                 continue;
             }
+            match existing.get(&r.record_id) {
+                None => {
+                    counts.added += 1;
+                    self.report.records.added += 1;
+                    writes.push((i, false));
+                }
+                Some(h) if *h != r.content_hash => {
+                    counts.updated += 1;
+                    self.report.records.updated += 1;
+                    writes.push((i, true));
+                }
+                Some(_) => {
+                    counts.unchanged += 1;
+                    self.report.records.unchanged += 1;
+                }
+            }
+        }
+        let mut sealed: Vec<Sealed> = Vec::with_capacity(writes.len());
+        for (i, _) in &writes {
+            let (pid, r) = &ready[*i];
+            let aad = record_aad(&r.record_id);
+            sealed.push(match pid {
+                Some(pid) => self.patient_key(pid).await?.seal(&r.payload, &aad)?,
+                None => self.keyring.seal(&r.payload, &aad)?,
+            });
+        }
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        for ((i, update), sealed) in writes.iter().zip(&sealed) {
+            let (pid, r) = &ready[*i];
             let row = RecordRow {
                 record_id: &r.record_id,
                 patient_id: pid.as_deref(),
                 kind: r.kind.as_str(),
                 resource_type: &r.resource_type,
                 content_hash: &r.content_hash,
-                sealed: &r.sealed,
+                sealed,
                 source: self.source,
             };
-            let counts = self
-                .report
-                .by_resource_type
-                .entry(r.resource_type.clone())
-                .or_default();
-            match existing.get(&r.record_id) {
-                None => {
-                    counts.added += 1;
-                    self.report.records.added += 1;
-                    inserts.push(row);
-                }
-                Some(h) if *h != r.content_hash => {
-                    counts.updated += 1;
-                    self.report.records.updated += 1;
-                    updates.push(row);
-                }
-                Some(_) => {
-                    counts.unchanged += 1;
-                    self.report.records.unchanged += 1;
-                }
+            if *update {
+                updates.push(row);
+            } else {
+                inserts.push(row);
             }
         }
         let tx = self

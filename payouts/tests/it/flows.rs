@@ -568,3 +568,79 @@ async fn reconciliation_reports_every_difference() {
     assert!(kinds.contains(&"missing_at_provider"), "{kinds:?}");
     assert!(kinds.contains(&"unknown_to_ledger"), "{kinds:?}");
 }
+
+#[tokio::test]
+async fn closing_a_deleted_patient_settles_payouts_first_and_keeps_the_books() {
+    use tessera_payouts::closure::{Closing, unclaimed_account};
+    let (p, _d) = fresh().await;
+    let (gift, stripe) = fakes();
+    let rails = rails(&gift, &stripe);
+    let card = || Choice::GiftCard {
+        product: "visa".into(),
+    };
+    // pa: a payout pending at the provider, and more earned since.
+    ready(&p, "pa", 5_000, card()).await;
+    gift.script(&[Mode::Pending]);
+    let r = p.run_payouts(&rails, day("2026-05-02")).await.unwrap();
+    assert_eq!((r.submitted, r.posted), (1, 0));
+    funded_patient(&p, "pa", 3_000).await;
+    let transactions = p.transaction_count().await.unwrap();
+    match p.close_patient("pa", &rails).await.unwrap() {
+        Closing::InFlight { payouts } => assert_eq!(payouts.len(), 1),
+        other => panic!("a payout on its way must block closing: {other:?}"),
+    }
+    assert_eq!(
+        p.transaction_count().await.unwrap(),
+        transactions,
+        "a refused closing moves nothing"
+    );
+    assert_eq!(available(&p, "pa").await, 3_000);
+    gift.settle_all();
+    let Closing::Closed {
+        settled, unclaimed, ..
+    } = p.close_patient("pa", &rails).await.unwrap()
+    else {
+        panic!("closes once the payout has arrived");
+    };
+    assert_eq!(settled.len(), 1);
+    assert_eq!(unclaimed, vec![Money::usd(3_000)]);
+    assert_eq!(available(&p, "pa").await, 0);
+    assert_eq!(
+        p.balance(&unclaimed_account("pa", Currency::USD))
+            .await
+            .unwrap(),
+        3_000
+    );
+    assert_eq!(
+        p.payouts(Some("pa")).await.unwrap()[0].status,
+        "posted",
+        "the payout's record is kept"
+    );
+    assert_eq!(p.preferences("pa").await.unwrap().choice, Choice::Accumulate);
+    // Closing again changes nothing.
+    let n = p.transaction_count().await.unwrap();
+    assert!(matches!(
+        p.close_patient("pa", &rails).await.unwrap(),
+        Closing::Closed { ref unclaimed, .. } if unclaimed.is_empty()
+    ));
+    assert_eq!(p.transaction_count().await.unwrap(), n);
+
+    // pb: a payout reserved but never sent is voided, and its money kept as unclaimed.
+    ready(&p, "pb", 5_000, card()).await;
+    let reserved = p
+        .create_payout("pb", day("2026-05-02"), &rails)
+        .await
+        .unwrap()
+        .expect("not held");
+    assert_eq!(reserved.status, "reserved");
+    let Closing::Closed {
+        voided, unclaimed, ..
+    } = p.close_patient("pb", &rails).await.unwrap()
+    else {
+        panic!("nothing was at the provider");
+    };
+    assert_eq!(voided, vec![reserved.id.clone()]);
+    assert_eq!(unclaimed, vec![Money::usd(5_000)]);
+    assert_eq!(gift.state.lock().unwrap().submits, 1, "pb was never sent");
+    assert!(p.verify_ledger().await.unwrap().is_empty());
+}
