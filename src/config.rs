@@ -36,12 +36,7 @@ pub struct GlobalArgs {
     /// (deleting a patient destroys theirs). Default: a SQLite file beside a SQLite catalog
     /// (`tessera.keys.db`), or the catalog's own PostgreSQL database. Keep it apart from the
     /// data's backups, on a shorter retention: see docs/operations.md.
-    #[arg(
-        long,
-        global = true,
-        env = "TESSERA_KEY_VAULT",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "TESSERA_KEY_VAULT", hide_env_values = true)]
     pub key_vault: Option<String>,
 
     /// File holding the master key (64 hex characters). Default: <data-dir>/master.key.

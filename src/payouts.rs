@@ -93,6 +93,19 @@ impl PayoutsConfig {
         }
     }
 
+    /// The gift-card provider, when configured (for its product catalog).
+    pub fn giftcard_provider(&self) -> Result<Option<GiftCardProvider>> {
+        match &self.giftcard {
+            None => Ok(None),
+            Some((base, key, funding)) => Ok(Some(GiftCardProvider::new(
+                base,
+                key,
+                funding,
+                self.timeout,
+            )?)),
+        }
+    }
+
     /// The rails that are configured (none: payouts wait, and patients are told why).
     pub fn rails(&self) -> Result<Rails> {
         let mut rails = Rails::new();

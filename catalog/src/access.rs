@@ -73,7 +73,7 @@ impl Catalog {
                 .open(patient_id, &sealed, &patient_aad(patient_id))
                 .await?,
         )
-            .map_err(|_| CatalogError::internal("a stored identity does not parse"))
+        .map_err(|_| CatalogError::internal("a stored identity does not parse"))
     }
 
     /// Everything the catalog holds about a patient, for the patient: identity, every record

@@ -182,7 +182,6 @@ fn placeholders(backend: Backend, first: usize, n: usize) -> String {
     }
 }
 
-
 /// A pool on `url`. SQLite connections get WAL, full syncs and foreign keys; `secure_delete`
 /// (the key vault's) also zeroes deleted content in the file, so a destroyed key's bytes do
 /// not linger in free pages.
@@ -322,7 +321,9 @@ impl VaultStore {
                     .bind(&r.wrapped.ciphertext)
                     .bind(&now);
             }
-            q.execute(&mut *tx).await.ctx("storing patients' data keys")?;
+            q.execute(&mut *tx)
+                .await
+                .ctx("storing patients' data keys")?;
         }
         tx.commit().await.ctx("committing patients' data keys")?;
         Ok(())
@@ -565,9 +566,9 @@ impl Store {
             "SELECT COUNT(*) FROM patients WHERE patient_id = $1 AND deleted_at IS NULL",
         )
         .bind(patient_id)
-            .fetch_one(&self.pool)
-            .await
-            .ctx("looking up a patient")?;
+        .fetch_one(&self.pool)
+        .await
+        .ctx("looking up a patient")?;
         Ok(n > 0)
     }
 

@@ -60,8 +60,7 @@ impl Vault {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
-        if path.contains(":memory:") || path.is_empty() || path.trim_start_matches('/').is_empty()
-        {
+        if path.contains(":memory:") || path.is_empty() || path.trim_start_matches('/').is_empty() {
             return Err(CatalogError::invalid(
                 "an in-memory SQLite catalog has no file to keep the key vault beside: give the key vault a URL of its own",
             ));
@@ -163,9 +162,7 @@ impl Vault {
 
     /// Seals one of a patient's values under their key (made now if they have none).
     pub async fn seal(&self, patient_id: &str, plaintext: &[u8], aad: &[u8]) -> Result<Sealed> {
-        self.key_or_create(patient_id)
-            .await?
-            .seal(plaintext, aad)
+        self.key_or_create(patient_id).await?.seal(plaintext, aad)
     }
 
     /// Opens one of a patient's values: under their key, or under the master keyring for a
@@ -230,8 +227,14 @@ mod tests {
         let vault = Vault::connect(&url, Arc::clone(&keyring))
             .await
             .expect("vault");
-        let a = vault.seal("pa", b"Alberto", b"records/1").await.expect("seal");
-        let b = vault.seal("pb", b"Beatriz", b"records/2").await.expect("seal");
+        let a = vault
+            .seal("pa", b"Alberto", b"records/1")
+            .await
+            .expect("seal");
+        let b = vault
+            .seal("pb", b"Beatriz", b"records/2")
+            .await
+            .expect("seal");
         assert!(a.key_id.starts_with("p:") && a.key_id != b.key_id);
         let wrapped = vault.store.keys(&["pa"]).await.expect("keys")[0]
             .wrapped
@@ -274,7 +277,9 @@ mod tests {
         for entry in std::fs::read_dir(dir.path()).expect("dir") {
             let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
             assert!(
-                !bytes.windows(wrapped.len()).any(|w| w == wrapped.as_slice()),
+                !bytes
+                    .windows(wrapped.len())
+                    .any(|w| w == wrapped.as_slice()),
                 "the destroyed key's wrapped bytes are still in a vault file"
             );
         }

@@ -7,7 +7,7 @@
 //! returned) by what the provider says. While any payout is still on its way, closing is
 //! refused ([`Closing::InFlight`]) and the patient is told to try again once it arrives.
 //! Then what is left available is moved, in one balanced transaction per currency, to the
-//! patient's `unclaimed` account, and their payout choice is forgotten. Every ledger entry
+//! patient's `unclaimed` account, and their payout choice and connected account are forgotten. Every ledger entry
 //! stays, under the patient's pseudonymous id: the books and the audit trail of payments are
 //! kept as law requires.
 
@@ -140,7 +140,9 @@ impl Payouts {
                 continue;
             }
             // The key names the amount: a second closure after a late credit moves that too.
-            let balance_before = self.balance(&unclaimed_account(patient, m.currency)).await?;
+            let balance_before = self
+                .balance(&unclaimed_account(patient, m.currency))
+                .await?;
             self.post(&NewTransaction {
                 key: format!(
                     "closure:{patient}:{}:{}",
@@ -158,11 +160,16 @@ impl Payouts {
             .await?;
             unclaimed.push(m);
         }
-        sqlx::query("DELETE FROM payout_prefs WHERE patient = $1")
-            .bind(patient)
-            .execute(self.pool())
-            .await
-            .map_err(sql_err("forgetting payout preferences"))?;
+        for sql in [
+            "DELETE FROM payout_prefs WHERE patient = $1",
+            "DELETE FROM connect_accounts WHERE patient = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(patient)
+                .execute(self.pool())
+                .await
+                .map_err(sql_err("forgetting payout preferences"))?;
+        }
         Ok(Closing::Closed {
             voided,
             settled,

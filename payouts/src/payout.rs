@@ -111,6 +111,9 @@ pub struct AdvocacyOrg {
     pub disease: String,
     /// Its Stripe connected account (`acct_…`).
     pub stripe_account: String,
+    /// A sentence about what it does, shown to patients choosing where to donate.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// Where identity verification stands.
@@ -281,12 +284,13 @@ impl Payouts {
                 "stripe_account: the organization's connected account id (acct_…)".into(),
             ));
         }
-        sqlx::query("INSERT INTO advocacy_orgs (id, name, disease, stripe_account, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET name = excluded.name, disease = excluded.disease, stripe_account = excluded.stripe_account")
+        sqlx::query("INSERT INTO advocacy_orgs (id, name, disease, stripe_account, created_at, description) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET name = excluded.name, disease = excluded.disease, stripe_account = excluded.stripe_account, description = excluded.description")
             .bind(&o.id)
             .bind(&o.name)
             .bind(&o.disease)
             .bind(&o.stripe_account)
             .bind(now_text())
+            .bind(o.description.trim())
             .execute(self.pool())
             .await
             .map_err(sql_err("registering an advocacy organization"))?;
@@ -295,7 +299,9 @@ impl Payouts {
 
     pub async fn advocacy_orgs(&self) -> Result<Vec<AdvocacyOrg>, PayoutsError> {
         let c = || sql_err("reading advocacy organizations");
-        sqlx::query("SELECT id, name, disease, stripe_account FROM advocacy_orgs ORDER BY name")
+        sqlx::query(
+            "SELECT id, name, disease, stripe_account, description FROM advocacy_orgs ORDER BY name",
+        )
             .fetch_all(self.pool())
             .await
             .map_err(c())?
@@ -306,9 +312,97 @@ impl Payouts {
                     name: r.try_get("name").map_err(c())?,
                     disease: r.try_get("disease").map_err(c())?,
                     stripe_account: r.try_get("stripe_account").map_err(c())?,
+                    description: r.try_get("description").map_err(c())?,
                 })
             })
             .collect()
+    }
+
+    /// The connected account a patient opened through Stripe's onboarding, and its status.
+    pub async fn connect_account_of(
+        &self,
+        patient: &str,
+    ) -> Result<Option<(String, String)>, PayoutsError> {
+        let c = || sql_err("reading a connected account");
+        let row = sqlx::query("SELECT account, status FROM connect_accounts WHERE patient = $1")
+            .bind(patient)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(c())?;
+        row.map(|r| {
+            Ok((
+                r.try_get("account").map_err(c())?,
+                r.try_get("status").map_err(c())?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Records the connected account opened for a patient (status `onboarding`). A patient has
+    /// one: recording again keeps the first.
+    pub async fn record_connect_account(
+        &self,
+        patient: &str,
+        account: &str,
+    ) -> Result<(), PayoutsError> {
+        check_ref("patient id", patient)?;
+        if !account.starts_with("acct_") || check_ref("account", account).is_err() {
+            return Err(PayoutsError::Invalid(
+                "a Stripe connected account id (acct_…)".into(),
+            ));
+        }
+        let now = now_text();
+        sqlx::query("INSERT INTO connect_accounts (patient, account, status, created_at, updated_at) VALUES ($1, $2, 'onboarding', $3, $3) ON CONFLICT (patient) DO NOTHING")
+            .bind(patient)
+            .bind(account)
+            .bind(&now)
+            .execute(self.pool())
+            .await
+            .map_err(sql_err("recording a connected account"))?;
+        Ok(())
+    }
+
+    /// What Stripe says of a connected account (the patient came back from onboarding, or an
+    /// `account.updated` event): its status is stored, and once Stripe pays out to it, direct
+    /// payment becomes the patient's choice (their minimum kept). False when no patient has
+    /// that account.
+    pub async fn connect_account_updated(
+        &self,
+        a: &crate::rails::stripe::ConnectAccount,
+    ) -> Result<bool, PayoutsError> {
+        let patient: Option<String> =
+            sqlx::query_scalar("SELECT patient FROM connect_accounts WHERE account = $1")
+                .bind(&a.id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(sql_err("reading a connected account"))?;
+        let Some(patient) = patient else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE connect_accounts SET status = $1, updated_at = $2 WHERE account = $3")
+            .bind(a.status())
+            .bind(now_text())
+            .bind(&a.id)
+            .execute(self.pool())
+            .await
+            .map_err(sql_err("updating a connected account"))?;
+        if a.status() == "enabled" {
+            let prefs = self.preferences(&patient).await?;
+            if !matches!(&prefs.choice, Choice::Direct { stripe_account } if stripe_account == &a.id)
+            {
+                self.set_preferences(
+                    &patient,
+                    &Preferences {
+                        choice: Choice::Direct {
+                            stripe_account: a.id.clone(),
+                        },
+                        ..prefs
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(true)
     }
 
     async fn advocacy_org(&self, id: &str) -> Result<Option<AdvocacyOrg>, PayoutsError> {
@@ -655,7 +749,10 @@ impl Payouts {
             .collect()
     }
 
-    pub(crate) async fn payouts_in(&self, statuses: &[&str]) -> Result<Vec<PayoutRow>, PayoutsError> {
+    pub(crate) async fn payouts_in(
+        &self,
+        statuses: &[&str],
+    ) -> Result<Vec<PayoutRow>, PayoutsError> {
         let list = statuses
             .iter()
             .map(|s| format!("'{s}'"))

@@ -33,6 +33,12 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0002_append_only.sqlite.sql"),
         include_str!("../migrations/0002_append_only.postgres.sql"),
     ),
+    (
+        3,
+        "getting_paid",
+        include_str!("../migrations/0003_getting_paid.sql"),
+        "",
+    ),
 ];
 
 pub(crate) fn sql_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> PayoutsError {

@@ -249,6 +249,33 @@ impl Payouts {
                     _ => "unmatched".into(),
                 }
             }
+            // A patient's connected account changed (onboarding finished, payouts enabled or
+            // restricted): its status follows, and direct payment is chosen once it can pay.
+            "account.updated" => {
+                let account = str_at(obj, &["id"]);
+                let flag = |k: &str| obj.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+                let due = obj
+                    .get("requirements")
+                    .and_then(|r| r.get("currently_due"))
+                    .and_then(|v| v.as_array())
+                    .map_or(0, Vec::len);
+                match account {
+                    Some(a) => {
+                        let status = crate::rails::stripe::ConnectAccount {
+                            id: a.to_string(),
+                            details_submitted: flag("details_submitted"),
+                            payouts_enabled: flag("payouts_enabled"),
+                            currently_due: due,
+                        };
+                        if self.connect_account_updated(&status).await? {
+                            "applied".into()
+                        } else {
+                            "unmatched".into()
+                        }
+                    }
+                    None => "unmatched".into(),
+                }
+            }
             "transfer.reversed" => {
                 let payout = str_at(obj, &["metadata", "tessera_payout"])
                     .or_else(|| str_at(obj, &["transfer_group"]));

@@ -66,10 +66,7 @@ async fn delete_page(State(s): State<AppState>, h: HeaderMap) -> Response {
     let mut b = String::new();
     if !may_erase(&me) {
         b.push_str("<p>Only the patient, or a parent or guardian acting for them, can delete their data. You can still stop sharing it for research on the <a href=\"/me/consent\">Consent</a> page.</p>");
-        return page(
-            StatusCode::OK,
-            layout("Delete your data", Some(&me), &b),
-        );
+        return page(StatusCode::OK, layout("Delete your data", Some(&me), &b));
     }
     b.push_str("<p>You can delete everything Tessera holds about you, at any time. <a href=\"/me/download\">Download a copy</a> first if you want to keep one: once deleted, it cannot be brought back, by you or by us.</p>\
 <h2>What is deleted</h2><ul>\
@@ -113,10 +110,7 @@ async fn delete_page(State(s): State<AppState>, h: HeaderMap) -> Response {
 <button type=\"submit\" class=\"danger\">Delete everything</button></form>",
         me.csrf
     );
-    page(
-        StatusCode::OK,
-        layout("Delete your data", Some(&me), &b),
-    )
+    page(StatusCode::OK, layout("Delete your data", Some(&me), &b))
 }
 
 async fn delete(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
@@ -177,7 +171,11 @@ async fn delete(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respons
                     b,
                     "<li>Sharing stopped for {} kind{} of research, effective for every query from now on</li>",
                     deletion.consents_revoked.len(),
-                    if deletion.consents_revoked.len() == 1 { "" } else { "s" }
+                    if deletion.consents_revoked.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
                 );
             }
             if deletion.deleted.shares > 0 {
@@ -185,8 +183,16 @@ async fn delete(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respons
                     b,
                     "<li>{} share link{} no longer work{}</li>",
                     deletion.deleted.shares,
-                    if deletion.deleted.shares == 1 { "" } else { "s" },
-                    if deletion.deleted.shares == 1 { "s" } else { "" }
+                    if deletion.deleted.shares == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    if deletion.deleted.shares == 1 {
+                        "s"
+                    } else {
+                        ""
+                    }
                 );
             }
             if let Closing::Closed { unclaimed, .. } = &closing

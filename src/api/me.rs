@@ -66,6 +66,8 @@ const ME_STYLE: &str = ".acting{background:#eef5ff;border-bottom:1px solid #9cc1
 .purpose{border:1px solid #c9ced6;border-radius:8px;padding:.6rem 1rem;margin:.8rem 0}\
 input,textarea,select{max-width:100%}code.shlink{overflow-wrap:anywhere}\
 button.danger{background:#a4161a;border-color:#a4161a}\
+ul.choices{list-style:none;padding:0;margin:.2rem 0}ul.choices label{display:flex;gap:.6rem;align-items:center}\
+fieldset.options{margin-left:1.6rem}\
 @media (max-width:640px){table{table-layout:fixed}td,th{overflow-wrap:anywhere}main{padding:0 .6rem}}";
 
 /// A patients' page: the shared style, the patients' navigation, sign-out, and, for a

@@ -13,6 +13,7 @@ pub mod cohorts;
 pub mod console;
 pub mod deletion;
 pub mod error;
+pub mod getting_paid;
 pub mod keys;
 pub mod licenses;
 pub mod me;
@@ -364,6 +365,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(patients::routes())
         .merge(me::routes())
         .merge(deletion::routes())
+        .merge(getting_paid::routes())
         .merge(passkeys::routes())
         .merge(shares::routes())
         .merge(surveys::routes())

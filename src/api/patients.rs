@@ -51,6 +51,8 @@ pub struct PatientServices {
     pub public_url: String,
     /// The passkeys' relying party at the public URL, or why passkeys are not offered.
     pub passkeys: std::sync::Arc<Result<super::passkeys::Passkeys, String>>,
+    /// The gift-card catalog, fetched from the provider and kept for an hour.
+    pub gift_cards: super::getting_paid::GiftCards,
 }
 
 pub fn routes() -> Router<AppState> {
@@ -387,10 +389,16 @@ fn survey_title(url: &str, titles: &HashMap<String, String>) -> String {
 
 fn render(
     e: &Earnings,
-    token: &str,
-    orgs: &[tessera_payouts::payout::AdvocacyOrg],
+    choice_form: &str,
     titles: &HashMap<String, String>,
+    licenses: &HashMap<String, String>,
 ) -> String {
+    let license = |id: &str| {
+        licenses
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("License {id}"))
+    };
     let c = e.currency;
     let mut h = String::with_capacity(8192);
     h.push_str("<div class=\"cards\">");
@@ -416,8 +424,8 @@ fn render(
     for (l, v) in &e.by_license {
         let _ = write!(
             h,
-            "<tr><td>License {}</td><td>{}</td></tr>",
-            esc(l),
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(&license(l)),
             money(*v, c)
         );
     }
@@ -433,8 +441,8 @@ fn render(
     for l in e.history.iter().rev() {
         let what = match l.kind.as_str() {
             "license_share" => format!(
-                "Share of license {}",
-                l.source.license.as_deref().unwrap_or("")
+                "Your share of the {}",
+                license(l.source.license.as_deref().unwrap_or("")).to_lowercase_first()
             ),
             "survey_incentive" => format!(
                 "Survey “{}” (study {})",
@@ -485,63 +493,7 @@ fn render(
         if e.tax.w9_on_file { "yes" } else { "no" }
     );
     let _ = write!(h, "<p>Identity verification: {}.</p>", e.identity.code());
-    h.push_str(
-        "<h2>How you want to be paid</h2><form method=\"post\" action=\"/me/payout-choice\">",
-    );
-    let _ = write!(h, "<input type=\"hidden\" name=\"csrf\" value=\"{token}\">");
-    let cur = e.preferences.choice.clone();
-    let radio = |value: &str, label: &str, checked: bool| {
-        format!(
-            "<label><input type=\"radio\" name=\"choice\" value=\"{value}\"{}> {label}</label><br>",
-            if checked { " checked" } else { "" }
-        )
-    };
-    h.push_str(&radio(
-        "accumulate",
-        "Keep accumulating",
-        matches!(cur, Choice::Accumulate),
-    ));
-    h.push_str(&radio(
-        "gift_card",
-        "Gift card",
-        matches!(cur, Choice::GiftCard { .. }),
-    ));
-    h.push_str(&radio(
-        "donation",
-        "Donate to an advocacy organization",
-        matches!(cur, Choice::Donation { .. }),
-    ));
-    h.push_str(&radio(
-        "direct",
-        "Direct payment to my Stripe account",
-        matches!(cur, Choice::Direct { .. }),
-    ));
-    h.push_str("<label>Organization <select name=\"organization\"><option value=\"\">—</option>");
-    for o in orgs {
-        let sel = matches!(&cur, Choice::Donation { organization } if organization == &o.id);
-        let _ = write!(
-            h,
-            "<option value=\"{}\"{}>{} ({})</option>",
-            esc(&o.id),
-            if sel { " selected" } else { "" },
-            esc(&o.name),
-            esc(&o.disease)
-        );
-    }
-    let _ = write!(
-        h,
-        "</select></label><br><label>Gift card product <input name=\"product\" value=\"{}\"></label><br><label>Stripe account <input name=\"stripe_account\" value=\"{}\"></label><br><label>Minimum payout ({}) <input name=\"minimum\" value=\"{}\"></label><br><button type=\"submit\">Save</button></form>",
-        match &cur {
-            Choice::GiftCard { product } => esc(product),
-            _ => String::new(),
-        },
-        match &cur {
-            Choice::Direct { stripe_account } => esc(stripe_account),
-            _ => String::new(),
-        },
-        c,
-        tessera_payouts::rails::decimal_text(Money::new(e.preferences.minimum_minor, c))
-    );
+    h.push_str(choice_form);
     h.push_str("<p>What you share, and with whom: <a href=\"/me/consent\">your consent</a>.</p>");
     h
 }
@@ -555,10 +507,11 @@ async fn page(State(s): State<AppState>, h: HeaderMap) -> Response {
         Ok(e) => e,
         Err(r) => return r,
     };
-    let orgs = match services(&s) {
-        Ok(svc) => svc.payouts.advocacy_orgs().await.unwrap_or_default(),
+    let svc = match services(&s) {
+        Ok(svc) => svc,
         Err(r) => return r,
     };
+    let orgs = svc.payouts.advocacy_orgs().await.unwrap_or_default();
     let titles: HashMap<String, String> = s
         .catalog
         .questionnaires()
@@ -567,15 +520,79 @@ async fn page(State(s): State<AppState>, h: HeaderMap) -> Response {
         .into_iter()
         .map(|q| (q.questionnaire.url, q.questionnaire.title))
         .collect();
+    let licenses = license_titles(&s, e.by_license.keys()).await;
+    let gift = svc.gift_cards.offer(e.preferences.currency).await;
+    let connect = svc
+        .payouts
+        .connect_account_of(me.patient())
+        .await
+        .unwrap_or_default();
+    let form = super::getting_paid::choice_form(
+        &me.csrf,
+        &e.preferences.choice,
+        Money::new(e.preferences.minimum_minor, e.preferences.currency),
+        &gift,
+        &orgs,
+        connect.as_ref(),
+        svc.config.stripe_key.is_some(),
+    );
     (
         [(header::CACHE_CONTROL, "no-store")],
         Html(super::me::layout(
             "Your earnings",
             Some(&me),
-            &render(&e, &me.csrf, &orgs, &titles),
+            &render(&e, &form, &titles, &licenses),
         )),
     )
         .into_response()
+}
+
+/// What a patient reads for a license: the data license's purpose in plain words, and the
+/// organization it is licensed to ("Data license for natural history research, to Acme
+/// Pharma"), not its id.
+async fn license_titles<'a>(
+    s: &AppState,
+    ids: impl Iterator<Item = &'a String>,
+) -> HashMap<String, String> {
+    let store = s.gate.store();
+    let orgs: HashMap<String, String> = store
+        .organizations()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| (o.id, o.name))
+        .collect();
+    let mut out = HashMap::new();
+    for id in ids {
+        if let Ok(Some(l)) = store.find_license(id).await {
+            let (purpose, _) = tessera_catalog::consent::describe_purpose(&l.purpose);
+            let org = orgs.get(&l.organization).unwrap_or(&l.organization);
+            out.insert(
+                id.clone(),
+                format!(
+                    "Data license for {}, to {org}",
+                    purpose.to_lowercase_first()
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// Lower-cases the first letter ("Natural history research" reads "natural history research"
+/// inside a sentence).
+trait LowerFirst {
+    fn to_lowercase_first(&self) -> String;
+}
+
+impl LowerFirst for str {
+    fn to_lowercase_first(&self) -> String {
+        let mut c = self.chars();
+        match c.next() {
+            Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+            None => String::new(),
+        }
+    }
 }
 
 async fn set_choice(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
@@ -591,15 +608,35 @@ async fn set_choice(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Res
         Err(r) => return r,
     };
     let get = |k: &str| f.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+    // Each option is chosen from what the page offered: a product of the catalog, a
+    // registered organization, the patient's own connected account once Stripe pays out to
+    // it. Nothing is typed.
     let choice = match get("choice").as_str() {
-        "gift_card" => Choice::GiftCard {
-            product: get("product"),
-        },
+        "gift_card" => {
+            let product = get("product");
+            if !svc.gift_cards.has(&product, Currency::USD).await {
+                return super::me::message_page(
+                    StatusCode::BAD_REQUEST,
+                    "How you want to be paid",
+                    "Choose one of the gift cards listed, then save.",
+                );
+            }
+            Choice::GiftCard { product }
+        }
         "donation" => Choice::Donation {
             organization: get("organization"),
         },
-        "direct" => Choice::Direct {
-            stripe_account: get("stripe_account"),
+        "direct" => match svc.payouts.connect_account_of(&p).await {
+            Ok(Some((account, status))) if status == "enabled" => Choice::Direct {
+                stripe_account: account,
+            },
+            _ => {
+                return super::me::message_page(
+                    StatusCode::BAD_REQUEST,
+                    "How you want to be paid",
+                    "Set up direct payment with Stripe first: the option opens once Stripe says it can pay you.",
+                );
+            }
         },
         _ => Choice::Accumulate,
     };
@@ -624,9 +661,11 @@ async fn set_choice(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Res
         .await
     {
         Ok(()) => Redirect::to("/me").into_response(),
-        Err(e @ tessera_payouts::PayoutsError::Invalid(_)) => {
-            err(StatusCode::BAD_REQUEST, "invalid", &e.to_string())
-        }
+        Err(e @ tessera_payouts::PayoutsError::Invalid(_)) => super::me::message_page(
+            StatusCode::BAD_REQUEST,
+            "How you want to be paid",
+            &e.to_string(),
+        ),
         Err(_) => err(
             StatusCode::SERVICE_UNAVAILABLE,
             "retry",

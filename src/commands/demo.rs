@@ -472,6 +472,7 @@ async fn demo_payouts(g: &GlobalArgs, catalog: &tessera_catalog::Catalog) -> Res
             name: "Demo Epilepsy Advocates".into(),
             disease: "epilepsy".into(),
             stripe_account: "acct_demoepilepsy".into(),
+            description: "Supports families living with epilepsy and funds research on rare epilepsies (a made-up organization for the demo).".into(),
         })
         .await?;
     let credited = tessera::payouts::credit_surveys(&payouts, catalog).await?;

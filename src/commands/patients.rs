@@ -152,7 +152,11 @@ pub async fn run(g: &GlobalArgs, c: PatientsCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn delete(g: &GlobalArgs, catalog: &tessera_catalog::Catalog, patient: &str) -> Result<ExitCode> {
+async fn delete(
+    g: &GlobalArgs,
+    catalog: &tessera_catalog::Catalog,
+    patient: &str,
+) -> Result<ExitCode> {
     use tessera::payouts::{Erasure, PayoutsConfig, erase_patient};
     use tessera_payouts::closure::Closing;
     use tessera_payouts::rails::decimal_text;
@@ -172,7 +176,10 @@ async fn delete(g: &GlobalArgs, catalog: &tessera_catalog::Catalog, patient: &st
     .await?;
     match erased {
         Erasure::PaymentsInFlight(list) => {
-            let amounts: Vec<String> = list.iter().map(|p| format!("{} ({})", decimal_text(p.amount), p.id)).collect();
+            let amounts: Vec<String> = list
+                .iter()
+                .map(|p| format!("{} ({})", decimal_text(p.amount), p.id))
+                .collect();
             anyhow::bail!(
                 "nothing was deleted: payouts are still on their way at the provider: {}; run this again once they have settled (`tessera payouts run` looks them up)",
                 amounts.join(", ")
@@ -183,7 +190,11 @@ async fn delete(g: &GlobalArgs, catalog: &tessera_catalog::Catalog, patient: &st
                 say!(
                     "patient {patient} was already deleted ({}); data key destroyed now: {}",
                     deletion.deleted_at,
-                    if deletion.key_destroyed { "yes" } else { "no (none was left)" }
+                    if deletion.key_destroyed {
+                        "yes"
+                    } else {
+                        "no (none was left)"
+                    }
                 );
             } else {
                 say!(
@@ -196,10 +207,17 @@ async fn delete(g: &GlobalArgs, catalog: &tessera_catalog::Catalog, patient: &st
                     } else {
                         deletion.consents_revoked.join(", ")
                     },
-                    if deletion.key_destroyed { "yes" } else { "no (the records predate patient keys)" }
+                    if deletion.key_destroyed {
+                        "yes"
+                    } else {
+                        "no (the records predate patient keys)"
+                    }
                 );
             }
-            if let Closing::Closed { voided, unclaimed, .. } = closing {
+            if let Closing::Closed {
+                voided, unclaimed, ..
+            } = closing
+            {
                 if !voided.is_empty() {
                     say!("payouts voided (never sent): {}", voided.join(", "));
                 }
@@ -207,7 +225,9 @@ async fn delete(g: &GlobalArgs, catalog: &tessera_catalog::Catalog, patient: &st
                     say!("kept as unclaimed funds: {}", decimal_text(m));
                 }
             }
-            say!("kept: the consent history, the payments ledger and the audit trail, under the pseudonymous id {patient}");
+            say!(
+                "kept: the consent history, the payments ledger and the audit trail, under the pseudonymous id {patient}"
+            );
         }
     }
     payouts.close().await;

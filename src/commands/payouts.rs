@@ -109,6 +109,10 @@ pub struct OrgArgs {
     pub disease: String,
     #[arg(long)]
     pub stripe_account: String,
+    /// A sentence about what the organization does, shown to patients choosing where to
+    /// donate.
+    #[arg(long, default_value = "")]
+    pub description: String,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +200,7 @@ pub async fn run(g: &GlobalArgs, cmd: PayoutsCommand) -> Result<ExitCode> {
                     name: a.name,
                     disease: a.disease,
                     stripe_account: a.stripe_account,
+                    description: a.description,
                 })
                 .await?;
             say!("advocacy organization {} registered", a.id);

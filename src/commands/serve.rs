@@ -142,6 +142,7 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
             .await
             .context("cannot open the payouts store")?,
         rails: payouts_config.rails()?,
+        gift_cards: tessera::api::getting_paid::GiftCards::new(payouts_config.giftcard_provider()?),
         config: payouts_config,
     };
     let query = tessera_query::QueryService::new(

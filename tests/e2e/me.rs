@@ -1155,7 +1155,10 @@ async fn patients_sign_in_see_their_data_change_consent_and_download_it() {
         deleted.contains("has been deleted") && deleted.contains("$15.00"),
         "{deleted}"
     );
-    assert_eq!(actions["afterDelete"], 401, "the session ended with the data");
+    assert_eq!(
+        actions["afterDelete"], 401,
+        "the session ended with the data"
+    );
     let (_, by) = catalog
         .deletion_of(&a)
         .await
@@ -1164,7 +1167,11 @@ async fn patients_sign_in_see_their_data_change_consent_and_download_it() {
     assert_eq!(by, "patient");
     assert!(catalog.own_identity(&a).await.is_err());
     assert!(catalog.own_data(&a).await.is_err());
-    assert_eq!(catalog.count_patients().await.expect("count"), 1, "B remains");
+    assert_eq!(
+        catalog.count_patients().await.expect("count"),
+        1,
+        "B remains"
+    );
     let (status, _) = get(&http, &server, "/me/data", &ada).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let payouts = tessera_payouts::Payouts::connect(&t.database_url())
@@ -1339,16 +1346,27 @@ async fn a_deleted_patient_leaves_queries_releases_and_backups_at_once() {
     let r = http
         .post(server.url("/me/delete"))
         .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str()), ("understand", "yes"), ("confirm", "delete")])
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("understand", "yes"),
+            ("confirm", "delete"),
+        ])
         .send()
         .await
         .expect("post");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(catalog.own_identity(&patient).await.is_ok(), "nothing deleted");
+    assert!(
+        catalog.own_identity(&patient).await.is_ok(),
+        "nothing deleted"
+    );
     let r = http
         .post(server.url("/me/delete"))
         .header("cookie", &cookie)
-        .form(&[("csrf", csrf.as_str()), ("understand", "yes"), ("confirm", "DELETE")])
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("understand", "yes"),
+            ("confirm", "DELETE"),
+        ])
         .send()
         .await
         .expect("post");
@@ -1451,7 +1469,9 @@ async fn a_deleted_patient_leaves_queries_releases_and_backups_at_once() {
         if name.starts_with("tessera.keys.db") {
             let bytes = std::fs::read(&path).expect("read");
             assert!(
-                !bytes.windows(wrapped.len()).any(|w| w == wrapped.as_slice()),
+                !bytes
+                    .windows(wrapped.len())
+                    .any(|w| w == wrapped.as_slice()),
                 "{name} still holds the destroyed key"
             );
         }

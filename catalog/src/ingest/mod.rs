@@ -23,9 +23,9 @@ use serde::Serialize;
 
 use crate::crypto::{Keyring, PatientKey, Sealed};
 use crate::error::{CatalogError, Result};
-use crate::vault::{NewKey, Vault};
 use crate::model::PatientIdentity;
 use crate::store::{QuarantineRow, RecordRow, RunTotals, Store, Tx};
+use crate::vault::{NewKey, Vault};
 use parse::{KeyKind, ParseContext, ParsedFile, ParsedRecord, PatientLink, record_aad};
 use problem::{Problem, Reason};
 use source::Input;
@@ -536,7 +536,10 @@ impl<'a> Writer<'a> {
                 if hash == old_hash {
                     self.report.patients_unchanged += 1;
                 } else {
-                    let sealed = self.patient_key(&pid).await?.seal(&json, &patient_aad(&pid))?;
+                    let sealed = self
+                        .patient_key(&pid)
+                        .await?
+                        .seal(&json, &patient_aad(&pid))?;
                     self.tx()?.update_patient(&pid, &sealed, &hash).await?;
                     self.report.patients_updated += 1;
                 }

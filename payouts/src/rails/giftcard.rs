@@ -35,7 +35,7 @@ impl std::fmt::Debug for GiftCardProvider {
 }
 
 /// One product of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
     pub id: String,
     pub name: String,
@@ -44,6 +44,72 @@ pub struct Product {
     pub category: String,
     #[serde(default)]
     pub currency_codes: Vec<String>,
+    /// The provider's words about it (may hold HTML: shown escaped).
+    #[serde(default)]
+    pub description: String,
+    /// Pictures of the card and the merchant's logo, where the provider gives them.
+    #[serde(default)]
+    pub images: Vec<ProductImage>,
+    /// The amounts it comes in: each a range (a fixed denomination has min = max).
+    #[serde(default)]
+    pub skus: Vec<Sku>,
+}
+
+/// A picture of a product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductImage {
+    pub src: String,
+    /// `card` or `logo`.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// An amount range of a product, in decimal units of its currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sku {
+    pub min: serde_json::Number,
+    pub max: serde_json::Number,
+    #[serde(default)]
+    pub currency_code: Option<String>,
+}
+
+impl Product {
+    /// The picture to show: the logo, else the card, else none.
+    pub fn picture(&self) -> Option<&ProductImage> {
+        self.images
+            .iter()
+            .find(|i| i.kind == "logo")
+            .or_else(|| self.images.first())
+    }
+
+    /// The amount ranges in `currency` (minor units; min = max for a fixed denomination).
+    pub fn denominations(&self, currency: Currency) -> Vec<(Money, Money)> {
+        self.skus
+            .iter()
+            .filter(|s| {
+                s.currency_code
+                    .as_deref()
+                    .is_none_or(|c| c.eq_ignore_ascii_case(currency.as_str()))
+            })
+            .filter_map(|s| {
+                Some((
+                    parse_decimal(&s.min.to_string(), currency)?,
+                    parse_decimal(&s.max.to_string(), currency)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether it can be bought in `currency`.
+    pub fn sold_in(&self, currency: Currency) -> bool {
+        self.currency_codes.is_empty()
+            || self
+                .currency_codes
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(currency.as_str()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,6 +202,44 @@ impl GiftCardProvider {
             .await
             .map_err(|_| RailError::Unknown("unreadable product catalog".into()))?
             .products)
+    }
+
+    /// Fetches a product picture (at most 512 KiB of PNG, JPEG, GIF or WebP), so that Tessera
+    /// serves it itself: patients' browsers never call the provider or its image host.
+    pub async fn image(&self, src: &str) -> Result<(String, Vec<u8>), RailError> {
+        const MAX: usize = 512 * 1024;
+        if !(src.starts_with("https://") || src.starts_with("http://")) {
+            return Err(RailError::Rejected(
+                "an image URL that is not http(s)".into(),
+            ));
+        }
+        let r = self.http.get(src).send().await.map_err(transport)?;
+        let r = check(r).await?;
+        let kind = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        if !matches!(
+            kind.as_str(),
+            "image/png" | "image/jpeg" | "image/gif" | "image/webp"
+        ) {
+            return Err(RailError::Rejected(format!(
+                "a product image of type `{kind}` (only PNG, JPEG, GIF and WebP are shown)"
+            )));
+        }
+        let bytes = r.bytes().await.map_err(transport)?;
+        if bytes.len() > MAX {
+            return Err(RailError::Rejected("a product image over 512 KiB".into()));
+        }
+        Ok((kind, bytes.to_vec()))
     }
 
     fn record(o: &Order) -> ProviderRecord {

@@ -124,6 +124,107 @@ impl Stripe {
     }
 }
 
+/// What Stripe says of a connected account a patient opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectAccount {
+    pub id: String,
+    /// The patient finished Stripe's onboarding form.
+    pub details_submitted: bool,
+    /// Stripe pays out to it (transfers to it reach the patient's bank).
+    pub payouts_enabled: bool,
+    /// How many pieces of information Stripe still needs now.
+    pub currently_due: usize,
+}
+
+impl ConnectAccount {
+    /// `onboarding`, `pending`, `enabled` or `restricted` (see `connect_accounts.status`).
+    pub fn status(&self) -> &'static str {
+        match (
+            self.details_submitted,
+            self.payouts_enabled,
+            self.currently_due,
+        ) {
+            (_, true, 0) => "enabled",
+            (_, true, _) | (true, false, 1..) => "restricted",
+            (true, false, 0) => "pending",
+            (false, false, _) => "onboarding",
+        }
+    }
+}
+
+impl Stripe {
+    /// Opens (once per patient: the idempotency key is the patient's) an Express connected
+    /// account for a patient's direct payments, able to receive transfers. Stripe collects who
+    /// they are in its own hosted onboarding; Tessera sends nothing identifying, only its
+    /// pseudonymous patient id as metadata.
+    pub async fn create_express_account(&self, patient: &str) -> Result<String, RailError> {
+        use stripe_connect::account::{
+            CreateAccount, CreateAccountCapabilities, CreateAccountCapabilitiesTransfers,
+            CreateAccountType,
+        };
+        let mut capabilities = CreateAccountCapabilities::new();
+        capabilities.transfers = Some(CreateAccountCapabilitiesTransfers {
+            requested: Some(true),
+        });
+        let a = CreateAccount::new()
+            .type_(CreateAccountType::Express)
+            .capabilities(capabilities)
+            .metadata(meta("tessera_patient", patient))
+            .customize()
+            .request_strategy(idem(&format!("tessera-connect-{patient}"))?)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(a.id.to_string())
+    }
+
+    /// A single-use link to Stripe's hosted onboarding for `account` (it expires within
+    /// minutes: make one each time the patient asks). `refresh_url` is where Stripe sends them
+    /// when the link has expired, `return_url` where it sends them when they leave the form.
+    pub async fn onboarding_link(
+        &self,
+        account: &str,
+        refresh_url: &str,
+        return_url: &str,
+    ) -> Result<String, RailError> {
+        use stripe_connect::account_link::{CreateAccountLink, CreateAccountLinkType};
+        // Each link is a new object, so each request gets its own key (a retry of the same
+        // request would reuse it; the worker never retries this one by itself).
+        let key = format!(
+            "tessera-connect-link-{account}-{}",
+            chrono::Utc::now().timestamp_micros()
+        );
+        let link = CreateAccountLink::new(account, CreateAccountLinkType::AccountOnboarding)
+            .refresh_url(refresh_url)
+            .return_url(return_url)
+            .customize()
+            .request_strategy(idem(&key)?)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(link.url)
+    }
+
+    /// Where a connected account stands.
+    pub async fn connect_account(&self, account: &str) -> Result<ConnectAccount, RailError> {
+        use stripe_connect::account::RetrieveAccount;
+        let a = RetrieveAccount::new(account.to_string())
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(ConnectAccount {
+            id: a.id.to_string(),
+            details_submitted: a.details_submitted.unwrap_or(false),
+            payouts_enabled: a.payouts_enabled.unwrap_or(false),
+            currently_due: a
+                .requirements
+                .as_ref()
+                .and_then(|r| r.currently_due.as_ref())
+                .map_or(0, Vec::len),
+        })
+    }
+}
+
 fn meta(k: &str, v: &str) -> HashMap<String, String> {
     [(k.to_string(), v.to_string())].into_iter().collect()
 }

@@ -476,6 +476,7 @@ async fn donations_go_to_the_organization_and_reconcile() {
         name: "Cure Epilepsy".into(),
         disease: "epilepsy".into(),
         stripe_account: "acct_123".into(),
+        description: "Funds research toward a cure for epilepsy.".into(),
     })
     .await
     .unwrap();
@@ -616,7 +617,10 @@ async fn closing_a_deleted_patient_settles_payouts_first_and_keeps_the_books() {
         "posted",
         "the payout's record is kept"
     );
-    assert_eq!(p.preferences("pa").await.unwrap().choice, Choice::Accumulate);
+    assert_eq!(
+        p.preferences("pa").await.unwrap().choice,
+        Choice::Accumulate
+    );
     // Closing again changes nothing.
     let n = p.transaction_count().await.unwrap();
     assert!(matches!(

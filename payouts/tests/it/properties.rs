@@ -81,6 +81,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         name: "A".into(),
         disease: "d".into(),
         stripe_account: "acct_a".into(),
+        description: String::new(),
     })
     .await
     .unwrap();
