@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -116,6 +116,7 @@ impl GiftCards {
                 }
             }
         }
+        // Products whose picture was not fetched (or was refused) are shown without one.
         let products = cache
             .as_ref()
             .map(|c| {
@@ -123,6 +124,12 @@ impl GiftCards {
                     .iter()
                     .filter(|p| p.sold_in(currency) && p.category != "charity")
                     .cloned()
+                    .map(|mut p| {
+                        if !c.images.contains_key(&p.id) {
+                            p.images.clear();
+                        }
+                        p
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -395,17 +402,50 @@ async fn onboard(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respon
     to_onboarding(&s, me.patient()).await
 }
 
-async fn refresh(State(s): State<AppState>, h: HeaderMap) -> Response {
+/// Stripe sends the patient back with a cross-site navigation, on which the browser does not
+/// send the session cookie (it is `SameSite=Strict`). The first such arrival answers a page
+/// that reloads itself from Tessera's own origin, with the cookie; a second arrival without a
+/// session is a real sign-in request.
+fn same_site_again(path: &str, q: &HashMap<String, String>) -> Response {
+    if q.contains_key("again") {
+        return Refusal::SignIn.page();
+    }
+    let again = format!("{path}?again=1");
+    let mut r = super::me::page(
+        StatusCode::OK,
+        super::me::layout(
+            "Back from Stripe",
+            None,
+            &format!("<p>Taking you back to your earnings… <a href=\"{again}\">Continue</a></p>"),
+        ),
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("0; url={again}")) {
+        r.headers_mut().insert("refresh", v);
+    }
+    r
+}
+
+async fn refresh(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let me = match me(&s, &h).await {
         Ok(m) => m,
+        Err(Refusal::SignIn) => return same_site_again("/me/stripe/refresh", &q),
         Err(r) => return r.page(),
     };
     to_onboarding(&s, me.patient()).await
 }
 
-async fn returned(State(s): State<AppState>, h: HeaderMap) -> Response {
+async fn returned(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let me = match me(&s, &h).await {
         Ok(m) => m,
+        Err(Refusal::SignIn) => return same_site_again("/me/stripe/return", &q),
         Err(r) => return r.page(),
     };
     let Some(svc) = s.patients.as_ref() else {

@@ -182,3 +182,70 @@ async fn identity_events_set_the_status_in_any_order() {
         "unmatched"
     );
 }
+
+#[tokio::test]
+async fn a_connected_account_that_stripe_enables_becomes_the_patients_choice() {
+    use tessera_payouts::payout::Choice;
+    let (p, _d) = fresh().await;
+    p.record_connect_account("pa", "acct_1PA").await.unwrap();
+    assert!(
+        p.record_connect_account("pa", "not-an-account")
+            .await
+            .is_err()
+    );
+    let event = |id: &str, account: &str, enabled: bool, due: &[&str]| {
+        serde_json::to_vec(&json!({
+            "id": id,
+            "type": "account.updated",
+            "data": {"object": {
+                "id": account,
+                "object": "account",
+                "details_submitted": true,
+                "payouts_enabled": enabled,
+                "requirements": {"currently_due": due}
+            }}
+        }))
+        .unwrap()
+    };
+    // Submitted, Stripe still checking: the status follows, the choice does not change.
+    let out = p
+        .handle_stripe_event(Provider::Stripe, &event("evt_1", "acct_1PA", false, &[]))
+        .await
+        .unwrap();
+    assert_eq!(out.result, "applied");
+    assert_eq!(
+        p.connect_account_of("pa").await.unwrap(),
+        Some(("acct_1PA".into(), "pending".into()))
+    );
+    assert_eq!(
+        p.preferences("pa").await.unwrap().choice,
+        Choice::Accumulate
+    );
+    // Enabled: direct payment to it becomes the choice.
+    p.handle_stripe_event(Provider::Stripe, &event("evt_2", "acct_1PA", true, &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.preferences("pa").await.unwrap().choice,
+        Choice::Direct {
+            stripe_account: "acct_1PA".into()
+        }
+    );
+    // Restricted later (Stripe needs more): shown as such.
+    p.handle_stripe_event(
+        Provider::Stripe,
+        &event("evt_3", "acct_1PA", true, &["individual.id_number"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.connect_account_of("pa").await.unwrap().unwrap().1,
+        "restricted"
+    );
+    // Someone else's account: not ours.
+    let out = p
+        .handle_stripe_event(Provider::Stripe, &event("evt_4", "acct_other", true, &[]))
+        .await
+        .unwrap();
+    assert_eq!(out.result, "unmatched");
+}
