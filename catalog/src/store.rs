@@ -182,6 +182,39 @@ fn placeholders(backend: Backend, first: usize, n: usize) -> String {
     }
 }
 
+/// Appends a consent event inside a transaction; its `seq` is one past the last for that
+/// patient and purpose.
+async fn insert_consent(tx: &mut Transaction<'_, Any>, row: &mut ConsentRow) -> Result<()> {
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(seq) FROM consent_events WHERE patient_id = $1 AND purpose = $2",
+    )
+    .bind(&row.patient_id)
+    .bind(&row.purpose)
+    .fetch_one(&mut **tx)
+    .await
+    .ctx("reading consent history")?;
+    row.seq = last.unwrap_or(0) + 1;
+    sqlx::query(
+        "INSERT INTO consent_events
+           (event_id, patient_id, purpose, action, scope, valid_from, valid_until, recorded_at, seq, actor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&row.event_id)
+    .bind(&row.patient_id)
+    .bind(&row.purpose)
+    .bind(&row.action)
+    .bind(&row.scope)
+    .bind(&row.valid_from)
+    .bind(&row.valid_until)
+    .bind(&row.recorded_at)
+    .bind(row.seq)
+    .bind(&row.actor)
+    .execute(&mut **tx)
+    .await
+    .ctx("recording a consent event")?;
+    Ok(())
+}
+
 /// A pool on `url`. SQLite connections get WAL, full syncs and foreign keys; `secure_delete`
 /// (the key vault's) also zeroes deleted content in the file, so a destroyed key's bytes do
 /// not linger in free pages.
@@ -674,33 +707,7 @@ impl Store {
             return Ok(None);
         }
         for row in revocations.iter_mut() {
-            let last: Option<i64> = sqlx::query_scalar(
-                "SELECT MAX(seq) FROM consent_events WHERE patient_id = $1 AND purpose = $2",
-            )
-            .bind(&row.patient_id)
-            .bind(&row.purpose)
-            .fetch_one(&mut *tx)
-            .await
-            .ctx(c)?;
-            row.seq = last.unwrap_or(0) + 1;
-            sqlx::query(
-                "INSERT INTO consent_events
-                   (event_id, patient_id, purpose, action, scope, valid_from, valid_until, recorded_at, seq, actor)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&row.event_id)
-            .bind(&row.patient_id)
-            .bind(&row.purpose)
-            .bind(&row.action)
-            .bind(&row.scope)
-            .bind(&row.valid_from)
-            .bind(&row.valid_until)
-            .bind(&row.recorded_at)
-            .bind(row.seq)
-            .bind(&row.actor)
-            .execute(&mut *tx)
-            .await
-            .ctx(c)?;
+            insert_consent(&mut tx, row).await?;
         }
         let only_this: Vec<String> = sqlx::query_scalar(
             "SELECT ap.account_id FROM account_patients ap
@@ -819,33 +826,7 @@ impl Store {
     /// Appends a consent event; its `seq` is one past the last for that patient and purpose.
     pub async fn append_consent(&self, mut row: ConsentRow) -> Result<ConsentRow> {
         let mut tx = self.pool.begin().await.ctx("starting a consent change")?;
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(seq) FROM consent_events WHERE patient_id = $1 AND purpose = $2",
-        )
-        .bind(&row.patient_id)
-        .bind(&row.purpose)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx("reading consent history")?;
-        row.seq = last.unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO consent_events
-               (event_id, patient_id, purpose, action, scope, valid_from, valid_until, recorded_at, seq, actor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&row.event_id)
-        .bind(&row.patient_id)
-        .bind(&row.purpose)
-        .bind(&row.action)
-        .bind(&row.scope)
-        .bind(&row.valid_from)
-        .bind(&row.valid_until)
-        .bind(&row.recorded_at)
-        .bind(row.seq)
-        .bind(&row.actor)
-        .execute(&mut *tx)
-        .await
-        .ctx("recording a consent event")?;
+        insert_consent(&mut tx, &mut row).await?;
         tx.commit().await.ctx("committing a consent event")?;
         Ok(row)
     }

@@ -1230,7 +1230,6 @@ async fn a_deleted_patient_leaves_queries_releases_and_backups_at_once() {
     use tessera_catalog::{Catalog, Keyring};
     use tessera_licensing::gate::Gate;
     use tessera_licensing::store::LicensingStore;
-    use tessera_query::arrow::array::Int64Array;
     use tessera_query::{Limits, QueryService};
 
     let t = crate::http::demo_copy();
@@ -1260,18 +1259,7 @@ async fn a_deleted_patient_leaves_queries_releases_and_backups_at_once() {
     let (row_key, _, _) = crate::http::demo_org(&demo, "demo-rowlevel");
     let row = gate.credential(Some(&row_key)).await.expect("lookup");
     let count_one = format!("SELECT count(*) FROM person WHERE person_id = '{pseudonym}'");
-    let count = |o: tessera_query::QueryOutput| {
-        o.batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .map(|a| a.value(0))
-            })
-            .expect("a count")
-    };
+    let count = |o: tessera_query::QueryOutput| crate::query::single_count(&o);
     assert_eq!(
         count(
             service

@@ -99,7 +99,11 @@ async fn the_demo_pays_patients_and_their_page_shows_it() {
         .expect("page");
     assert_eq!(page.status(), 200);
     let html = page.text().await.expect("html");
-    assert!(html.contains("Your earnings") && html.contains("License demo-aggregate-license"));
+    assert!(
+        html.contains("Your earnings")
+            && html.contains("Data license for natural history research, to demo-aggregate"),
+        "licenses are named by purpose and organization"
+    );
     let shown = format!(
         "${}",
         tessera_payouts::rails::decimal_text(Money::usd(e.available_minor))

@@ -23,7 +23,7 @@ fn reason(r: Result<tessera_query::QueryOutput, ServiceError>) -> String {
     }
 }
 
-fn single_count(o: &tessera_query::QueryOutput) -> i64 {
+pub fn single_count(o: &tessera_query::QueryOutput) -> i64 {
     o.batches
         .iter()
         .find(|b| b.num_rows() > 0)
