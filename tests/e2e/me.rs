@@ -238,8 +238,9 @@ fn condition_names(file: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 10] = [
     "/me",
+    "/me/delete",
     "/me/data",
     "/me/consent",
     "/me/share",
@@ -489,6 +490,11 @@ async fn patients_sign_in_see_their_data_change_consent_and_download_it() {
         ("/me/sign-out", vec![]),
         ("/me/share", vec![("label", "x"), ("kind", "all")]),
         ("/me/share/revoke", vec![("share", "x")]),
+        (
+            "/me/delete",
+            vec![("understand", "yes"), ("confirm", "DELETE")],
+        ),
+        ("/me/stripe/onboard", vec![]),
     ] {
         let r = http
             .post(server.url(path))
