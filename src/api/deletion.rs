@@ -22,9 +22,7 @@ use tessera_catalog::accounts::Relation;
 use tessera_payouts::closure::Closing;
 
 use super::AppState;
-use super::me::{
-    Me, Refusal, SESSION_COOKIE, field, form_me, layout, me, message_page, page, parse_form,
-};
+use super::me::{Me, Refusal, field, form_me, layout, me, message_page, page, parse_form};
 use super::web::esc;
 use crate::payouts::Erasure;
 
@@ -209,10 +207,7 @@ async fn delete(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respons
             b.push_str(KEPT);
             b.push_str("<p>You have been signed out. Thank you for taking part.</p>");
             (
-                [(
-                    header::SET_COOKIE,
-                    format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-                )],
+                [(header::SET_COOKIE, super::me::ended_session_cookie())],
                 page(StatusCode::OK, layout("Your data is deleted", None, &b)),
             )
                 .into_response()

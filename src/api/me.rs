@@ -307,6 +307,11 @@ fn passkey_origin(s: &AppState) -> Option<String> {
 }
 
 /// The cookie that carries a new session.
+/// The `Set-Cookie` value that ends the session cookie in the browser.
+pub(crate) fn ended_session_cookie() -> String {
+    format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+}
+
 pub(crate) fn session_cookie(s: &AppState, token: &str) -> String {
     let secure = if s
         .patients
@@ -552,10 +557,7 @@ async fn sign_out(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respo
         return Refusal::Unavailable.page();
     }
     (
-        [(
-            header::SET_COOKIE,
-            format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-        )],
+        [(header::SET_COOKIE, ended_session_cookie())],
         Redirect::to("/me/sign-in"),
     )
         .into_response()
@@ -738,10 +740,7 @@ async fn revoke_session(State(s): State<AppState>, h: HeaderMap, body: Bytes) ->
         .await
     {
         Ok(_) if target.is_none() => (
-            [(
-                header::SET_COOKIE,
-                format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-            )],
+            [(header::SET_COOKIE, ended_session_cookie())],
             Redirect::to("/me/sign-in"),
         )
             .into_response(),
