@@ -6,3 +6,4 @@
 pub mod api;
 pub mod mail;
 pub mod payouts;
+pub mod records;

@@ -70,6 +70,9 @@ enum Command {
     /// License invoices, studies and survey incentives, patients' payouts, reconciliation.
     #[command(subcommand)]
     Payouts(commands::payouts::PayoutsCommand),
+    /// Records from providers: the directory, patients' connections, right-of-access requests.
+    #[command(subcommand)]
+    Providers(commands::providers::ProvidersCommand),
     /// Study questionnaires patients answer on their pages.
     #[command(subcommand)]
     Study(commands::study::StudyCommand),
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Command::Key(c) => commands::license::key(g, c).await,
             Command::Serve(a) => commands::serve::run(g, a).await,
             Command::Payouts(c) => commands::payouts::run(g, c).await,
+            Command::Providers(c) => commands::providers::run(g, c).await,
             Command::Study(c) => commands::study::run(g, c).await,
         }
     });

@@ -8,7 +8,10 @@
 //! | `TESSERA_STRIPE_SECRET_KEY` | Stripe secret key (invoicing and Connect transfers); unset: invoices are recorded `offline` |
 //! | `TESSERA_STRIPE_API_BASE` | another Stripe API base (a stand-in such as localstripe, or a test server) |
 //! | `TESSERA_GIFTCARD_API_BASE`, `TESSERA_GIFTCARD_API_KEY`, `TESSERA_GIFTCARD_FUNDING_SOURCE` | the gift-card provider (Tremendous-style `/api/v2`) |
-//! | `TESSERA_STRIPE_WEBHOOK_SECRET`, `TESSERA_IDENTITY_WEBHOOK_SECRET`, `TESSERA_GIFTCARD_WEBHOOK_SECRET` | webhook signing secrets; unset: derived from the master key (what the demo signs its test webhook with) |
+//! | `TESSERA_STRIPE_WEBHOOK_SECRET`, `TESSERA_GIFTCARD_WEBHOOK_SECRET` | webhook signing secrets; unset: derived from the master key (what the demo signs its test webhook with) |
+//!
+//! Identity verification (whose status the payout hold reads) is configured in
+//! [`crate::records`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,7 +34,6 @@ pub struct PayoutsConfig {
     pub stripe_base: Option<String>,
     pub giftcard: Option<(String, String, String)>,
     pub stripe_webhook_secret: Vec<u8>,
-    pub identity_webhook_secret: Vec<u8>,
     pub giftcard_webhook_secret: Vec<u8>,
     pub timeout: Duration,
 }
@@ -72,7 +74,6 @@ impl PayoutsConfig {
             stripe_base: env("TESSERA_STRIPE_API_BASE"),
             giftcard,
             stripe_webhook_secret: secret("TESSERA_STRIPE_WEBHOOK_SECRET", "stripe-webhook"),
-            identity_webhook_secret: secret("TESSERA_IDENTITY_WEBHOOK_SECRET", "identity-webhook"),
             giftcard_webhook_secret: secret("TESSERA_GIFTCARD_WEBHOOK_SECRET", "giftcard-webhook"),
             timeout: Duration::from_secs(
                 env("TESSERA_PROVIDER_TIMEOUT")
@@ -258,16 +259,27 @@ pub enum Erasure {
 /// [`tessera_payouts::closure`]), then deletes their data and destroys their data key
 /// ([`tessera_catalog::deletion`]), and records the erasure in the audit chain under the
 /// pseudonymous id. `principal` names who asked in the audit (an account id, `operator-cli`).
+/// Before anything else, what the records crate holds goes: identity verifications redacted
+/// at their provider and provider connections' tokens revoked (both need the patient's data
+/// key, destroyed last); a provider that cannot be reached stops the deletion before anything
+/// of the patient's data is deleted.
+#[allow(clippy::too_many_arguments)]
 pub async fn erase_patient(
     catalog: &Catalog,
     payouts: &Payouts,
     rails: &Rails,
     audit: &tessera_licensing::store::LicensingStore,
+    records: Option<&crate::records::RecordsServices>,
     patient_id: &str,
     requested_by: &str,
     principal: &str,
 ) -> Result<Erasure> {
     use tessera_payouts::closure::Closing;
+    if let Some(records) = records {
+        records.forget_patient(patient_id).await.context(
+            "forgetting the identity verification and provider connections (nothing of the patient's data was deleted; try again)",
+        )?;
+    }
     let closing = payouts.close_patient(patient_id, rails).await?;
     if let Closing::InFlight { payouts } = closing {
         return Ok(Erasure::PaymentsInFlight(payouts));

@@ -159,6 +159,9 @@ impl Catalog {
         options: &IngestOptions,
         progress: &dyn Progress,
     ) -> Result<IngestReport> {
+        if let Some(owner) = &options.owner {
+            self.ensure_patient(owner).await?;
+        }
         ingest::run(
             &self.store,
             Arc::clone(&self.keyring),
@@ -168,6 +171,93 @@ impl Catalog {
             progress,
         )
         .await
+    }
+
+    /// Ingests bytes held in memory (records a patient's provider sent), each `(label, bytes)`
+    /// like a file of that name. See [`ingest::run_memory`].
+    pub async fn ingest_memory(
+        &self,
+        files: Vec<(String, Vec<u8>)>,
+        options: &IngestOptions,
+        progress: &dyn Progress,
+    ) -> Result<IngestReport> {
+        if let Some(owner) = &options.owner {
+            self.ensure_patient(owner).await?;
+        }
+        ingest::run_memory(
+            &self.store,
+            Arc::clone(&self.keyring),
+            &self.vault,
+            files,
+            options,
+            progress,
+        )
+        .await
+    }
+
+    /// Refuses (NotFound) a patient who does not exist or was deleted.
+    pub async fn ensure_patient(&self, patient_id: &str) -> Result<()> {
+        if self.store.patient_identity(patient_id).await?.is_none()
+            || self.store.deletion_of(patient_id).await?.is_some()
+        {
+            return Err(CatalogError::NotFound {
+                what: format!("patient {patient_id}"),
+                hint: "the patient may have been deleted".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Seals a value of a patient's that another crate stores (the tokens of their connections
+    /// to providers) under the patient's data key, so that it is destroyed with their data.
+    /// `row` names where it is stored (the associated data: a sealed value moved to another
+    /// row or patient does not open). The bytes are self-describing: key id, nonce, ciphertext.
+    pub async fn seal_for_patient(
+        &self,
+        patient_id: &str,
+        row: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.ensure_patient(patient_id).await?;
+        let sealed = self
+            .vault
+            .seal(patient_id, plaintext, &foreign_aad(patient_id, row))
+            .await?;
+        let id = sealed.key_id.as_bytes();
+        let id_len =
+            u8::try_from(id.len()).map_err(|_| CatalogError::internal("a key id is too long"))?;
+        let mut out =
+            Vec::with_capacity(1 + id.len() + sealed.nonce.len() + sealed.ciphertext.len());
+        out.push(id_len);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&sealed.nonce);
+        out.extend_from_slice(&sealed.ciphertext);
+        Ok(out)
+    }
+
+    /// Opens what [`Catalog::seal_for_patient`] sealed for the same patient and row.
+    pub async fn open_for_patient(
+        &self,
+        patient_id: &str,
+        row: &str,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>> {
+        let bad = || CatalogError::internal("a sealed value is malformed");
+        let (&id_len, rest) = bytes.split_first().ok_or_else(bad)?;
+        let id_len = usize::from(id_len);
+        if rest.len() < id_len + 12 {
+            return Err(bad());
+        }
+        let (id, rest) = rest.split_at(id_len);
+        let (nonce, ciphertext) = rest.split_at(12);
+        let sealed = crypto::Sealed {
+            key_id: String::from_utf8(id.to_vec()).map_err(|_| bad())?,
+            nonce: nonce.to_vec(),
+            ciphertext: ciphertext.to_vec(),
+        };
+        self.vault
+            .open(patient_id, &sealed, &foreign_aad(patient_id, row))
+            .await
     }
 
     /// Stored records per source resource type.
@@ -593,4 +683,9 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+/// The associated data of a value another crate stores for a patient.
+fn foreign_aad(patient_id: &str, row: &str) -> Vec<u8> {
+    format!("foreign/{row}/patients/{patient_id}").into_bytes()
 }

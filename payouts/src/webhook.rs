@@ -1,4 +1,4 @@
-//! Webhooks from Stripe, the gift-card provider and the identity-verification provider.
+//! Webhooks from Stripe and the gift-card provider.
 //! Signatures are verified with ring over the raw body before anything is parsed; event ids are
 //! recorded per provider so a repeated delivery changes nothing; every handler is idempotent on
 //! its own too (a payment is recognized once, a payout step happens once), so events that
@@ -6,9 +6,8 @@
 //!
 //! - Stripe (`Stripe-Signature: t=…,v1=…`): HMAC-SHA-256 of `t.payload` under the endpoint
 //!   secret, any `v1` matching, `t` within 300 seconds of now.
-//! - Identity (Stripe Identity events, signed the same way under their own endpoint secret):
-//!   `identity.verification_session.*` with the patient's internal id as
-//!   `client_reference_id`.
+//! - Identity verification events are not handled here: `tessera-records` owns identity
+//!   proofing and writes the status through to the payout hold (`Payouts::set_identity`).
 //! - Gift-card provider (Tremendous-style `Tremendous-Webhook-Signature: sha256=<hex>`):
 //!   HMAC-SHA-256 of the body under the webhook key.
 
@@ -17,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::money::{Currency, Money};
-use crate::payout::IdentityStatus;
 use crate::rails::{ProviderRecord, ProviderState};
 use crate::store::{now_text, sql_err};
 use crate::{Payouts, PayoutsError};
@@ -31,7 +29,6 @@ pub const TOLERANCE_SECONDS: i64 = 300;
 pub enum Provider {
     Stripe,
     GiftCard,
-    Identity,
 }
 
 impl Provider {
@@ -39,7 +36,6 @@ impl Provider {
         match self {
             Provider::Stripe => "stripe",
             Provider::GiftCard => "giftcard",
-            Provider::Identity => "identity",
         }
     }
 }
@@ -284,25 +280,6 @@ impl Payouts {
                         self.transfer_reversed(p).await?;
                         "applied".into()
                     }
-                    _ => "unmatched".into(),
-                }
-            }
-            k if k.starts_with("identity.verification_session.") => {
-                let status = match k {
-                    "identity.verification_session.verified" => Some(IdentityStatus::Verified),
-                    "identity.verification_session.processing" => Some(IdentityStatus::Pending),
-                    "identity.verification_session.requires_input"
-                    | "identity.verification_session.canceled" => Some(IdentityStatus::Failed),
-                    _ => None,
-                };
-                let patient = str_at(obj, &["client_reference_id"])
-                    .or_else(|| str_at(obj, &["metadata", "tessera_patient"]));
-                match (status, patient, str_at(obj, &["id"])) {
-                    (Some(s), Some(p), Some(session)) if provider == Provider::Identity => {
-                        self.set_identity(p, s, session).await?;
-                        "applied".into()
-                    }
-                    (None, ..) => "ignored".into(),
                     _ => "unmatched".into(),
                 }
             }

@@ -139,6 +139,7 @@ async fn delete(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respons
         &svc.payouts,
         &svc.rails,
         s.gate.store(),
+        Some(&svc.records),
         me.patient(),
         &requested_by(&me),
         &format!("patient-account:{}", me.account.account_id),

@@ -402,21 +402,31 @@ async fn onboard(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respon
     to_onboarding(&s, me.patient()).await
 }
 
-/// Stripe sends the patient back with a cross-site navigation, on which the browser does not
-/// send the session cookie (it is `SameSite=Strict`). The first such arrival answers a page
-/// that reloads itself from Tessera's own origin, with the cookie; a second arrival without a
-/// session is a real sign-in request.
-fn same_site_again(path: &str, q: &HashMap<String, String>) -> Response {
+/// A provider (Stripe, an identity provider, a patient's hospital) sends the patient back with
+/// a cross-site navigation, on which the browser does not send the session cookie (it is
+/// `SameSite=Strict`). The first such arrival answers a page that reloads itself from
+/// Tessera's own origin, with the cookie and the same query (an authorization `code` and
+/// `state`, say) plus `again=1`; a second arrival without a session is a real sign-in request.
+pub(crate) fn same_site_again(path: &str, q: &HashMap<String, String>, title: &str) -> Response {
     if q.contains_key("again") {
         return Refusal::SignIn.page();
     }
-    let again = format!("{path}?again=1");
+    let mut query: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    query.sort_unstable();
+    query.push(("again", "1"));
+    let again = format!(
+        "{path}?{}",
+        serde_urlencoded::to_string(&query).unwrap_or_else(|_| "again=1".into())
+    );
     let mut r = super::me::page(
         StatusCode::OK,
         super::me::layout(
-            "Back from Stripe",
+            title,
             None,
-            &format!("<p>Taking you back to your earnings… <a href=\"{again}\">Continue</a></p>"),
+            &format!(
+                "<p>Taking you back to Tessera… <a href=\"{}\">Continue</a></p>",
+                esc(&again)
+            ),
         ),
     );
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("0; url={again}")) {
@@ -432,7 +442,9 @@ async fn refresh(
 ) -> Response {
     let me = match me(&s, &h).await {
         Ok(m) => m,
-        Err(Refusal::SignIn) => return same_site_again("/me/stripe/refresh", &q),
+        Err(Refusal::SignIn) => {
+            return same_site_again("/me/stripe/refresh", &q, "Back from Stripe");
+        }
         Err(r) => return r.page(),
     };
     to_onboarding(&s, me.patient()).await
@@ -445,7 +457,9 @@ async fn returned(
 ) -> Response {
     let me = match me(&s, &h).await {
         Ok(m) => m,
-        Err(Refusal::SignIn) => return same_site_again("/me/stripe/return", &q),
+        Err(Refusal::SignIn) => {
+            return same_site_again("/me/stripe/return", &q, "Back from Stripe");
+        }
         Err(r) => return r.page(),
     };
     let Some(svc) = s.patients.as_ref() else {

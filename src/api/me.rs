@@ -84,6 +84,7 @@ pub fn layout(title: &str, me: Option<&Me>, body: &str) -> String {
         for (href, label) in [
             ("/me", "Earnings"),
             ("/me/data", "My data"),
+            ("/me/providers", "Providers"),
             ("/me/surveys", "Surveys"),
             ("/me/consent", "Consent"),
             ("/me/share", "Share"),

@@ -21,6 +21,7 @@ pub mod operations;
 pub mod ops;
 pub mod passkeys;
 pub mod patients;
+pub mod providers;
 pub mod shares;
 pub mod surveys;
 pub mod web;
@@ -366,6 +367,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(me::routes())
         .merge(deletion::routes())
         .merge(getting_paid::routes())
+        .merge(providers::routes())
         .merge(passkeys::routes())
         .merge(shares::routes())
         .merge(surveys::routes())

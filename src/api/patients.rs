@@ -1,6 +1,6 @@
 //! Patients' side of the HTTP service, and the payment providers' webhooks.
 //!
-//! - `POST /v1/webhooks/stripe`, `/v1/webhooks/identity`, `/v1/webhooks/giftcard`: the raw
+//! - `POST /v1/webhooks/stripe`, `/v1/webhooks/giftcard`: the raw
 //!   body's signature is verified (ring) before anything is read; 400 when it does not verify
 //!   (the provider retries), 200 with what was done otherwise (duplicates included).
 //! - `GET /me/sign-in?token=…`: a patient's sign-in link (`tessera payouts sign-in`) sets an
@@ -53,12 +53,13 @@ pub struct PatientServices {
     pub passkeys: std::sync::Arc<Result<super::passkeys::Passkeys, String>>,
     /// The gift-card catalog, fetched from the provider and kept for an hour.
     pub gift_cards: super::getting_paid::GiftCards,
+    /// Identity proofing and records from providers.
+    pub records: crate::records::RecordsServices,
 }
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/webhooks/stripe", post(stripe_hook))
-        .route("/v1/webhooks/identity", post(identity_hook))
         .route("/v1/webhooks/giftcard", post(giftcard_hook))
         .route("/me", get(page))
         .route("/me/payout-choice", post(set_choice))
@@ -113,18 +114,13 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-async fn stripe_like(s: AppState, h: HeaderMap, body: Bytes, provider: Provider) -> Response {
+async fn stripe_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
     let svc = match services(&s) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let secret = if provider == Provider::Identity {
-        &svc.config.identity_webhook_secret
-    } else {
-        &svc.config.stripe_webhook_secret
-    };
     if let Err(e) = webhook::verify_stripe(
-        secret,
+        &svc.config.stripe_webhook_secret,
         header_str(&h, "stripe-signature"),
         &body,
         Utc::now().timestamp(),
@@ -132,15 +128,11 @@ async fn stripe_like(s: AppState, h: HeaderMap, body: Bytes, provider: Provider)
         s.metrics.decision("webhook_refused");
         return err(StatusCode::BAD_REQUEST, "webhook_refused", &e.to_string());
     }
-    hook_result(svc.payouts.handle_stripe_event(provider, &body).await)
-}
-
-async fn stripe_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
-    stripe_like(s, h, body, Provider::Stripe).await
-}
-
-async fn identity_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
-    stripe_like(s, h, body, Provider::Identity).await
+    hook_result(
+        svc.payouts
+            .handle_stripe_event(Provider::Stripe, &body)
+            .await,
+    )
 }
 
 async fn giftcard_hook(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {

@@ -90,6 +90,7 @@ pub fn options(args: &IngestArgs) -> IngestOptions {
         source: args.source.clone(),
         max_file_bytes: args.max_file_bytes,
         workers: args.workers,
+        owner: None,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod license;
 pub mod patients;
 pub mod payouts;
+pub mod providers;
 pub mod quarantine;
 pub mod release;
 pub mod serve;

@@ -1,4 +1,4 @@
-//! `tessera patients list`, `tessera patients invite` and `tessera stats`.
+//! `tessera patients list`, `invite`, `verify`, `delete` and `tessera stats`.
 
 use std::process::ExitCode;
 
@@ -64,6 +64,21 @@ pub enum PatientsCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Records an identity verification done in person by the registry's staff (attended
+    /// proofing, NIST SP 800-63-4): the evidence inspected, the decision recorded as the
+    /// patient's latest verification. Record requests and payouts unlock only when approved at
+    /// IAL2. Patients verify online on their Providers page where a provider is configured.
+    Verify {
+        /// The patient's internal id (`tessera patients list`).
+        #[arg(long)]
+        patient: String,
+        #[arg(long, value_parser = ["approved", "declined"])]
+        decision: String,
+        /// The level the evidence inspected reaches: ial2 (one STRONG piece, such as a
+        /// driver's license or passport, checked against the person) or ial1.
+        #[arg(long, default_value = "ial2")]
+        assurance: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +124,35 @@ pub async fn run(g: &GlobalArgs, c: PatientsCommand) -> Result<ExitCode> {
             let code = delete(g, &catalog, &patient).await;
             catalog.close().await;
             return code;
+        }
+        PatientsCommand::Verify {
+            patient,
+            decision,
+            assurance,
+        } => {
+            if catalog.ensure_patient(&patient).await.is_err() {
+                anyhow::bail!("no patient {patient}: see `tessera patients list`");
+            }
+            let payouts = tessera_payouts::Payouts::connect(&g.database_url()).await?;
+            let store = tessera_records::RecordsStore::connect(&g.database_url()).await?;
+            let status = tessera_records::identity::record_attended(
+                &store,
+                &payouts,
+                &patient,
+                decision == "approved",
+                tessera_records::identity::Assurance::parse(&assurance)?,
+            )
+            .await?;
+            say!(
+                "identity of {patient}: {} ({}); record requests and payouts {}",
+                status.state.code(),
+                assurance,
+                if status.unlocked() {
+                    "unlocked"
+                } else {
+                    "stay locked"
+                }
+            );
         }
         PatientsCommand::Invite {
             patient,
@@ -164,11 +208,20 @@ async fn delete(
     let cfg = PayoutsConfig::from_env(&keyring);
     let payouts = tessera_payouts::Payouts::connect(&g.database_url()).await?;
     let audit = tessera_licensing::store::LicensingStore::connect(&g.database_url()).await?;
+    let records = tessera::records::RecordsServices::open(
+        &g.database_url(),
+        catalog,
+        &keyring,
+        &payouts,
+        &std::env::var("TESSERA_PUBLIC_URL").unwrap_or_else(|_| "http://localhost".into()),
+    )
+    .await?;
     let erased = erase_patient(
         catalog,
         &payouts,
         &cfg.rails()?,
         &audit,
+        Some(&records),
         patient,
         "operator",
         "operator-cli",

@@ -10,7 +10,7 @@ use tessera::payouts::{PayoutsConfig, credit_surveys, invoice_license};
 use tessera_licensing::decision::Principal;
 use tessera_licensing::store::LicensingStore;
 use tessera_payouts::incentives::Study;
-use tessera_payouts::payout::{AdvocacyOrg, Choice, IdentityStatus, Preferences};
+use tessera_payouts::payout::{AdvocacyOrg, Choice, Preferences};
 use tessera_payouts::{Currency, Money, Payouts};
 
 use crate::config::GlobalArgs;
@@ -34,13 +34,6 @@ pub enum PayoutsCommand {
     Org(OrgArgs),
     /// Set a patient's payout choice.
     Prefs(PrefsArgs),
-    /// Record a patient's identity verification (normally set by the provider's webhook).
-    Identity {
-        #[arg(long)]
-        patient: String,
-        #[arg(long, value_parser = ["unverified", "pending", "verified", "failed"])]
-        status: String,
-    },
     /// Record that a patient's W-9 is on file.
     W9 {
         #[arg(long)]
@@ -225,17 +218,6 @@ pub async fn run(g: &GlobalArgs, cmd: PayoutsCommand) -> Result<ExitCode> {
                 )
                 .await?;
             say!("payout choice saved");
-            ExitCode::SUCCESS
-        }
-        PayoutsCommand::Identity { patient, status } => {
-            let s = match status.as_str() {
-                "verified" => IdentityStatus::Verified,
-                "pending" => IdentityStatus::Pending,
-                "failed" => IdentityStatus::Failed,
-                _ => IdentityStatus::Unverified,
-            };
-            payouts.set_identity(&patient, s, "operator").await?;
-            say!("identity status recorded");
             ExitCode::SUCCESS
         }
         PayoutsCommand::W9 { patient } => {

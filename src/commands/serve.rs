@@ -134,13 +134,33 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     if let Err(why) = &passkeys {
         say!("tessera serve: no passkeys: {why}");
     }
+    let payouts = tessera_payouts::Payouts::connect(&g.database_url())
+        .await
+        .context("cannot open the payouts store")?;
+    let records = tessera::records::RecordsServices::open(
+        &g.database_url(),
+        &catalog,
+        &keyring,
+        &payouts,
+        &public_url,
+    )
+    .await
+    .context("cannot open the records store (identity verification, provider connections)")?;
+    say!(
+        "tessera serve: identity verification: {}",
+        records
+            .identity
+            .as_ref()
+            .map_or("not offered (set TESSERA_IDENTITY_PROVIDER)", |i| i
+                .provider()
+                .code())
+    );
     let patients = tessera::api::patients::PatientServices {
         mailer: mailer.clone(),
         passkeys: std::sync::Arc::new(passkeys),
         public_url,
-        payouts: tessera_payouts::Payouts::connect(&g.database_url())
-            .await
-            .context("cannot open the payouts store")?,
+        records: records.clone(),
+        payouts,
         rails: payouts_config.rails()?,
         gift_cards: tessera::api::getting_paid::GiftCards::new(payouts_config.giftcard_provider()?),
         config: payouts_config,
@@ -206,6 +226,7 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    tokio::spawn(sync_providers(records, wait(stopped.clone())));
     let flight_task = tokio::spawn(tessera_query::flight::serve(
         flight_listener,
         query,
@@ -226,6 +247,48 @@ pub async fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     catalog.close().await;
     say!("tessera serve: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every ten minutes, until stopped: fetches what changed at connected providers (the
+/// connections not synced for `sync_hours`, one at a time: a provider's rate limits are per
+/// client), and applies the right-of-access schedule (follow-ups, escalation, the stop).
+async fn sync_providers(
+    records: tessera::records::RecordsServices,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let every = chrono::Duration::hours(i64::try_from(records.sync_hours).unwrap_or(24));
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let requests = tessera_records::access_request::AccessRequests::new(
+            records.store.clone(),
+            tessera_records::access_request::Policy::default(),
+        );
+        match requests.tick(chrono::Utc::now()).await {
+            Ok(done) if !done.is_empty() => {
+                tracing::info!(actions = done.len(), "right-of-access schedule applied");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "applying the right-of-access schedule"),
+        }
+        if records.sync_hours == 0 {
+            continue;
+        }
+        match records.smart.due(every).await {
+            Ok(due) => {
+                for (patient, id) in due {
+                    if let Err(e) = records.smart.sync(&patient, &id).await {
+                        tracing::warn!(error = %e, connection = %id, "a scheduled provider sync failed; tried again at the next round");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading connections due a sync"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

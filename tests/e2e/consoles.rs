@@ -33,7 +33,7 @@ fn browser_dir() -> PathBuf {
     dir
 }
 
-fn token_of(link: &str) -> String {
+pub fn token_of(link: &str) -> String {
     link.split("token=")
         .nth(1)
         .expect("a sign-in link with its token")

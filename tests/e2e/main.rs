@@ -21,6 +21,7 @@ mod notebooks;
 mod payouts;
 mod postgres;
 mod privacy;
+mod providers;
 mod query;
 mod refusals;
 mod reingest;

@@ -238,9 +238,10 @@ fn condition_names(file: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 11] = [
     "/me",
     "/me/delete",
+    "/me/providers",
     "/me/data",
     "/me/consent",
     "/me/share",
@@ -495,6 +496,9 @@ async fn patients_sign_in_see_their_data_change_consent_and_download_it() {
             vec![("understand", "yes"), ("confirm", "DELETE")],
         ),
         ("/me/stripe/onboard", vec![]),
+        ("/me/identity/start", vec![]),
+        ("/me/providers/connect", vec![("endpoint", "ep-1/org-1")]),
+        ("/me/providers/requests", vec![("provider_name", "Clinic")]),
     ] {
         let r = http
             .post(server.url(path))

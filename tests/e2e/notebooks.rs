@@ -6,7 +6,7 @@
 //! The external-control notebook's numbers are then recomputed here, independently: the
 //! registry is read over Flight SQL with this crate's own queries (the cohort table, the
 //! conditions, the deaths), the covariates are derived in Rust, and the propensity model
-//! (Newton–Raphson logistic regression), the caliper matching, the standardized mean
+//! (Newton–Raphson logistic regression), the caliper matching (exact on the binary covariates), the standardized mean
 //! differences, the Kaplan–Meier estimates and the Cox model (Efron ties) are computed here
 //! and compared with what the notebook printed (statsmodels and lifelines).
 
@@ -279,8 +279,9 @@ async fn external_control(server: &Server, uri: &str, key: &str) -> Analysis {
     let logit: Vec<f64> = design.iter().map(|r| dot(r, &beta)).collect();
     let caliper = 0.2 * sd(&logit);
 
-    // Greedy 1:1 matching without replacement: trial patients by decreasing logit (ties by
-    // id), each to the nearest unmatched control in id order, within the caliper; distances in
+    // Greedy 1:1 matching without replacement, exact on the binary covariates: trial patients
+    // by decreasing logit (ties by id), each to the nearest unmatched control of the same sex
+    // and comorbidities, in id order, within the caliper; distances in
     // whole units of 1e-8 (as the notebook: equal distances are ties, broken by the covariates,
     // then by id).
     const UNIT: f64 = 1e-8;
@@ -308,6 +309,10 @@ async fn external_control(server: &Server, uri: &str, key: &str) -> Analysis {
     for t in order {
         let mut best: Option<(usize, i64, f64)> = None;
         for (slot, &c) in available.iter().enumerate() {
+            // Exact on sex and the three comorbidities (every covariate but age).
+            if all[t].x[1..] != all[c].x[1..] {
+                continue;
+            }
             let d = distance(logit[t], logit[c]);
             let g = gap(t, c);
             if best.is_none_or(|(_, bd, bg)| d < bd || (d == bd && g < bg)) {

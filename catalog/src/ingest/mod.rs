@@ -44,6 +44,11 @@ pub struct IngestOptions {
     pub max_file_bytes: u64,
     /// Parser threads; 0 means one per core.
     pub workers: usize,
+    /// Every patient and record in these files is this stored patient's: records a patient
+    /// fetched from a provider with their own authorization (SMART on FHIR), where the
+    /// provider's patient is the account holder whatever identifiers it carries. `None`:
+    /// patients are matched as usual.
+    pub owner: Option<String>,
 }
 
 impl Default for IngestOptions {
@@ -52,6 +57,7 @@ impl Default for IngestOptions {
             source: "default".into(),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             workers: 0,
+            owner: None,
         }
     }
 }
@@ -201,6 +207,39 @@ pub async fn run(
         ));
     }
     let inputs = source::discover(paths)?;
+    run_inputs(store, keyring, vault, inputs, options, progress).await
+}
+
+/// Ingests bytes held in memory (records fetched from a provider), each `(label, bytes)` as if
+/// it were a file of that name: same parsing, quarantine, sealing and report.
+pub async fn run_memory(
+    store: &Store,
+    keyring: Arc<Keyring>,
+    vault: &Vault,
+    files: Vec<(String, Vec<u8>)>,
+    options: &IngestOptions,
+    progress: &dyn Progress,
+) -> Result<IngestReport> {
+    if options.source.is_empty() || options.source.contains(['\0', '\n']) {
+        return Err(CatalogError::invalid(
+            "--source must be a non-empty single-line name",
+        ));
+    }
+    let inputs = files
+        .into_iter()
+        .map(|(label, bytes)| Input::Memory { label, bytes })
+        .collect();
+    run_inputs(store, keyring, vault, inputs, options, progress).await
+}
+
+async fn run_inputs(
+    store: &Store,
+    keyring: Arc<Keyring>,
+    vault: &Vault,
+    inputs: Vec<Input>,
+    options: &IngestOptions,
+    progress: &dyn Progress,
+) -> Result<IngestReport> {
     progress.start(inputs.len() as u64, inputs.iter().map(Input::size).sum());
     let run_id = hex::encode(random_bytes::<8>()?);
     let mut tx = store.begin().await?;
@@ -232,6 +271,13 @@ pub async fn run(
                     } else {
                         std::fs::read(&path).ok()
                     };
+                    if job_tx.send((label, bytes, size)).is_err() {
+                        break;
+                    }
+                }
+                Input::Memory { label, bytes } => {
+                    let size = bytes.len() as u64;
+                    let bytes = (size <= max).then_some(bytes);
                     if job_tx.send((label, bytes, size)).is_err() {
                         break;
                     }
@@ -276,6 +322,7 @@ pub async fn run(
     drop(out_tx);
 
     let mut writer = Writer::new(store, &keyring, vault, &run_id, &options.source);
+    writer.owner = options.owner.as_deref();
     let mut pending = 0usize;
     writer.begin().await?;
     while let Some(p) = out_rx.recv().await {
@@ -388,6 +435,8 @@ struct Writer<'a> {
     new_keys: Vec<NewKey>,
     run_id: &'a str,
     source: &'a str,
+    /// [`IngestOptions::owner`].
+    owner: Option<&'a str>,
     tx: Option<Tx>,
     /// Blind-index key to patient id, for keys seen or created in this run.
     known: HashMap<String, String>,
@@ -421,6 +470,7 @@ impl<'a> Writer<'a> {
             new_keys: Vec::new(),
             run_id,
             source,
+            owner: None,
             tx: None,
             known: HashMap::new(),
             deferred: Vec::new(),
@@ -493,11 +543,14 @@ impl<'a> Writer<'a> {
     ) -> Result<String> {
         let all: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
         self.lookup(&all).await?;
-        let by_logical_id = keys
-            .iter()
-            .find(|(_, kind)| *kind == KeyKind::LogicalId)
-            .and_then(|(k, _)| self.known.get(k))
-            .cloned();
+        let by_logical_id = match self.owner {
+            Some(owner) => Some(owner.to_string()),
+            None => keys
+                .iter()
+                .find(|(_, kind)| *kind == KeyKind::LogicalId)
+                .and_then(|(k, _)| self.known.get(k))
+                .cloned(),
+        };
         let has_logical_id = keys.iter().any(|(_, kind)| *kind == KeyKind::LogicalId);
         let target = match by_logical_id {
             Some(pid) => Some(pid),
@@ -600,6 +653,9 @@ impl<'a> Writer<'a> {
                 Some(PatientLink::Local(i)) => Some(local.get(*i).cloned().ok_or_else(|| {
                     CatalogError::internal("record names a patient its file does not hold")
                 })?),
+                Some(PatientLink::Keys(_)) if self.owner.is_some() => {
+                    self.owner.map(str::to_string)
+                }
                 Some(PatientLink::Keys(keys)) => {
                     self.lookup(keys).await?;
                     match keys.iter().find_map(|k| self.known.get(k)) {

@@ -8,14 +8,27 @@ use crate::error::{CatalogError, Result};
 /// One input as named on the command line or found in a folder.
 #[derive(Debug, Clone)]
 pub enum Input {
-    File { path: PathBuf, size: u64 },
-    Archive { path: PathBuf, size: u64 },
+    File {
+        path: PathBuf,
+        size: u64,
+    },
+    Archive {
+        path: PathBuf,
+        size: u64,
+    },
+    /// Bytes fetched from a provider, never written to disk in plaintext; `label` names them in
+    /// problems (a URL-free description such as `smart:<endpoint> Condition page 2`).
+    Memory {
+        label: String,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Input {
     pub fn size(&self) -> u64 {
         match self {
             Input::File { size, .. } | Input::Archive { size, .. } => *size,
+            Input::Memory { bytes, .. } => bytes.len() as u64,
         }
     }
 }
