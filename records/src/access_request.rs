@@ -759,8 +759,8 @@ pub struct LetterDetails {
 
 impl LetterDetails {
     /// The details from the patient's identity as the catalog holds it: name, birth date,
-    /// address, and the record numbers (`MR` identifiers) whose system is this provider's
-    /// when `provider_system` names one.
+    /// address, and the record numbers (`MR` identifiers) of the system `provider_system`
+    /// names (none without it: another provider's record number is not this one's business).
     pub fn from_identity(
         identity: &tessera_catalog::model::PatientIdentity,
         provider_system: Option<&str>,
@@ -794,7 +794,7 @@ impl LetterDetails {
                 .iter()
                 .filter(|i| {
                     i.type_code.as_deref() == Some("MR")
-                        && provider_system.is_none_or(|s| i.system == s)
+                        && provider_system.is_some_and(|s| i.system == s)
                 })
                 .map(|i| i.value.clone())
                 .collect(),
