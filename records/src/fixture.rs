@@ -231,6 +231,11 @@ pub struct Fhir {
     pub refreshes: u32,
     /// Who signs in at the authorization page.
     pub login_as: String,
+    /// The `aud` the authorization page requires (default: this stand-in's `/fhir`).
+    pub audience: String,
+    /// Access tokens as RS256 JWTs (signed with the test key, published at `/auth/jwks`) for a
+    /// FHIR server that validates them itself, such as helios-hfs; lifetime in seconds.
+    pub jwt_lifetime: Option<i64>,
 }
 
 pub type FhirState = Arc<Mutex<Fhir>>;
@@ -265,7 +270,7 @@ async fn authorize(AxState(s): AxState<S>, Query(q): Query<BTreeMap<String, Stri
     if q.get("response_type").map(String::as_str) != Some("code") {
         return bad("response_type");
     }
-    if q.get("aud").map(String::as_str) != Some(&format!("{}/fhir", f.base)) {
+    if q.get("aud").map(String::as_str) != Some(f.audience.as_str()) {
         return bad("aud must be the FHIR base");
     }
     if q.get("code_challenge_method").map(String::as_str) != Some("S256") {
@@ -297,12 +302,71 @@ async fn authorize(AxState(s): AxState<S>, Query(q): Query<BTreeMap<String, Stri
 
 fn issue(f: &mut Fhir, patient: &str, refresh: Option<String>) -> Value {
     f.issued += 1;
-    let access = format!("at-{}", f.issued);
+    let access = match f.jwt_lifetime {
+        Some(lifetime) => mint(
+            f,
+            &format!("Patient/{patient}"),
+            "launch/patient patient/*.rs offline_access",
+            Some(patient),
+            lifetime,
+        ),
+        None => format!("at-{}", f.issued),
+    };
     let refresh = refresh.unwrap_or_else(|| format!("rt-{}", f.issued));
     let uses = f.token_uses;
     f.access.insert(access.clone(), (patient.to_string(), uses));
     f.refresh.insert(refresh.clone(), patient.to_string());
-    json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "scope": "launch/patient patient/*.rs offline_access", "refresh_token": refresh, "patient": patient})
+    let expires_in = f.jwt_lifetime.unwrap_or(3600);
+    json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "scope": "launch/patient patient/*.rs offline_access", "refresh_token": refresh, "patient": patient})
+}
+
+/// The test signing key (2048-bit RSA, PKCS#8; made for these tests, protects nothing).
+const TEST_KEY: &[u8] = include_bytes!("fixture_data/test-rs256.pk8");
+const TEST_KID: &str = "tessera-test-rs256";
+
+fn test_key() -> ring::signature::RsaKeyPair {
+    ring::signature::RsaKeyPair::from_pkcs8(TEST_KEY).unwrap()
+}
+
+/// An RS256 JWT from this authorization server: `sub`, `scope`, the `patient` launch context,
+/// `iss` (this stand-in's `/auth`) and `aud` ([`Fhir::audience`]).
+pub fn mint(f: &Fhir, sub: &str, scope: &str, patient: Option<&str>, lifetime: i64) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let now = chrono::Utc::now().timestamp();
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": TEST_KID});
+    let mut claims = json!({"iss": format!("{}/auth", f.base), "aud": f.audience, "sub": sub,
+        "iat": now, "exp": now + lifetime, "scope": scope, "jti": format!("jti-{}", f.issued)});
+    if let Some(p) = patient {
+        claims["patient"] = json!(p);
+    }
+    let signing_input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let key = test_key();
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    format!("{signing_input}.{}", B64.encode(sig))
+}
+
+async fn jwks() -> Response {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let key = test_key();
+    let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(key.public());
+    axum::Json(
+        json!({"keys": [{"kty": "RSA", "kid": TEST_KID, "use": "sig", "alg": "RS256",
+        "n": B64.encode(&public.n), "e": B64.encode(&public.e)}]}),
+    )
+    .into_response()
 }
 
 async fn token(AxState(s): AxState<S>, h: HeaderMap, body: Bytes) -> Response {
@@ -539,6 +603,7 @@ pub async fn fhir_server() -> FhirState {
         .route("/auth/authorize", get(authorize))
         .route("/auth/token", post(token))
         .route("/auth/revoke", post(revoke))
+        .route("/auth/jwks", get(jwks))
         .route("/fhir/Patient/{id}/$everything", get(everything))
         .route("/fhir/Patient/{id}", get(read_patient))
         .route("/fhir/{kind}", get(search))
@@ -551,6 +616,7 @@ pub async fn fhir_server() -> FhirState {
         f.s256 = true;
         f.token_uses = 1000;
         f.login_as = "pat-a".into();
+        f.audience = format!("{}/fhir", f.base);
         let mut a = vec![patient_resource("pat-a", "Quarry")];
         for i in 0..7 {
             a.push(condition(

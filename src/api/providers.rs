@@ -57,6 +57,32 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/webhooks/identity", post(stripe_identity_hook))
 }
 
+/// A form posted by someone who may act on the patient's records and identity: the session
+/// (CSRF checked), the form's fields and the services; or the refusal to answer.
+async fn acting<'a>(
+    s: &'a AppState,
+    h: &HeaderMap,
+    body: &Bytes,
+) -> Result<
+    (
+        Me,
+        Vec<(String, String)>,
+        &'a super::patients::PatientServices,
+    ),
+    Response,
+> {
+    let form = parse_form(body);
+    let me = form_me(s, h, &form).await?;
+    if !may_act(&me) {
+        return Err(not_yours());
+    }
+    let svc = s
+        .patients
+        .as_ref()
+        .ok_or_else(|| Refusal::Unavailable.page())?;
+    Ok((me, form, svc))
+}
+
 /// Whether this session may act on the patient's records and identity.
 fn may_act(me: &Me) -> bool {
     matches!(
@@ -309,16 +335,9 @@ fn access_requests(
 }
 
 async fn request_letter(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
-    let form = parse_form(&body);
-    let me = match form_me(&s, &h, &form).await {
-        Ok(m) => m,
+    let (me, form, svc) = match acting(&s, &h, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if !may_act(&me) {
-        return not_yours();
-    }
-    let Some(svc) = s.patients.as_ref() else {
-        return Refusal::Unavailable.page();
     };
     let name = field(&form, "provider_name").unwrap_or("");
     let key = format!("name:{}", name.to_lowercase());
@@ -439,16 +458,9 @@ async fn scorecard(State(s): State<AppState>) -> Response {
 }
 
 async fn identity_start(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
-    let form = parse_form(&body);
-    let me = match form_me(&s, &h, &form).await {
-        Ok(m) => m,
+    let (me, _, svc) = match acting(&s, &h, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if !may_act(&me) {
-        return not_yours();
-    }
-    let Some(svc) = s.patients.as_ref() else {
-        return Refusal::Unavailable.page();
     };
     let Some(identity) = svc.records.identity.as_ref() else {
         return message_page(
@@ -505,16 +517,9 @@ async fn identity_return(
 }
 
 async fn connect(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Response {
-    let form = parse_form(&body);
-    let me = match form_me(&s, &h, &form).await {
-        Ok(m) => m,
+    let (me, form, svc) = match acting(&s, &h, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if !may_act(&me) {
-        return not_yours();
-    }
-    let Some(svc) = s.patients.as_ref() else {
-        return Refusal::Unavailable.page();
     };
     let endpoint = field(&form, "endpoint").unwrap_or("");
     match svc.records.smart.begin(me.patient(), endpoint).await {
@@ -612,16 +617,9 @@ async fn sync(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let form = parse_form(&body);
-    let me = match form_me(&s, &h, &form).await {
-        Ok(m) => m,
+    let (me, _, svc) = match acting(&s, &h, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if !may_act(&me) {
-        return not_yours();
-    }
-    let Some(svc) = s.patients.as_ref() else {
-        return Refusal::Unavailable.page();
     };
     match svc.records.smart.connections(me.patient()).await {
         Ok(list) if list.iter().any(|c| c.id == id && c.state == "connected") => {
@@ -643,16 +641,9 @@ async fn disconnect(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let form = parse_form(&body);
-    let me = match form_me(&s, &h, &form).await {
-        Ok(m) => m,
+    let (me, _, svc) = match acting(&s, &h, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if !may_act(&me) {
-        return not_yours();
-    }
-    let Some(svc) = s.patients.as_ref() else {
-        return Refusal::Unavailable.page();
     };
     match svc.records.smart.disconnect(me.patient(), &id).await {
         Ok(_) => Redirect::to("/me/providers#connected").into_response(),

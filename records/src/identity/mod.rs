@@ -641,6 +641,39 @@ pub(crate) fn verify_timestamped(
     }))
 }
 
+/// Sends a provider's API request and reads its JSON answer (`Null` for an empty one). A
+/// refusal is reported as `what`, the HTTP status and `error_code` of the answer's body (the
+/// provider's error code or title, which carry no personal data); nothing else of the body.
+pub(crate) async fn exchange(
+    provider: &'static str,
+    what: &str,
+    req: reqwest::RequestBuilder,
+    error_code: fn(&serde_json::Value) -> Option<&str>,
+) -> Result<serde_json::Value> {
+    let fail = |message: String| RecordsError::Provider { provider, message };
+    let resp = req.send().await.map_err(|e| {
+        fail(format!(
+            "{what}: the API could not be reached ({}); try again later",
+            e.without_url()
+        ))
+    })?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| fail(format!("{what}: {}", e.without_url())))?;
+    let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    if !status.is_success() {
+        let code = v.as_ref().and_then(error_code).unwrap_or("");
+        return Err(fail(format!("{what}: HTTP {status} {code}")));
+    }
+    match v {
+        Some(v) => Ok(v),
+        None if body.is_empty() => Ok(serde_json::Value::Null),
+        None => Err(fail(format!("{what}: the answer is not JSON"))),
+    }
+}
+
 /// Reads a JSON string at a path of keys.
 pub(crate) fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
     path.iter()

@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::{
-    Assurance, IdentityProvider, ProviderUpdate, Started, State, str_at, verify_timestamped,
+    Assurance, IdentityProvider, ProviderUpdate, Started, State, exchange, str_at,
+    verify_timestamped,
 };
 use crate::{RecordsError, Result};
 
@@ -85,36 +86,14 @@ impl Persona {
     }
 
     async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = req.send().await.map_err(|e| {
-            provider(format!(
-                "{what}: the API could not be reached ({}); try again later",
-                e.without_url()
-            ))
-        })?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| provider(format!("{what}: {}", e.without_url())))?;
-        if !status.is_success() {
-            // Persona's errors are `{"errors":[{"title": …}]}`; titles carry no personal data.
-            let title = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get("errors")
-                        .and_then(|e| e.get(0))
-                        .and_then(|e| e.get("title"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .unwrap_or_default();
-            return Err(provider(format!("{what}: HTTP {status} {title}")));
-        }
-        if body.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&body)
-            .map_err(|_| provider(format!("{what}: the answer is not JSON")))
+        // Persona's errors are `{"errors":[{"title": …}]}`.
+        exchange("Persona", what, req, |v| {
+            v.get("errors")
+                .and_then(|e| e.get(0))
+                .and_then(|e| e.get("title"))
+                .and_then(Value::as_str)
+        })
+        .await
     }
 
     fn map_status(&self, status: &str) -> Option<State> {

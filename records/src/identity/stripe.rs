@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::persona::check_ref;
 use super::{
-    Assurance, IdentityProvider, ProviderUpdate, Started, State, str_at, verify_timestamped,
+    Assurance, IdentityProvider, ProviderUpdate, Started, State, exchange, str_at,
+    verify_timestamped,
 };
 use crate::{RecordsError, Result};
 
@@ -92,26 +93,10 @@ impl StripeIdentity {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .body(body);
         }
-        let resp = req.send().await.map_err(|e| {
-            provider(format!(
-                "{what}: the API could not be reached ({}); try again later",
-                e.without_url()
-            ))
-        })?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| provider(format!("{what}: {}", e.without_url())))?;
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|_| provider(format!("{what}: HTTP {status}, the answer is not JSON")))?;
-        if !status.is_success() {
-            let code = str_at(&v, &["error", "code"])
-                .or_else(|| str_at(&v, &["error", "type"]))
-                .unwrap_or("");
-            return Err(provider(format!("{what}: HTTP {status} {code}")));
-        }
-        Ok(v)
+        exchange("Stripe Identity", what, req, |v| {
+            str_at(v, &["error", "code"]).or_else(|| str_at(v, &["error", "type"]))
+        })
+        .await
     }
 
     fn update(

@@ -5,5 +5,6 @@
 mod support;
 
 mod access;
+mod helios;
 mod identity;
 mod smart;

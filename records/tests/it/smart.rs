@@ -70,6 +70,24 @@ async fn setup(
     (catalog, patient)
 }
 
+/// SMART over the stand-in's directory, asking for `page_size` results a page.
+async fn smart_for(store: &RecordsStore, catalog: &Catalog, base: &str, page_size: u32) -> Smart {
+    let smart = Smart::new(
+        store.clone(),
+        catalog.clone(),
+        SmartConfig {
+            page_size,
+            ..SmartConfig::new(CLIENT, REDIRECT)
+        },
+    )
+    .unwrap();
+    smart
+        .load_directory("fixture", &directory_bundle(base))
+        .await
+        .unwrap();
+    smart
+}
+
 /// The patient's browser at the provider: follows the authorization URL, signs in (the
 /// fixture signs in whoever it is told to), and comes back with `code` and `state`.
 async fn at_the_provider(authorize_url: &str) -> (String, String) {
@@ -106,19 +124,7 @@ async fn launch_fetch_ingest_refresh_throttle_isolation_incremental_and_disconne
     let server = fhir_server().await;
     let base = server.lock().unwrap().base.clone();
     let (catalog, patient) = setup(dir.path(), &store, &payouts).await;
-    let smart = Smart::new(
-        store.clone(),
-        catalog.clone(),
-        SmartConfig {
-            page_size: 3,
-            ..SmartConfig::new(CLIENT, REDIRECT)
-        },
-    )
-    .unwrap();
-    smart
-        .load_directory("fixture", &directory_bundle(&base))
-        .await
-        .unwrap();
+    let smart = smart_for(&store, &catalog, &base, 3).await;
     let found = smart.directory("children").await.unwrap();
     assert_eq!(found.len(), 1);
 
@@ -237,19 +243,7 @@ async fn without_everything_the_us_core_searches_run_and_refusals_are_reported()
     let base = server.lock().unwrap().base.clone();
     server.lock().unwrap().everything = false;
     let (catalog, patient) = setup(dir.path(), &store, &payouts).await;
-    let smart = Smart::new(
-        store.clone(),
-        catalog.clone(),
-        SmartConfig {
-            page_size: 3,
-            ..SmartConfig::new(CLIENT, REDIRECT)
-        },
-    )
-    .unwrap();
-    smart
-        .load_directory("fixture", &directory_bundle(&base))
-        .await
-        .unwrap();
+    let smart = smart_for(&store, &catalog, &base, 3).await;
     let (code, state) = at_the_provider(&smart.begin(&patient, "ep-1/org-2").await.unwrap()).await;
     let c = smart.complete(&patient, &state, &code).await.unwrap();
     let report = smart.sync(&patient, &c.id).await.unwrap();
@@ -293,16 +287,7 @@ async fn refusals_before_any_token_is_asked_for() {
     let server = fhir_server().await;
     let base = server.lock().unwrap().base.clone();
     let (catalog, patient) = setup(dir.path(), &store, &payouts).await;
-    let smart = Smart::new(
-        store.clone(),
-        catalog.clone(),
-        SmartConfig::new(CLIENT, REDIRECT),
-    )
-    .unwrap();
-    smart
-        .load_directory("fixture", &directory_bundle(&base))
-        .await
-        .unwrap();
+    let smart = smart_for(&store, &catalog, &base, 100).await;
     // An unverified patient cannot connect.
     let other = "0123456789abcdef0123456789abcdef";
     let refused = smart.begin(other, "ep-1/org-1").await.unwrap_err();
