@@ -7,4 +7,5 @@ mod support;
 mod access;
 mod helios;
 mod identity;
+mod postgres;
 mod smart;
