@@ -68,7 +68,12 @@ input,textarea,select{max-width:100%}code.shlink{overflow-wrap:anywhere}\
 button.danger{background:#a4161a;border-color:#a4161a}\
 ul.choices{list-style:none;padding:0;margin:.2rem 0}ul.choices label{display:flex;gap:.6rem;align-items:center}\
 fieldset.options{margin-left:1.6rem}\
-@media (max-width:640px){table{table-layout:fixed}td,th{overflow-wrap:anywhere}main{padding:0 .6rem}}";
+@media (max-width:640px){table{table-layout:fixed}td,th{overflow-wrap:anywhere}main{padding:0 .6rem}\
+table.stack{table-layout:auto}table.stack thead{position:absolute;left:-10000px}\
+table.stack tr,table.stack td{display:block}table.stack tr{border-bottom:1px solid #c9ced6;padding:.4rem 0}\
+table.stack td{border:0;padding:.15rem 0;overflow-wrap:normal}\
+table.stack td:first-child{font-weight:600}\
+table.stack td[data-label]::before{content:attr(data-label) \": \";font-weight:600}}";
 
 /// A patients' page: the shared style, the patients' navigation, sign-out, and, for a
 /// caregiver, whom they act for.

@@ -184,7 +184,7 @@ async fn providers_page(
     if connections.is_empty() {
         b.push_str("<p>No provider is connected yet.</p>");
     } else {
-        b.push_str("<table><caption>Providers connected to Tessera</caption><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Status</th><th scope=\"col\">Records received</th><th scope=\"col\">Actions</th></tr></thead><tbody>");
+        b.push_str("<table class=\"stack\"><caption>Providers connected to Tessera</caption><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Status</th><th scope=\"col\">Records received</th><th scope=\"col\">Actions</th></tr></thead><tbody>");
         for c in &connections {
             let state = match (c.state.as_str(), c.last_sync_at, c.last_error.as_deref()) {
                 ("authorizing", ..) => "Waiting for you to sign in at the provider".to_string(),
@@ -199,7 +199,7 @@ async fn providers_page(
             };
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>",
+                "<tr><td>{}</td><td data-label=\"Status\">{}</td><td data-label=\"Records received\">{}</td><td>",
                 esc(&c.organization),
                 esc(&state),
                 c.resources_fetched
@@ -284,7 +284,7 @@ async fn providers_page(
     };
     b.push_str("<section aria-labelledby=\"letters\"><h2 id=\"letters\">Requests by letter</h2><p>For a provider without patient access online, the law (HIPAA's right of access) lets you ask in writing. We prepare the letter; you sign it; the registry's staff send it and follow it up until your records arrive.</p>");
     if !requests.is_empty() {
-        b.push_str("<table><caption>Your written requests</caption><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Status</th><th scope=\"col\">Answer due</th><th scope=\"col\">Letter</th></tr></thead><tbody>");
+        b.push_str("<table class=\"stack\"><caption>Your written requests</caption><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Status</th><th scope=\"col\">Answer due</th><th scope=\"col\">Letter</th></tr></thead><tbody>");
         for r in &requests {
             let due = match (r.state.open(), r.due_at) {
                 (true, Some(d)) => d.format("%-d %B %Y").to_string(),
@@ -292,7 +292,7 @@ async fn providers_page(
             };
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}{}</td><td>{}</td><td>",
+                "<tr><td>{}</td><td data-label=\"Status\">{}{}</td><td data-label=\"Answer due\">{}</td><td>",
                 esc(&r.provider_name),
                 esc(r.state.describe()),
                 r.extension_reason
