@@ -56,6 +56,9 @@ CREATE TABLE provider_connections (
     last_sync_at TEXT,
     last_error TEXT,
     resources_fetched BIGINT NOT NULL DEFAULT 0,
+    -- while a sync runs: until when it holds the connection (one sync at a time, across
+    -- processes; a crashed sync's lease runs out)
+    sync_lease TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );

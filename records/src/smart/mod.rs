@@ -50,6 +50,9 @@ pub const AUTHORIZE_WINDOW_MINUTES: i64 = 15;
 /// that clocks a little apart lose nothing (what is fetched twice is ingested as unchanged).
 const SYNC_OVERLAP_MINUTES: i64 = 5;
 
+/// How long a sync holds its connection at most (a crashed one's lease runs out).
+const SYNC_LEASE_MINUTES: i64 = 30;
+
 /// The US Core 6.1 resource types searched by patient when `$everything` is not offered.
 pub const US_CORE_TYPES: &[&str] = &[
     "AllergyIntolerance",
@@ -589,7 +592,57 @@ impl Smart {
     // ---- syncing -------------------------------------------------------------------------
 
     /// Fetches what the provider holds (or what changed since the last sync) and ingests it.
+    /// One sync of a connection at a time, across processes: a second one while the first
+    /// holds the connection's lease is refused (the first finishes on its own). Two syncs at
+    /// once would each refresh the token, and a provider that rotates refresh tokens would
+    /// end the connection.
     pub async fn sync(&self, patient: &str, connection_id: &str) -> Result<SyncReport> {
+        let now = Utc::now();
+        let taken = sqlx::query(
+            "UPDATE provider_connections SET sync_lease = $1
+             WHERE id = $2 AND patient = $3 AND (sync_lease IS NULL OR sync_lease < $4)",
+        )
+        .bind(time_text(
+            now + chrono::Duration::minutes(SYNC_LEASE_MINUTES),
+        ))
+        .bind(connection_id)
+        .bind(patient)
+        .bind(time_text(now))
+        .execute(self.store.pool())
+        .await
+        .map_err(sql_err("taking a connection's sync lease"))?;
+        if taken.rows_affected() == 0 {
+            self.connection_row(patient, connection_id).await?;
+            return Err(RecordsError::Invalid(
+                "a fetch from this provider is already running; it finishes on its own".into(),
+            ));
+        }
+        let outcome = self.sync_leased(patient, connection_id).await;
+        if let Err(e) =
+            sqlx::query("UPDATE provider_connections SET sync_lease = NULL WHERE id = $1")
+                .bind(connection_id)
+                .execute(self.store.pool())
+                .await
+        {
+            tracing::warn!(error = %e, "releasing a sync lease (it runs out on its own)");
+        }
+        outcome
+    }
+
+    async fn connection_row(&self, patient: &str, connection_id: &str) -> Result<()> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT id FROM provider_connections WHERE id = $1 AND patient = $2",
+        )
+        .bind(connection_id)
+        .bind(patient)
+        .fetch_optional(self.store.pool())
+        .await
+        .map_err(sql_err("reading a connection"))?
+        .map(|_| ())
+        .ok_or_else(|| RecordsError::NotFound("no such connection".into()))
+    }
+
+    async fn sync_leased(&self, patient: &str, connection_id: &str) -> Result<SyncReport> {
         let row = sqlx::query(
             "SELECT state, secret, endpoint, source, last_sync_at FROM provider_connections WHERE id = $1 AND patient = $2",
         )

@@ -154,7 +154,17 @@ async fn launch_fetch_ingest_refresh_throttle_isolation_incremental_and_disconne
             *uses = 2;
         }
     }
-    let report = smart.sync(&patient, &connection.id).await.unwrap();
+    // Two syncs at once (the patient's button and the scheduled one): one runs, the other is
+    // refused at once; a provider that rotates refresh tokens never sees two refreshes.
+    let (a, b) = tokio::join!(
+        smart.sync(&patient, &connection.id),
+        smart.sync(&patient, &connection.id)
+    );
+    let (report, refused) = match (a, b) {
+        (Ok(r), Err(e)) | (Err(e), Ok(r)) => (r, e),
+        other => panic!("exactly one sync runs: {other:?}"),
+    };
+    assert!(refused.to_string().contains("already running"), "{refused}");
     assert_eq!(report.method, "$everything");
     assert_eq!(report.resources, 13, "{report:?}");
     assert_eq!(report.pages, 5, "13 resources, 3 per page");
