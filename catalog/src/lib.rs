@@ -32,7 +32,7 @@ pub use crypto::Keyring;
 pub use error::{CatalogError, Result};
 pub use ingest::{IngestOptions, IngestReport, NoProgress, Progress};
 pub use model::{PatientSummary, RecordBody, StoredRecord};
-pub use store::{Backend, ConsentRow, ReleaseRow};
+pub use store::{Backend, ConsentRow, Migration, ReleaseRow, connect_component};
 
 use ingest::parse::record_aad;
 use ingest::problem::Reason;

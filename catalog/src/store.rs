@@ -21,11 +21,13 @@ pub enum Backend {
     Postgres,
 }
 
-/// A schema change: applied once, in order, recorded in `tessera_migrations`.
-struct Migration {
-    version: i64,
-    name: &'static str,
-    sql: &'static str,
+/// A schema change: applied once, in order, recorded in `tessera_migrations` under its
+/// component.
+#[derive(Debug)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -218,6 +220,76 @@ async fn insert_consent(tx: &mut Transaction<'_, Any>, row: &mut ConsentRow) -> 
 /// A pool on `url`. SQLite connections get WAL, full syncs and foreign keys; `secure_delete`
 /// (the key vault's) also zeroes deleted content in the file, so a destroyed key's bytes do
 /// not linger in free pages.
+/// Opens a pool on the catalog's database (same pragmas) for another crate's tables and
+/// brings them up to date: `migrations` recorded under `component` in `tessera_migrations`.
+/// The records crate keeps its tables this way.
+pub async fn connect_component(
+    url: &str,
+    component: &'static str,
+    migrations: &[Migration],
+) -> Result<AnyPool> {
+    let (pool, _) = connect_pool(url, false).await?;
+    apply_migrations(&pool, component, migrations).await?;
+    Ok(pool)
+}
+
+/// Applies `migrations` not yet recorded for `component`, each in a transaction of its own.
+async fn apply_migrations(
+    pool: &AnyPool,
+    component: &'static str,
+    migrations: &[Migration],
+) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS tessera_migrations (
+            component TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            applied_at TEXT NOT NULL,
+            PRIMARY KEY (component, version))",
+    )
+    .execute(pool)
+    .await
+    .ctx("creating the migrations table")?;
+    for m in migrations {
+        let mut tx = pool.begin().await.ctx("starting a migration")?;
+        let done: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM tessera_migrations WHERE component = $1 AND version = $2",
+        )
+        .bind(component)
+        .bind(m.version)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("reading applied migrations")?;
+        if done.is_some() {
+            continue;
+        }
+        for statement in split_sql(m.sql) {
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut *tx)
+                .await
+                .ctx("applying a migration")?;
+        }
+        sqlx::query(
+            "INSERT INTO tessera_migrations (component, version, name, applied_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(component)
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_text())
+        .execute(&mut *tx)
+        .await
+        .ctx("recording a migration")?;
+        tx.commit().await.ctx("committing a migration")?;
+        tracing::info!(
+            component,
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
+    }
+    Ok(())
+}
+
 async fn connect_pool(url: &str, secure_delete: bool) -> Result<(AnyPool, Backend)> {
     sqlx::any::install_default_drivers();
     let backend = if url.starts_with("sqlite:") {
@@ -422,52 +494,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<()> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS tessera_migrations (
-                component TEXT NOT NULL,
-                version BIGINT NOT NULL,
-                name TEXT NOT NULL,
-                applied_at TEXT NOT NULL,
-                PRIMARY KEY (component, version))",
-        )
-        .execute(&self.pool)
-        .await
-        .ctx("creating the migrations table")?;
-        for m in MIGRATIONS {
-            let mut tx = self.pool.begin().await.ctx("starting a migration")?;
-            let done: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM tessera_migrations WHERE component = 'catalog' AND version = $1",
-            )
-            .bind(m.version)
-            .fetch_optional(&mut *tx)
-            .await
-            .ctx("reading applied migrations")?;
-            if done.is_some() {
-                continue;
-            }
-            for statement in split_sql(m.sql) {
-                sqlx::query(AssertSqlSafe(statement))
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("applying a catalog migration")?;
-            }
-            sqlx::query(
-                "INSERT INTO tessera_migrations (component, version, name, applied_at) VALUES ('catalog', $1, $2, $3)",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .bind(now_text())
-            .execute(&mut *tx)
-            .await
-            .ctx("recording a migration")?;
-            tx.commit().await.ctx("committing a migration")?;
-            tracing::info!(
-                version = m.version,
-                name = m.name,
-                "applied catalog migration"
-            );
-        }
-        Ok(())
+        apply_migrations(&self.pool, "catalog", MIGRATIONS).await
     }
 
     pub async fn begin(&self) -> Result<Tx> {
