@@ -273,7 +273,8 @@ async fn a_real_fhir_server_serves_launch_fetch_ingest_isolation_and_incremental
     }
 
     // A new condition for A; the next sync (its token expired by then: refreshed first) takes
-    // in just that.
+    // in just that. (helios-hfs 0.2.7 answers `$everything` whole despite `_since`: what did
+    // not change is ingested as unchanged, so only the new record is added.)
     let new_condition = json!({"resourceType": "Condition",
         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "230690007"}]},
