@@ -407,7 +407,7 @@ async fn onboard(State(s): State<AppState>, h: HeaderMap, body: Bytes) -> Respon
 /// `SameSite=Strict`). The first such arrival answers a page that reloads itself from
 /// Tessera's own origin, with the cookie and the same query (an authorization `code` and
 /// `state`, say) plus `again=1`; a second arrival without a session is a real sign-in request.
-pub(crate) fn same_site_again(path: &str, q: &HashMap<String, String>, title: &str) -> Response {
+fn same_site_again(path: &str, q: &HashMap<String, String>, title: &str) -> Response {
     if q.contains_key("again") {
         return Refusal::SignIn.page();
     }
@@ -435,17 +435,31 @@ pub(crate) fn same_site_again(path: &str, q: &HashMap<String, String>, title: &s
     r
 }
 
+/// The session of a patient coming back from a provider at `path`; without one (the browser
+/// kept the cookie back on a cross-site arrival), the page that reloads same-site, titled
+/// `title`; any other refusal as its page.
+pub(crate) async fn returning(
+    s: &AppState,
+    h: &HeaderMap,
+    q: &HashMap<String, String>,
+    path: &str,
+    title: &str,
+) -> Result<super::me::Me, Response> {
+    match me(s, h).await {
+        Ok(m) => Ok(m),
+        Err(Refusal::SignIn) => Err(same_site_again(path, q, title)),
+        Err(r) => Err(r.page()),
+    }
+}
+
 async fn refresh(
     State(s): State<AppState>,
     h: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let me = match me(&s, &h).await {
+    let me = match returning(&s, &h, &q, "/me/stripe/refresh", "Back from Stripe").await {
         Ok(m) => m,
-        Err(Refusal::SignIn) => {
-            return same_site_again("/me/stripe/refresh", &q, "Back from Stripe");
-        }
-        Err(r) => return r.page(),
+        Err(r) => return r,
     };
     to_onboarding(&s, me.patient()).await
 }
@@ -455,12 +469,9 @@ async fn returned(
     h: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let me = match me(&s, &h).await {
+    let me = match returning(&s, &h, &q, "/me/stripe/return", "Back from Stripe").await {
         Ok(m) => m,
-        Err(Refusal::SignIn) => {
-            return same_site_again("/me/stripe/return", &q, "Back from Stripe");
-        }
-        Err(r) => return r.page(),
+        Err(r) => return r,
     };
     let Some(svc) = s.patients.as_ref() else {
         return Refusal::Unavailable.page();

@@ -493,16 +493,17 @@ async fn identity_return(
     h: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let me = match me(&s, &h).await {
+    let me = match super::getting_paid::returning(
+        &s,
+        &h,
+        &q,
+        "/me/identity/return",
+        "Back from identity verification",
+    )
+    .await
+    {
         Ok(m) => m,
-        Err(Refusal::SignIn) => {
-            return super::getting_paid::same_site_again(
-                "/me/identity/return",
-                &q,
-                "Back from identity verification",
-            );
-        }
-        Err(r) => return r.page(),
+        Err(r) => return r,
     };
     if let Some(identity) = s
         .patients
@@ -562,16 +563,17 @@ async fn callback(
     h: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let me = match me(&s, &h).await {
+    let me = match super::getting_paid::returning(
+        &s,
+        &h,
+        &q,
+        "/me/providers/callback",
+        "Back from your provider",
+    )
+    .await
+    {
         Ok(m) => m,
-        Err(Refusal::SignIn) => {
-            return super::getting_paid::same_site_again(
-                "/me/providers/callback",
-                &q,
-                "Back from your provider",
-            );
-        }
-        Err(r) => return r.page(),
+        Err(r) => return r,
     };
     let Some(svc) = s.patients.as_ref() else {
         return Refusal::Unavailable.page();
