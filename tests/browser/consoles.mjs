@@ -6,38 +6,12 @@
 //
 // Input (environment): TESSERA_URL, ANALYST_KEY, OPERATOR_KEY, PATIENT_KEY, SUSPEND_LICENSE,
 // SHOTS (a folder for the screenshots), CHROMIUM (default /usr/bin/chromium).
-import { readFileSync, mkdirSync } from "node:fs";
-import { createRequire } from "node:module";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
-
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
-const base = env("TESSERA_URL").replace(/\/$/, "");
-const shots = env("SHOTS");
-mkdirSync(shots, { recursive: true });
+import { axe, base, env, launch, screenshot, shots } from "./common.mjs";
 
 const report = { pages: [], refusals: [], actions: {} };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
-
-async function axe(page) {
-  await page.addScriptTag({ content: axeSource });
-  const result = await page.evaluate(async () =>
-    // eslint-disable-next-line no-undef
-    axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] } }),
-  );
-  return result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length }));
-}
+const browser = await launch();
 
 // Visits `path`, records status, title, axe violations and a screenshot named `shot`.
 async function visit(page, role, path, shot) {
@@ -51,9 +25,7 @@ async function visit(page, role, path, shot) {
     violations: await axe(page),
   };
   if (shot) {
-    const file = join(shots, `${shot}.png`);
-    await page.screenshot({ path: file, fullPage: true });
-    entry.screenshot = file;
+    entry.screenshot = await screenshot(page, shot);
   }
   report.pages.push(entry);
   return entry;
@@ -192,7 +164,7 @@ const viewport = { width: 1200, height: 900 };
     page.click(`#license-${license} button[aria-label='Suspend ${license}']`),
   ]);
   report.actions.suspendedStatus = ((await page.locator(`#license-${license} .status`).textContent()) || "").trim();
-  await page.screenshot({ path: join(shots, "operator-license-suspended.png"), fullPage: true });
+  await screenshot(page, "operator-license-suspended");
   // An operator on analyst pages.
   for (const path of analystPages) {
     const r = await page.goto(base + path);

@@ -8,38 +8,13 @@
 //
 // Input (environment): TESSERA_URL, SIGN_IN_LINK (an unused e-mailed link), SHOTS (a folder
 // for screenshots and the download), CHROMIUM (default /usr/bin/chromium).
-import { readFileSync, mkdirSync } from "node:fs";
-import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
-
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
-const base = env("TESSERA_URL").replace(/\/$/, "");
-const shots = env("SHOTS");
-mkdirSync(shots, { recursive: true });
+import { axe, base, env, launch, screenshot, shots } from "./common.mjs";
 
 const report = { pages: [], actions: {} };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
-
-async function axe(page) {
-  await page.addScriptTag({ content: axeSource });
-  const result = await page.evaluate(async () =>
-    // eslint-disable-next-line no-undef
-    axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] } }),
-  );
-  return result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length }));
-}
+const browser = await launch();
 
 async function record(page, status, shot) {
   const entry = {
@@ -50,9 +25,7 @@ async function record(page, status, shot) {
     violations: await axe(page),
   };
   if (shot) {
-    const file = join(shots, `${shot}.png`);
-    await page.screenshot({ path: file, fullPage: true });
-    entry.screenshot = file;
+    entry.screenshot = await screenshot(page, shot);
   }
   report.pages.push(entry);
   return entry;

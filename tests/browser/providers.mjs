@@ -8,43 +8,22 @@
 // JSON report on stdout; tests/e2e/providers.rs asserts on it.
 //
 // Input (environment): TESSERA_URL, SIGN_IN_LINK, SHOTS, CHROMIUM (default /usr/bin/chromium).
-import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { axe, base, env, launch, overflows, screenshot, shots } from "./common.mjs";
 
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
-const base = env("TESSERA_URL").replace(/\/$/, "");
-const shots = env("SHOTS");
-mkdirSync(shots, { recursive: true });
 const report = { pages: [], actions: {} };
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 
 async function record(page, shot) {
-  await page.addScriptTag({ content: axeSource });
-  const violations = await page.evaluate(async () =>
-    // eslint-disable-next-line no-undef
-    (await axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] } })).violations.map(
-      (v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length }),
-    ),
-  );
-  const file = join(shots, `${shot}.png`);
-  await page.screenshot({ path: file, fullPage: true });
+  const violations = await axe(page);
+  const file = await screenshot(page, shot);
   const entry = {
     path: new URL(page.url()).pathname,
     title: await page.title(),
     violations,
     screenshot: file,
-    overflow: await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1),
+    overflow: await overflows(page),
   };
   report.pages.push(entry);
   return entry;

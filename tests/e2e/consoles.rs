@@ -61,13 +61,16 @@ fn copy_screenshots(from: &Path) {
 pub fn run_browser(script: &str, env: &[(&str, &str)], shots: &str) -> Value {
     let dir = browser_dir();
     let copy = dir.join(script);
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/browser")
-            .join(script),
-        &copy,
-    )
-    .expect("copy the browser script next to its node_modules");
+    // The script and what the scripts share, next to their node_modules.
+    for file in [script, "common.mjs"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/browser")
+                .join(file),
+            dir.join(file),
+        )
+        .expect("copy the browser script next to its node_modules");
+    }
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("test-artifacts")
         .join(shots);
