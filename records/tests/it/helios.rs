@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
-use tessera_catalog::{Catalog, IngestOptions, Keyring, NoProgress};
 use tessera_records::fixture::{fhir_server, mint};
 use tessera_records::identity::{Assurance, record_attended};
 use tessera_records::smart::{Smart, SmartConfig};
 
-use crate::support::fresh;
+use crate::support::{at_the_provider, catalog_with_patient, fresh};
 
 fn helios_dir() -> PathBuf {
     std::env::var("TESSERA_HELIOS_DIR")
@@ -201,20 +200,7 @@ async fn a_real_fhir_server_serves_launch_fetch_ingest_isolation_and_incremental
 
     // The Tessera patient (a local record first), verified, connecting to helios.
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let catalog = Catalog::open(&url, Keyring::new(&[6; 32], &[]))
-        .await
-        .unwrap();
-    let local = json!({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"fullUrl": "urn:uuid:9", "resource": {"resourceType": "Patient", "id": "local-9", "birthDate": "1970-01-01"}}]});
-    let path = dir.path().join("local.json");
-    std::fs::write(&path, serde_json::to_vec(&local).unwrap()).unwrap();
-    catalog
-        .ingest(&[path], &IngestOptions::default(), &NoProgress)
-        .await
-        .unwrap();
-    let patient = catalog.list_patients(10, 0).await.unwrap()[0]
-        .patient_id
-        .clone();
+    let (catalog, patient) = catalog_with_patient(&url).await;
     record_attended(&store, &payouts, &patient, true, Assurance::Ial2)
         .await
         .unwrap();
@@ -238,18 +224,8 @@ async fn a_real_fhir_server_serves_launch_fetch_ingest_isolation_and_incremental
         .await
         .unwrap();
     let authorize = smart.begin(&patient, "hfs/h").await.unwrap();
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = browser.get(&authorize).send().await.unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_string();
-    let q: std::collections::BTreeMap<String, String> =
-        serde_urlencoded::from_str(location.split_once('?').unwrap().1).unwrap();
-    let connection = smart
-        .complete(&patient, &q["state"], &q["code"])
-        .await
-        .unwrap();
+    let (code, state) = at_the_provider(&authorize, "https://tessera.test/").await;
+    let connection = smart.complete(&patient, &state, &code).await.unwrap();
 
     let first = smart.sync(&patient, &connection.id).await.unwrap();
     eprintln!("helios first sync: {first:?}");

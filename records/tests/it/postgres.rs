@@ -10,7 +10,6 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 use sqlx::Connection;
-use tessera_catalog::{Catalog, IngestOptions, Keyring, NoProgress};
 use tessera_payouts::Payouts;
 use tessera_payouts::payout::IdentityStatus;
 use tessera_records::RecordsStore;
@@ -18,6 +17,8 @@ use tessera_records::access_request::{AccessRequests, Policy, RequestState};
 use tessera_records::fixture::{directory_bundle, fhir_server, persona};
 use tessera_records::identity::{Assurance, Identity, Persona, PersonaConfig, State};
 use tessera_records::smart::{Smart, SmartConfig};
+
+use crate::support::{at_the_provider, catalog_with_patient};
 
 async fn database() -> Option<String> {
     let (url, required) = match std::env::var("TESSERA_TEST_POSTGRES") {
@@ -68,21 +69,7 @@ async fn records_on_postgres() {
         .await
         .expect("records on PostgreSQL");
     let payouts = Payouts::connect(&url).await.expect("payouts on PostgreSQL");
-    let catalog = Catalog::open(&url, Keyring::new(&[8; 32], &[]))
-        .await
-        .expect("catalog on PostgreSQL");
-    let dir = tempfile::tempdir().unwrap();
-    let local = json!({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Patient", "id": "pg-1", "birthDate": "1975-05-05"}}]});
-    let path = dir.path().join("local.json");
-    std::fs::write(&path, serde_json::to_vec(&local).unwrap()).unwrap();
-    catalog
-        .ingest(&[path], &IngestOptions::default(), &NoProgress)
-        .await
-        .unwrap();
-    let patient = catalog.list_patients(10, 0).await.unwrap()[0]
-        .patient_id
-        .clone();
+    let (catalog, patient) = catalog_with_patient(&url).await;
 
     // Identity: started, then approved and completed delivered out of order.
     let (base, _seen) = persona().await;
@@ -148,21 +135,8 @@ async fn records_on_postgres() {
         .await
         .unwrap();
     let authorize = smart.begin(&patient, "ep-1/org-1").await.unwrap();
-    let r = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(&authorize)
-        .send()
-        .await
-        .unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_string();
-    let q: std::collections::BTreeMap<String, String> =
-        serde_urlencoded::from_str(location.split_once('?').unwrap().1).unwrap();
-    let c = smart
-        .complete(&patient, &q["state"], &q["code"])
-        .await
-        .unwrap();
+    let (code, state) = at_the_provider(&authorize, "https://tessera.test/cb").await;
+    let c = smart.complete(&patient, &state, &code).await.unwrap();
     let report = smart.sync(&patient, &c.id).await.unwrap();
     assert_eq!(report.resources, 13);
     assert_eq!(report.ingest.unwrap().records.added, 12);

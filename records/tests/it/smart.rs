@@ -6,18 +6,14 @@
 //! patient's resource into a page). The stand-in is `tessera_records::fixture`, shared with
 //! the end-to-end test of the Providers page.
 
-use std::collections::BTreeMap;
-
-use axum::http::header;
-use serde_json::json;
-use tessera_catalog::{Catalog, IngestOptions, Keyring, NoProgress};
+use tessera_catalog::Catalog;
 use tessera_records::identity::{Assurance, record_attended};
 use tessera_records::smart::{Smart, SmartConfig, directory};
 use tessera_records::{RecordsError, RecordsStore};
 
 use tessera_records::fixture::{condition, directory_bundle, fhir_server};
 
-use crate::support::fresh;
+use crate::support::{at_the_provider, catalog_with_patient, fresh};
 
 const CLIENT: &str = "tessera-test-client";
 const REDIRECT: &str = "https://tessera.test/me/providers/callback";
@@ -50,20 +46,7 @@ async fn setup(
     payouts: &tessera_payouts::Payouts,
 ) -> (Catalog, String) {
     let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
-    let catalog = Catalog::open(&url, Keyring::new(&[5; 32], &[]))
-        .await
-        .unwrap();
-    let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Patient", "id": "local-1", "name": [{"family": "Quarry", "given": ["Ann"]}], "birthDate": "1980-04-02"}}]});
-    let path = dir.join("local.json");
-    std::fs::write(&path, serde_json::to_vec(&bundle).unwrap()).unwrap();
-    catalog
-        .ingest(&[path], &IngestOptions::default(), &NoProgress)
-        .await
-        .unwrap();
-    let patient = catalog.list_patients(10, 0).await.unwrap()[0]
-        .patient_id
-        .clone();
+    let (catalog, patient) = catalog_with_patient(&url).await;
     record_attended(store, payouts, &patient, true, Assurance::Ial2)
         .await
         .unwrap();
@@ -86,25 +69,6 @@ async fn smart_for(store: &RecordsStore, catalog: &Catalog, base: &str, page_siz
         .await
         .unwrap();
     smart
-}
-
-/// The patient's browser at the provider: follows the authorization URL, signs in (the
-/// fixture signs in whoever it is told to), and comes back with `code` and `state`.
-async fn at_the_provider(authorize_url: &str) -> (String, String) {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let resp = http.get(authorize_url).send().await.unwrap();
-    assert_eq!(resp.status(), 302, "{}", resp.text().await.unwrap());
-    let location = resp.headers()[header::LOCATION.as_str()]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(location.starts_with(REDIRECT), "{location}");
-    let q: BTreeMap<String, String> =
-        serde_urlencoded::from_str(location.split_once('?').unwrap().1).unwrap();
-    (q["code"].clone(), q["state"].clone())
 }
 
 fn records_from(data: &tessera_catalog::access::OwnData, source: &str) -> Vec<String> {
@@ -130,7 +94,7 @@ async fn launch_fetch_ingest_refresh_throttle_isolation_incremental_and_disconne
 
     // The standalone launch: PKCE S256, aud, scopes (the fixture refuses anything else).
     let url = smart.begin(&patient, "ep-1/org-1").await.unwrap();
-    let (code, state) = at_the_provider(&url).await;
+    let (code, state) = at_the_provider(&url, REDIRECT).await;
     // Another session's patient cannot complete it.
     let stranger = smart
         .complete("ffffffffffffffffffffffffffffffff", &state, &code)
@@ -254,7 +218,8 @@ async fn without_everything_the_us_core_searches_run_and_refusals_are_reported()
     server.lock().unwrap().everything = false;
     let (catalog, patient) = setup(dir.path(), &store, &payouts).await;
     let smart = smart_for(&store, &catalog, &base, 3).await;
-    let (code, state) = at_the_provider(&smart.begin(&patient, "ep-1/org-2").await.unwrap()).await;
+    let url = smart.begin(&patient, "ep-1/org-2").await.unwrap();
+    let (code, state) = at_the_provider(&url, REDIRECT).await;
     let c = smart.complete(&patient, &state, &code).await.unwrap();
     let report = smart.sync(&patient, &c.id).await.unwrap();
     assert_eq!(report.method, "searches");
@@ -317,7 +282,7 @@ async fn refusals_before_any_token_is_asked_for() {
     ));
     // A code obtained by someone else's verifier does not exchange: the fixture checks PKCE.
     let url = smart.begin(&patient, "ep-1/org-1").await.unwrap();
-    let (_code, state) = at_the_provider(&url).await;
+    let (_code, state) = at_the_provider(&url, REDIRECT).await;
     let wrong = smart
         .complete(&patient, &state, "code-that-was-never-issued")
         .await
@@ -329,7 +294,7 @@ async fn refusals_before_any_token_is_asked_for() {
     );
     // The patient's deletion disconnects everything and deletes the rows.
     let url = smart.begin(&patient, "ep-1/org-1").await.unwrap();
-    let (code, state) = at_the_provider(&url).await;
+    let (code, state) = at_the_provider(&url, REDIRECT).await;
     smart.complete(&patient, &state, &code).await.unwrap();
     smart.forget(&patient).await.unwrap();
     assert!(smart.connections(&patient).await.unwrap().is_empty());
