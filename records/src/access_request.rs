@@ -410,15 +410,16 @@ impl AccessRequests {
     /// Applies the schedule at `now`: follow-ups due, escalation past the deadline, closing at
     /// the policy's limit. Idempotent: a second tick at the same time does nothing more.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Vec<Action>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM access_requests WHERE state IN ('sent', 'acknowledged', 'extended', 'fee_requested', 'escalated') ORDER BY id",
+        let open = sqlx::query(
+            "SELECT * FROM access_requests WHERE state IN ('sent', 'acknowledged', 'extended', 'fee_requested', 'escalated') ORDER BY id",
         )
         .fetch_all(self.store.pool())
         .await
         .map_err(sql_err("reading requests"))?;
         let mut actions = Vec::new();
-        for id in ids {
-            let r = self.get(&id).await?;
+        for row in &open {
+            let r = row_to_request(row)?;
+            let id = r.id.clone();
             let (Some(sent), Some(due)) = (r.sent_at, r.due_at) else {
                 continue;
             };

@@ -104,6 +104,16 @@ pub fn demo_copy() -> Tessera {
     t
 }
 
+/// The demo patient's internal id and the token of their operator-issued sign-in link.
+pub fn demo_patient(demo: &Value) -> (String, String) {
+    let patient = demo["patient"]["patient_id"]
+        .as_str()
+        .expect("a demo patient")
+        .to_string();
+    let link = demo["patient"]["sign_in"].as_str().expect("a sign-in link");
+    (patient, crate::consoles::token_of(link))
+}
+
 /// A running `tessera serve`; stopped with SIGTERM.
 pub struct Server {
     child: Child,

@@ -21,15 +21,8 @@ use tessera_payouts::payout::{Choice, IdentityStatus, Preferences};
 use tessera_payouts::revenue::InvoiceRequest;
 use tessera_payouts::{Currency, Money, Payouts};
 
-use crate::http::{Server, demo_copy, demo_json};
+use crate::http::{Server, demo_copy, demo_json, demo_patient};
 use crate::support::{Tessera, test_key};
-
-fn token_of(link: &str) -> String {
-    link.split("token=")
-        .nth(1)
-        .expect("a token in the link")
-        .to_string()
-}
 
 /// A patient's earnings as of today.
 async fn earnings_today(p: &Payouts, patient: &str) -> tessera_payouts::earnings::Earnings {
@@ -46,11 +39,7 @@ async fn earnings_today(p: &Payouts, patient: &str) -> tessera_payouts::earnings
 async fn the_demo_pays_patients_and_their_page_shows_it() {
     let t = demo_copy();
     let demo = demo_json(&t);
-    let patient = demo["patient"]["patient_id"]
-        .as_str()
-        .expect("a demo patient")
-        .to_string();
-    let token = token_of(demo["patient"]["sign_in"].as_str().expect("a sign-in link"));
+    let (patient, token) = demo_patient(&demo);
     let balances = t.expect(&["payouts", "balances"], 0);
     assert!(balances.contains("balanced"), "{balances}");
     let p = Payouts::connect(&t.database_url())
@@ -655,11 +644,7 @@ async fn serve_with_stand_ins(t: &Tessera) -> (Arc<Mutex<Offered>>, String, Serv
 async fn patients_choose_how_to_be_paid_from_what_is_offered() {
     let t = demo_copy();
     let demo = demo_json(&t);
-    let patient = demo["patient"]["patient_id"]
-        .as_str()
-        .expect("a demo patient")
-        .to_string();
-    let token = token_of(demo["patient"]["sign_in"].as_str().expect("a sign-in link"));
+    let (patient, token) = demo_patient(&demo);
     let (state, base, server) = serve_with_stand_ins(&t).await;
     let public = server.base.replace("127.0.0.1", "localhost");
     let http = reqwest::Client::builder()

@@ -9,18 +9,14 @@ use std::path::Path;
 use serde_json::Value;
 use tessera_records::fixture::{directory_bundle, fhir_server, persona};
 
-use crate::consoles::{assert_accessible, run_browser, token_of};
-use crate::http::{Server, demo_copy, demo_json};
+use crate::consoles::{assert_accessible, run_browser};
+use crate::http::{Server, demo_copy, demo_json, demo_patient};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_patient_verifies_connects_their_hospital_and_asks_another_by_letter() {
     let t = demo_copy();
     let demo = demo_json(&t);
-    let patient = demo["patient"]["patient_id"]
-        .as_str()
-        .expect("a demo patient")
-        .to_string();
-    let token = token_of(demo["patient"]["sign_in"].as_str().expect("a sign-in link"));
+    let (patient, token) = demo_patient(&demo);
     let (persona_base, persona_seen) = persona().await;
     let fhir = fhir_server().await;
     let fhir_base = fhir.lock().expect("lock").base.clone();

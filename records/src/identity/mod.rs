@@ -527,11 +527,12 @@ async fn latest_attempt(store: &RecordsStore, patient: &str) -> Result<Option<At
 
 /// Writes the patient's status through to the payout hold.
 async fn mirror(store: &RecordsStore, payouts: &Payouts, patient: &str) -> Result<()> {
-    let status = status_of(store, patient).await?;
-    let reference = latest_attempt(store, patient)
-        .await?
+    let latest = latest_attempt(store, patient).await?;
+    let reference = latest
+        .as_ref()
         .map(|r| format!("{}:{}", r.provider, r.provider_ref))
         .unwrap_or_default();
+    let status = status_from(latest)?;
     payouts
         .set_identity(patient, status.payout_status(), &reference)
         .await?;
@@ -580,7 +581,12 @@ pub async fn record_attended(
 
 /// A patient's identity status, read without a provider configured (pages, record requests).
 pub async fn status_of(store: &RecordsStore, patient: &str) -> Result<Status> {
-    let Some(a) = latest_attempt(store, patient).await? else {
+    status_from(latest_attempt(store, patient).await?)
+}
+
+/// The status a latest attempt (or none) stands for.
+fn status_from(latest: Option<Attempt>) -> Result<Status> {
+    let Some(a) = latest else {
         return Ok(Status {
             state: State::NotStarted,
             provider: None,
